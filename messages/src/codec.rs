@@ -1,0 +1,121 @@
+//! Encoding of bodies: journal records are always named MessagePack
+//! (`rmp_serde::to_vec_named`); API bodies are JSON when the request says
+//! `Content-Type: application/json`, MessagePack otherwise, and replies use the
+//! request's encoding.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Body encoding of an API request, reply or command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    MsgPack,
+}
+
+impl Encoding {
+    /// JSON for any `application/json` content type (parameters allowed), MessagePack
+    /// otherwise.
+    pub fn from_content_type(content_type: Option<&str>) -> Self {
+        match content_type {
+            Some(ct) if ct.trim().to_ascii_lowercase().starts_with(crate::headers::JSON) => {
+                Self::Json
+            }
+            _ => Self::MsgPack,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Json => crate::headers::JSON,
+            Self::MsgPack => crate::headers::MSGPACK,
+        }
+    }
+}
+
+/// A body that could not be decoded or encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("invalid MessagePack: {0}")]
+    MsgPackDecode(#[from] rmp_serde::decode::Error),
+    #[error("MessagePack encoding failed: {0}")]
+    MsgPackEncode(#[from] rmp_serde::encode::Error),
+}
+
+/// Encodes with the given encoding (MessagePack as a named map).
+pub fn encode<T: Serialize>(enc: Encoding, value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(match enc {
+        Encoding::Json => serde_json::to_vec(value)?,
+        Encoding::MsgPack => rmp_serde::to_vec_named(value)?,
+    })
+}
+
+/// Decodes with the given encoding. An empty body decodes as an empty object, as the
+/// ECS API treats a missing body.
+pub fn decode<T: DeserializeOwned>(enc: Encoding, bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(serde_json::from_slice(b"{}")?);
+    }
+    Ok(match enc {
+        Encoding::Json => serde_json::from_slice(bytes)?,
+        Encoding::MsgPack => rmp_serde::from_slice(bytes)?,
+    })
+}
+
+/// Encodes a journal record (named MessagePack).
+pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(rmp_serde::to_vec_named(value)?)
+}
+
+/// Decodes a journal record.
+pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    struct Probe {
+        cluster_name: Option<String>,
+        count: u32,
+    }
+
+    #[test]
+    fn round_trips_both_encodings() {
+        let p = Probe {
+            cluster_name: Some("a".into()),
+            count: 3,
+        };
+        for enc in [Encoding::Json, Encoding::MsgPack] {
+            let bytes = encode(enc, &p).unwrap();
+            assert_eq!(decode::<Probe>(enc, &bytes).unwrap(), p);
+        }
+        assert_eq!(decode::<Probe>(Encoding::MsgPack, b"").unwrap(), Probe::default());
+    }
+
+    #[test]
+    fn records_are_named_maps() {
+        let bytes = encode_record(&Probe {
+            cluster_name: Some("a".into()),
+            count: 1,
+        })
+        .unwrap();
+        // fixmap with 2 entries whose first key is the field name
+        assert_eq!(bytes[0], 0x82);
+        assert!(bytes.windows(11).any(|w| w == b"clusterName"));
+    }
+
+    #[test]
+    fn content_type_selects_encoding() {
+        assert_eq!(
+            Encoding::from_content_type(Some("application/json; charset=utf-8")),
+            Encoding::Json
+        );
+        assert_eq!(Encoding::from_content_type(None), Encoding::MsgPack);
+    }
+}

@@ -1,0 +1,627 @@
+//! ECS objects as Berth stores them in the journal and returns them from the API. Field
+//! names are the ECS API's (camelCase). Fields that only Berth uses are marked as
+//! internal. Derived values (counters, `version`) are `None` in journal records and
+//! filled in by readers: a counter stored in a record would be stale the moment another
+//! entity changed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `{name, value}` pairs (environment, statistics, settings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyValuePair {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Tag {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// A resource of a container instance: CPU and MEMORY are integers, PORTS and
+/// PORTS_UDP string sets (registered: reserved ports; remaining: ports in use).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Resource {
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub resource_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub double_value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_value: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integer_value: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub string_set_value: Vec<String>,
+}
+
+impl Resource {
+    pub const CPU: &'static str = "CPU";
+    pub const MEMORY: &'static str = "MEMORY";
+    pub const PORTS: &'static str = "PORTS";
+    pub const PORTS_UDP: &'static str = "PORTS_UDP";
+
+    pub fn integer(name: &str, value: i64) -> Self {
+        Self {
+            name: name.into(),
+            resource_type: "INTEGER".into(),
+            integer_value: Some(value),
+            ..Default::default()
+        }
+    }
+
+    pub fn string_set(name: &str, values: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            name: name.into(),
+            resource_type: "STRINGSET".into(),
+            string_set_value: values.into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The numeric value whatever its type.
+    pub fn number(&self) -> Option<i64> {
+        self.integer_value
+            .or(self.long_value)
+            .or(self.double_value.map(|d| d as i64))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Attribute {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_version: Option<String>,
+}
+
+/// A per-item failure of a batch action (`failures[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Failure {
+    pub fn new(arn: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            arn: Some(arn.into()),
+            reason: Some(reason.into()),
+            detail: None,
+        }
+    }
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// ECS failure reasons.
+pub mod reason {
+    pub const MISSING: &str = "MISSING";
+    pub const INACTIVE: &str = "INACTIVE";
+    pub const AGENT: &str = "AGENT";
+    pub const RESOURCE_CPU: &str = "RESOURCE:CPU";
+    pub const RESOURCE_MEMORY: &str = "RESOURCE:MEMORY";
+    pub const RESOURCE_PORTS: &str = "RESOURCE:PORTS";
+    pub const RESOURCE_PORTS_UDP: &str = "RESOURCE:PORTS_UDP";
+    pub const ATTRIBUTE: &str = "ATTRIBUTE";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClusterStatus {
+    #[default]
+    Active,
+    Provisioning,
+    Deprovisioning,
+    Failed,
+    Inactive,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    pub cluster_arn: String,
+    pub cluster_name: String,
+    #[serde(default)]
+    pub status: ClusterStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_container_instances_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_tasks_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_tasks_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_services_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statistics: Vec<KeyValuePair>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<KeyValuePair>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstanceStatus {
+    #[default]
+    Active,
+    Draining,
+    Inactive,
+    Registering,
+    Deregistering,
+    RegistrationFailed,
+}
+
+impl InstanceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::Draining => "DRAINING",
+            Self::Inactive => "INACTIVE",
+            Self::Registering => "REGISTERING",
+            Self::Deregistering => "DEREGISTERING",
+            Self::RegistrationFailed => "REGISTRATION_FAILED",
+        }
+    }
+}
+
+/// Resources one task holds on its instance (internal to the instance record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocation {
+    pub cpu: i64,
+    pub memory: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports_udp: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerInstance {
+    pub container_instance_arn: String,
+    #[serde(default)]
+    pub ec2_instance_id: String,
+    /// The journal sequence of this record; set by readers, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default)]
+    pub version_info: VersionInfo,
+    #[serde(default)]
+    pub registered_resources: Vec<Resource>,
+    #[serde(default)]
+    pub remaining_resources: Vec<Resource>,
+    #[serde(default)]
+    pub status: InstanceStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(default)]
+    pub agent_connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_tasks_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_tasks_count: Option<i64>,
+    #[serde(default)]
+    pub attributes: Vec<Attribute>,
+    #[serde(default)]
+    pub registered_at: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+    /// Internal: what each non-stopped task holds here, by task id. The conditional write
+    /// of this map is the placement decision.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocations: BTreeMap<String, Allocation>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskDefinitionStatus {
+    #[default]
+    Active,
+    Inactive,
+    DeleteInProgress,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+impl PortMapping {
+    pub fn is_udp(&self) -> bool {
+        self.protocol.as_deref() == Some("udp")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerDependency {
+    pub container_name: String,
+    pub condition: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerDefinition {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub cpu: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reservation: Option<i64>,
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub essential: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entry_point: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub environment: Vec<KeyValuePair>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<ContainerDependency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+    #[serde(default)]
+    pub mount_points: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub volumes_from: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_configuration: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub docker_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly_root_filesystem: Option<bool>,
+}
+
+impl ContainerDefinition {
+    /// Essential unless said otherwise (ECS default).
+    pub fn is_essential(&self) -> bool {
+        self.essential.unwrap_or(true)
+    }
+    /// Memory that placement reserves: memoryReservation if set, else memory.
+    pub fn reserved_memory(&self) -> i64 {
+        self.memory_reservation.or(self.memory).unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementConstraint {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub constraint_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementStrategy {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub strategy_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDefinition {
+    pub task_definition_arn: String,
+    pub family: String,
+    pub revision: u32,
+    #[serde(default)]
+    pub status: TaskDefinitionStatus,
+    #[serde(default)]
+    pub container_definitions: Vec<ContainerDefinition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub placement_constraints: Vec<PlacementConstraint>,
+    #[serde(default)]
+    pub requires_attributes: Vec<Attribute>,
+    #[serde(default)]
+    pub compatibilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires_compatibilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc_mode: Option<String>,
+    #[serde(default)]
+    pub registered_at: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregistered_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_by: Option<String>,
+    /// Internal: tags given at registration (returned beside the definition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+/// The revision counter of a family: `berth.state.taskdef.<family>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDefinitionFamily {
+    pub family: String,
+    pub last_revision: u32,
+    /// The command that took `last_revision`, so a redelivered registration reuses it.
+    #[serde(default)]
+    pub last_command_id: String,
+}
+
+/// The ECS task lifecycle, in order: `lastStatus` only moves forward.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskStatus {
+    Provisioning,
+    #[default]
+    Pending,
+    Activating,
+    Running,
+    Deactivating,
+    Stopping,
+    Deprovisioning,
+    Stopped,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "PROVISIONING",
+            Self::Pending => "PENDING",
+            Self::Activating => "ACTIVATING",
+            Self::Running => "RUNNING",
+            Self::Deactivating => "DEACTIVATING",
+            Self::Stopping => "STOPPING",
+            Self::Deprovisioning => "DEPROVISIONING",
+            Self::Stopped => "STOPPED",
+        }
+    }
+    /// Counted as pending in cluster and instance counters.
+    pub fn is_pending(self) -> bool {
+        self < Self::Running
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StopCode {
+    TaskFailedToStart,
+    EssentialContainerExited,
+    UserInitiated,
+    ServiceSchedulerInitiated,
+    SpotInterruption,
+    TerminationNotice,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkBinding {
+    #[serde(rename = "bindIP", default, skip_serializing_if = "Option::is_none")]
+    pub bind_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    pub container_arn: String,
+    pub task_arn: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_id: Option<String>,
+    #[serde(default)]
+    pub last_status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub network_bindings: Vec<NetworkBinding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reservation: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environment: Vec<KeyValuePair>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reservation: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOverride {
+    #[serde(default)]
+    pub container_overrides: Vec<ContainerOverride>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_role_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub task_arn: String,
+    pub cluster_arn: String,
+    pub task_definition_arn: String,
+    pub container_instance_arn: String,
+    pub last_status: TaskStatus,
+    pub desired_status: TaskStatus,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    #[serde(default)]
+    pub overrides: TaskOverride,
+    #[serde(default)]
+    pub group: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// The journal sequence of this record; set by readers, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default)]
+    pub created_at: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_started_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_stopped_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_stopped_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_code: Option<StopCode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub launch_type: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+    /// Internal: what the task holds on its instance (mirrors the instance record).
+    #[serde(default)]
+    pub allocation: Allocation,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_status_orders_the_lifecycle() {
+        assert!(TaskStatus::Provisioning < TaskStatus::Pending);
+        assert!(TaskStatus::Running < TaskStatus::Stopped);
+        assert_eq!(
+            serde_json::to_value(TaskStatus::Deprovisioning).unwrap(),
+            "DEPROVISIONING"
+        );
+    }
+
+    #[test]
+    fn task_record_is_a_named_map_with_ecs_fields() {
+        let t = Task {
+            task_arn: "arn:aws:ecs:r:a:task/c/t".into(),
+            last_status: TaskStatus::Pending,
+            desired_status: TaskStatus::Running,
+            ..Default::default()
+        };
+        let bytes = crate::codec::encode_record(&t).unwrap();
+        let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(v["taskArn"], "arn:aws:ecs:r:a:task/c/t");
+        assert_eq!(v["lastStatus"], "PENDING");
+        assert_eq!(v["desiredStatus"], "RUNNING");
+        assert!(v.get("version").is_none());
+        let back: Task = crate::codec::decode_record(&bytes).unwrap();
+        assert_eq!(back, t);
+    }
+}

@@ -1,0 +1,194 @@
+//! The one home of every NATS subject Berth uses: the journal (`berth.state.>`), the
+//! command stream (`berth.cmd.>`), command outcomes (`berth.outcome.>`), the API
+//! (`berth.api.<Action>`) and the per-host subjects (`berth.host.>`). Builders take
+//! tokens that were validated at the boundary (see [`crate::validate`]); the parser
+//! turns a journal subject back into the entity it names.
+
+/// Prefix of the journal stream's subjects.
+pub const STATE_PREFIX: &str = "berth.state";
+/// All journal subjects.
+pub const STATE_ALL: &str = "berth.state.>";
+/// Prefix of the command stream's subjects.
+pub const CMD_PREFIX: &str = "berth.cmd";
+/// All command subjects.
+pub const CMD_ALL: &str = "berth.cmd.>";
+/// Prefix of command-outcome subjects.
+pub const OUTCOME_PREFIX: &str = "berth.outcome";
+/// All outcome subjects.
+pub const OUTCOME_ALL: &str = "berth.outcome.>";
+/// Prefix of the API subjects.
+pub const API_PREFIX: &str = "berth.api";
+/// Every heartbeat of every agent: `berth.host.<cluster>.<instance-id>.heartbeat`.
+pub const HEARTBEAT_ALL: &str = "berth.host.*.*.heartbeat";
+/// The token that task-definition subjects use where cluster subjects name a cluster.
+/// It is therefore reserved and no cluster may be named so.
+pub const TASKDEF_TOKEN: &str = "taskdef";
+
+/// `berth.state.<cluster>.cluster`
+pub fn cluster(cluster: &str) -> String {
+    format!("{STATE_PREFIX}.{cluster}.cluster")
+}
+
+/// `berth.state.<cluster>.instance.<instance-id>`
+pub fn instance(cluster: &str, instance_id: &str) -> String {
+    format!("{STATE_PREFIX}.{cluster}.instance.{instance_id}")
+}
+
+/// `berth.state.<cluster>.instance.*`
+pub fn instances_of(cluster: &str) -> String {
+    format!("{STATE_PREFIX}.{cluster}.instance.*")
+}
+
+/// `berth.state.<cluster>.task.<instance-id>.<task-id>`
+pub fn task(cluster: &str, instance_id: &str, task_id: &str) -> String {
+    format!("{STATE_PREFIX}.{cluster}.task.{instance_id}.{task_id}")
+}
+
+/// `berth.state.<cluster>.task.<instance-id>.*`: what an agent follows.
+pub fn tasks_of_instance(cluster: &str, instance_id: &str) -> String {
+    format!("{STATE_PREFIX}.{cluster}.task.{instance_id}.*")
+}
+
+/// `berth.state.<cluster>.service.<service-name>`
+pub fn service(cluster: &str, service_name: &str) -> String {
+    format!("{STATE_PREFIX}.{cluster}.service.{service_name}")
+}
+
+/// `berth.state.taskdef.<family>.<revision>`
+pub fn task_definition(family: &str, revision: u32) -> String {
+    format!("{STATE_PREFIX}.{TASKDEF_TOKEN}.{family}.{revision}")
+}
+
+/// `berth.state.taskdef.<family>`: the family record that carries the revision counter.
+pub fn task_definition_family(family: &str) -> String {
+    format!("{STATE_PREFIX}.{TASKDEF_TOKEN}.{family}")
+}
+
+/// `berth.cmd.<cluster>.<Action>`; task-definition actions use [`TASKDEF_TOKEN`].
+pub fn command(scope: &str, action: &str) -> String {
+    format!("{CMD_PREFIX}.{scope}.{action}")
+}
+
+/// `berth.outcome.<command-id>`
+pub fn outcome(command_id: &str) -> String {
+    format!("{OUTCOME_PREFIX}.{command_id}")
+}
+
+/// `berth.api.<Action>`
+pub fn api(action: &str) -> String {
+    format!("{API_PREFIX}.{action}")
+}
+
+/// `berth.host.<cluster>.<instance-id>.heartbeat`
+pub fn heartbeat(cluster: &str, instance_id: &str) -> String {
+    format!("berth.host.{cluster}.{instance_id}.heartbeat")
+}
+
+/// `berth.host.<cluster>.<instance-id>.logs`: the agent answers log requests here.
+pub fn host_logs(cluster: &str, instance_id: &str) -> String {
+    format!("berth.host.{cluster}.{instance_id}.logs")
+}
+
+/// Parses `berth.host.<cluster>.<instance-id>.heartbeat` into (cluster, instance id).
+pub fn parse_heartbeat(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix("berth.host.")?;
+    let mut it = rest.split('.');
+    let (c, i, kind) = (it.next()?, it.next()?, it.next()?);
+    (kind == "heartbeat" && it.next().is_none()).then_some((c, i))
+}
+
+/// Parses `berth.cmd.<scope>.<Action>` into (scope, action).
+pub fn parse_command(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix("berth.cmd.")?;
+    let mut it = rest.split('.');
+    let (scope, action) = (it.next()?, it.next()?);
+    it.next().is_none().then_some((scope, action))
+}
+
+/// The entity a journal subject names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateKey<'a> {
+    Cluster { cluster: &'a str },
+    Instance { cluster: &'a str, instance_id: &'a str },
+    Task { cluster: &'a str, instance_id: &'a str, task_id: &'a str },
+    Service { cluster: &'a str, service: &'a str },
+    TaskDefinitionFamily { family: &'a str },
+    TaskDefinition { family: &'a str, revision: u32 },
+}
+
+/// Parses a journal subject; `None` for anything that is not one of Berth's entities.
+pub fn parse_state(subject: &str) -> Option<StateKey<'_>> {
+    let rest = subject.strip_prefix("berth.state.")?;
+    let tokens: Vec<&str> = rest.split('.').collect();
+    match tokens.as_slice() {
+        [TASKDEF_TOKEN, family] => Some(StateKey::TaskDefinitionFamily { family }),
+        [TASKDEF_TOKEN, family, rev] => Some(StateKey::TaskDefinition {
+            family,
+            revision: rev.parse().ok()?,
+        }),
+        [cluster, "cluster"] => Some(StateKey::Cluster { cluster }),
+        [cluster, "instance", instance_id] => Some(StateKey::Instance {
+            cluster,
+            instance_id,
+        }),
+        [cluster, "task", instance_id, task_id] => Some(StateKey::Task {
+            cluster,
+            instance_id,
+            task_id,
+        }),
+        [cluster, "service", service] => Some(StateKey::Service { cluster, service }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_and_parser_agree() {
+        assert_eq!(
+            parse_state(&cluster("prod")),
+            Some(StateKey::Cluster { cluster: "prod" })
+        );
+        assert_eq!(
+            parse_state(&instance("prod", "i1")),
+            Some(StateKey::Instance {
+                cluster: "prod",
+                instance_id: "i1"
+            })
+        );
+        assert_eq!(
+            parse_state(&task("prod", "i1", "t1")),
+            Some(StateKey::Task {
+                cluster: "prod",
+                instance_id: "i1",
+                task_id: "t1"
+            })
+        );
+        assert_eq!(
+            parse_state(&task_definition("web", 3)),
+            Some(StateKey::TaskDefinition {
+                family: "web",
+                revision: 3
+            })
+        );
+        assert_eq!(
+            parse_state(&task_definition_family("web")),
+            Some(StateKey::TaskDefinitionFamily { family: "web" })
+        );
+        assert_eq!(parse_state("berth.state.x.bogus.y"), None);
+        assert_eq!(parse_state("other.x"), None);
+    }
+
+    #[test]
+    fn command_and_heartbeat_parse() {
+        assert_eq!(
+            parse_command(&command("c1", "RunTask")),
+            Some(("c1", "RunTask"))
+        );
+        assert_eq!(parse_command("berth.cmd.a.b.c"), None);
+        assert_eq!(parse_heartbeat(&heartbeat("c", "i")), Some(("c", "i")));
+        assert_eq!(parse_heartbeat("berth.host.c.i.logs"), None);
+    }
+}
