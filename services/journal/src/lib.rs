@@ -1,1 +1,409 @@
-//! berth-journal
+//! Berth's journal on NATS JetStream. It owns the three streams (`BERTH_STATE`,
+//! `BERTH_CMD`, `BERTH_OUTCOME`), their idempotent provisioning, the conditional write
+//! (a publish with `Nats-Expected-Last-Subject-Sequence`, conflicts recognised by error
+//! kind, never by text), direct reads of an entity's latest record, command outcomes,
+//! and the in-memory [`view::View`] of the whole state.
+//!
+//! An entity's version is the stream sequence of its last record; every write names the
+//! version it read (0 to create), so a write on a stale read is refused with
+//! [`JournalError::Conflict`] and the writer re-reads and re-validates.
+
+pub mod view;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream, Context};
+use async_nats::HeaderMap;
+use berth_messages::codec;
+use berth_messages::command::Outcome;
+use berth_messages::headers;
+use berth_messages::streams::{self, Retention, StreamOptions, StreamSpec};
+use berth_messages::subjects;
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+
+/// Failures of journal operations.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Someone wrote the subject after the version this writer read (JetStream 10071).
+    #[error("conflict on {subject}: it changed after version {expected}")]
+    Conflict { subject: String, expected: u64 },
+    #[error("record on {subject} cannot be decoded: {source}")]
+    Decode {
+        subject: String,
+        source: codec::CodecError,
+    },
+    #[error("record cannot be encoded: {0}")]
+    Encode(#[from] codec::CodecError),
+    #[error("NATS connection failed: {0}")]
+    Connect(String),
+    #[error("stream {stream} cannot be provisioned: {reason}")]
+    Provision { stream: String, reason: String },
+    #[error("publish to {subject} failed: {reason}")]
+    Publish { subject: String, reason: String },
+    #[error("read of {subject} failed: {reason}")]
+    Read { subject: String, reason: String },
+    #[error("consumer failed: {0}")]
+    Consumer(String),
+    #[error("gave up on {subject} after {attempts} conflicting attempts")]
+    TooManyConflicts { subject: String, attempts: u32 },
+}
+
+impl JournalError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}
+
+pub type Result<T, E = JournalError> = std::result::Result<T, E>;
+
+/// A record with its version (the stream sequence of the message that holds it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub version: u64,
+}
+
+/// Connection settings shared by every Berth process.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// One or more server URLs (comma separated in flags and env).
+    pub servers: Vec<String>,
+    pub streams: StreamOptions,
+    /// Bound on every JetStream API call and publish acknowledgement.
+    pub request_timeout: Duration,
+    /// Connection name shown by the server (`nats server report connections`).
+    pub name: String,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            streams: StreamOptions::default(),
+            request_timeout: Duration::from_secs(10),
+            name: "berth".into(),
+        }
+    }
+}
+
+/// Handle on the journal: cheap to clone, shared by every actor of a process.
+#[derive(Clone)]
+pub struct Journal {
+    client: async_nats::Client,
+    js: Context,
+    state: stream::Stream<()>,
+    outcomes: stream::Stream<()>,
+}
+
+/// Turns a client-independent [`StreamSpec`] into a server stream configuration.
+pub fn stream_config(spec: &StreamSpec) -> stream::Config {
+    stream::Config {
+        name: spec.name.to_string(),
+        subjects: spec.subjects.clone(),
+        storage: stream::StorageType::File,
+        retention: match spec.retention {
+            Retention::Limits => stream::RetentionPolicy::Limits,
+            Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+        },
+        max_messages_per_subject: spec.max_msgs_per_subject,
+        max_age: spec.max_age,
+        duplicate_window: spec.duplicate_window,
+        allow_direct: spec.allow_direct,
+        num_replicas: spec.replicas,
+        ..Default::default()
+    }
+}
+
+/// Connects to NATS with Berth's client settings.
+pub async fn connect(config: &JournalConfig) -> Result<async_nats::Client> {
+    let addrs = config
+        .servers
+        .iter()
+        .map(|s| s.parse::<async_nats::ServerAddr>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| JournalError::Connect(e.to_string()))?;
+    async_nats::ConnectOptions::new()
+        .name(&config.name)
+        .request_timeout(Some(config.request_timeout))
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(addrs)
+        .await
+        .map_err(|e| JournalError::Connect(e.to_string()))
+}
+
+impl Journal {
+    /// Connects and provisions the streams (idempotent: existing streams are updated to
+    /// the contract's settings).
+    pub async fn open(config: &JournalConfig) -> Result<Self> {
+        let client = connect(config).await?;
+        Self::with_client(client, config).await
+    }
+
+    /// Provisions the streams on an existing connection and returns a handle.
+    pub async fn with_client(client: async_nats::Client, config: &JournalConfig) -> Result<Self> {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .build(client.clone());
+        provision(&js, &config.streams).await?;
+        let get = |name: &'static str| {
+            let js = js.clone();
+            async move {
+                js.get_stream_no_info(name)
+                    .await
+                    .map_err(|e| JournalError::Provision {
+                        stream: name.into(),
+                        reason: e.to_string(),
+                    })
+            }
+        };
+        let state = get(streams::STATE).await?;
+        let outcomes = get(streams::OUTCOME).await?;
+        Ok(Self {
+            client,
+            js,
+            state,
+            outcomes,
+        })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &Context {
+        &self.js
+    }
+
+    /// Conditional write of a record: succeeds only if the subject's last sequence is
+    /// still `expected` (0: the subject must be empty). Returns the new version.
+    pub async fn write<T: Serialize>(
+        &self,
+        subject: &str,
+        record: &T,
+        expected: u64,
+        command_id: &str,
+    ) -> Result<u64> {
+        let payload = codec::encode_record(record)?;
+        self.write_bytes(subject, payload.into(), expected, command_id)
+            .await
+    }
+
+    /// [`Journal::write`] of an already encoded record.
+    pub async fn write_bytes(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        expected: u64,
+        command_id: &str,
+    ) -> Result<u64> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .expected_last_subject_sequence(expected)
+            .header(headers::COMMAND_ID, command_id);
+        let ack = self
+            .js
+            .send_publish(subject.to_string(), publish)
+            .await
+            .map_err(|e| publish_error(subject, expected, e.kind(), &e))?;
+        let ack = ack
+            .await
+            .map_err(|e| publish_error(subject, expected, e.kind(), &e))?;
+        Ok(ack.sequence)
+    }
+
+    /// The latest record on a journal subject, by direct get (any replica may answer;
+    /// a stale answer is caught by the conditional write that follows).
+    pub async fn read<T: DeserializeOwned>(&self, subject: &str) -> Result<Option<Versioned<T>>> {
+        match self.read_raw(subject).await? {
+            None => Ok(None),
+            Some((payload, version, _)) => codec::decode_record(&payload)
+                .map(|value| Some(Versioned { value, version }))
+                .map_err(|source| JournalError::Decode {
+                    subject: subject.to_string(),
+                    source,
+                }),
+        }
+    }
+
+    /// Latest payload, version and causing command id on a journal subject.
+    pub async fn read_raw(&self, subject: &str) -> Result<Option<(Bytes, u64, Option<String>)>> {
+        direct_last(&self.state, subject).await
+    }
+
+    /// Read, modify, conditionally write; on conflict re-read and re-apply, up to
+    /// `attempts` times. `change` sees the current record (if any) and returns the new
+    /// one, `None` to write nothing, or an error to give up.
+    pub async fn update<T, E, F>(
+        &self,
+        subject: &str,
+        command_id: &str,
+        attempts: u32,
+        mut change: F,
+    ) -> std::result::Result<Option<Versioned<T>>, UpdateError<E>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<Versioned<T>>) -> std::result::Result<Option<T>, E>,
+    {
+        for _ in 0..attempts {
+            let current: Option<Versioned<T>> = self.read(subject).await?;
+            let expected = current.as_ref().map_or(0, |c| c.version);
+            let Some(next) = change(current).map_err(UpdateError::Rejected)? else {
+                return Ok(None);
+            };
+            match self.write(subject, &next, expected, command_id).await {
+                Ok(version) => {
+                    return Ok(Some(Versioned {
+                        value: next,
+                        version,
+                    }))
+                }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(JournalError::TooManyConflicts {
+            subject: subject.to_string(),
+            attempts,
+        }
+        .into())
+    }
+
+    /// The outcome recorded for a command, if any.
+    pub async fn read_outcome(&self, command_id: &str) -> Result<Option<Outcome>> {
+        let subject = subjects::outcome(command_id);
+        match direct_last(&self.outcomes, &subject).await? {
+            None => Ok(None),
+            Some((payload, _, _)) => codec::decode_record(&payload)
+                .map(Some)
+                .map_err(|source| JournalError::Decode { subject, source }),
+        }
+    }
+
+    /// Records a command's outcome exactly once. If another processor recorded one
+    /// first, that one is returned instead and stays the only outcome.
+    pub async fn record_outcome(&self, outcome: &Outcome) -> Result<Outcome> {
+        let subject = subjects::outcome(&outcome.command_id);
+        let payload = codec::encode_record(outcome)?;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .expected_last_subject_sequence(0)
+            .message_id(format!("outcome-{}", outcome.command_id))
+            .header(headers::COMMAND_ID, outcome.command_id.as_str());
+        let result = match self.js.send_publish(subject.clone(), publish).await {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => Ok(outcome.clone()),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => self
+                .read_outcome(&outcome.command_id)
+                .await?
+                .ok_or_else(|| JournalError::Read {
+                    subject,
+                    reason: "outcome conflict but no outcome found".into(),
+                }),
+            Err(e) => Err(publish_error(&subject, 0, e.kind(), &e)),
+        }
+    }
+
+    /// Last sequence of `BERTH_STATE` (what a view must reach to have read everything
+    /// written so far).
+    pub async fn state_last_sequence(&self) -> Result<u64> {
+        let mut s = self
+            .js
+            .get_stream(streams::STATE)
+            .await
+            .map_err(|e| JournalError::Read {
+                subject: streams::STATE.into(),
+                reason: e.to_string(),
+            })?;
+        let info = s.info().await.map_err(|e| JournalError::Read {
+            subject: streams::STATE.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(info.state.last_sequence)
+    }
+}
+
+/// Errors of [`Journal::update`]: the journal's, or the change's own refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError<E> {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("change rejected")]
+    Rejected(E),
+}
+
+/// Creates or updates every stream of the contract. A 3-node cluster may not have a
+/// meta leader yet right after start, so this retries for a while.
+pub async fn provision(js: &Context, opts: &StreamOptions) -> Result<()> {
+    for spec in streams::all(opts) {
+        let config = stream_config(&spec);
+        let mut last_error = String::new();
+        let mut done = false;
+        for attempt in 0..40u32 {
+            match js.create_or_update_stream(config.clone()).await {
+                Ok(_) => {
+                    done = true;
+                    break;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    tracing::debug!(stream = spec.name, attempt, error = %e, "stream not provisioned yet");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+        if !done {
+            return Err(JournalError::Provision {
+                stream: spec.name.into(),
+                reason: last_error,
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn direct_last(
+    stream: &stream::Stream<()>,
+    subject: &str,
+) -> Result<Option<(Bytes, u64, Option<String>)>> {
+    use async_nats::jetstream::stream::DirectGetErrorKind;
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(msg) => {
+            let command = command_id_of(&msg.headers);
+            Ok(Some((msg.payload, msg.sequence, command)))
+        }
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JournalError::Read {
+            subject: subject.to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The `Berth-Command-Id` header of a journal message.
+pub fn command_id_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(headers::COMMAND_ID)
+        .map(|v| v.as_str().to_string())
+}
+
+fn publish_error(
+    subject: &str,
+    expected: u64,
+    kind: PublishErrorKind,
+    e: &dyn std::fmt::Display,
+) -> JournalError {
+    match kind {
+        PublishErrorKind::WrongLastSequence => JournalError::Conflict {
+            subject: subject.to_string(),
+            expected,
+        },
+        _ => JournalError::Publish {
+            subject: subject.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
