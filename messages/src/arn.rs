@@ -35,7 +35,10 @@ impl ArnScope {
     }
     /// `arn:aws:ecs:<region>:<account>:container/<cluster>/<task-id>/<container-id>`
     pub fn container(&self, cluster: &str, task_id: &str, container_id: &str) -> String {
-        format!("{}:container/{cluster}/{task_id}/{container_id}", self.prefix())
+        format!(
+            "{}:container/{cluster}/{task_id}/{container_id}",
+            self.prefix()
+        )
     }
     /// `arn:aws:ecs:<region>:<account>:task-definition/<family>:<revision>`
     pub fn task_definition(&self, family: &str, revision: u32) -> String {

@@ -17,7 +17,12 @@ impl Encoding {
     /// otherwise.
     pub fn from_content_type(content_type: Option<&str>) -> Self {
         match content_type {
-            Some(ct) if ct.trim().to_ascii_lowercase().starts_with(crate::headers::JSON) => {
+            Some(ct)
+                if ct
+                    .trim()
+                    .to_ascii_lowercase()
+                    .starts_with(crate::headers::JSON) =>
+            {
                 Self::Json
             }
             _ => Self::MsgPack,
@@ -95,7 +100,10 @@ mod tests {
             let bytes = encode(enc, &p).unwrap();
             assert_eq!(decode::<Probe>(enc, &bytes).unwrap(), p);
         }
-        assert_eq!(decode::<Probe>(Encoding::MsgPack, b"").unwrap(), Probe::default());
+        assert_eq!(
+            decode::<Probe>(Encoding::MsgPack, b"").unwrap(),
+            Probe::default()
+        );
     }
 
     #[test]

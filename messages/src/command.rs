@@ -99,9 +99,7 @@ impl CommandRequest {
             Action::CreateCluster => Self::CreateCluster(d(enc, body)?),
             Action::DeleteCluster => Self::DeleteCluster(d(enc, body)?),
             Action::RegisterContainerInstance => Self::RegisterContainerInstance(d(enc, body)?),
-            Action::DeregisterContainerInstance => {
-                Self::DeregisterContainerInstance(d(enc, body)?)
-            }
+            Action::DeregisterContainerInstance => Self::DeregisterContainerInstance(d(enc, body)?),
             Action::UpdateContainerInstancesState => {
                 Self::UpdateContainerInstancesState(d(enc, body)?)
             }
@@ -241,7 +239,9 @@ impl Outcome {
         match (&self.response, &self.error) {
             (Some(r), _) => Ok(r),
             (None, Some(e)) => Err(e.clone()),
-            (None, None) => Err(ApiError::server("outcome carries neither response nor error")),
+            (None, None) => Err(ApiError::server(
+                "outcome carries neither response nor error",
+            )),
         }
     }
 }
@@ -261,8 +261,8 @@ mod tests {
 
     #[test]
     fn decode_requires_required_fields() {
-        let err = CommandRequest::decode(Action::RunTask, Encoding::Json, br#"{"count":1}"#)
-            .unwrap_err();
+        let err =
+            CommandRequest::decode(Action::RunTask, Encoding::Json, br#"{"count":1}"#).unwrap_err();
         assert_eq!(err.error_type, crate::ErrorType::InvalidParameterException);
         assert!(err.message.contains("taskDefinition"), "{}", err.message);
         let ok = CommandRequest::decode(

@@ -106,20 +106,6 @@ impl ApiError {
 /// Shorthand for results whose error is an ECS error.
 pub type ApiResult<T> = Result<T, ApiError>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_body_uses_ecs_field_names() {
-        let e = ApiError::cluster_not_found("x");
-        let json = serde_json::to_value(&e).unwrap();
-        assert_eq!(json["__type"], "ClusterNotFoundException");
-        assert_eq!(json["message"], "Cluster not found: x");
-        assert_eq!(e.error_type.status_code(), 404);
-    }
-}
-
 /// Maps a body that failed to decode onto ECS errors: a body that is not JSON or
 /// MessagePack at all is a `ClientException`; a well-formed body with a wrong type, a
 /// bad enum value or a missing required field is an `InvalidParameterException`.
@@ -135,5 +121,19 @@ pub fn decode_error(e: crate::codec::CodecError) -> ApiError {
             | rmp_serde::decode::Error::Utf8Error(_),
         ) => ApiError::client(format!("request body is not valid MessagePack: {e}")),
         _ => ApiError::invalid(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_uses_ecs_field_names() {
+        let e = ApiError::cluster_not_found("x");
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["__type"], "ClusterNotFoundException");
+        assert_eq!(json["message"], "Cluster not found: x");
+        assert_eq!(e.error_type.status_code(), 404);
     }
 }

@@ -108,12 +108,29 @@ pub fn parse_command(subject: &str) -> Option<(&str, &str)> {
 /// The entity a journal subject names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateKey<'a> {
-    Cluster { cluster: &'a str },
-    Instance { cluster: &'a str, instance_id: &'a str },
-    Task { cluster: &'a str, instance_id: &'a str, task_id: &'a str },
-    Service { cluster: &'a str, service: &'a str },
-    TaskDefinitionFamily { family: &'a str },
-    TaskDefinition { family: &'a str, revision: u32 },
+    Cluster {
+        cluster: &'a str,
+    },
+    Instance {
+        cluster: &'a str,
+        instance_id: &'a str,
+    },
+    Task {
+        cluster: &'a str,
+        instance_id: &'a str,
+        task_id: &'a str,
+    },
+    Service {
+        cluster: &'a str,
+        service: &'a str,
+    },
+    TaskDefinitionFamily {
+        family: &'a str,
+    },
+    TaskDefinition {
+        family: &'a str,
+        revision: u32,
+    },
 }
 
 /// Parses a journal subject; `None` for anything that is not one of Berth's entities.

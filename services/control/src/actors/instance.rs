@@ -1,0 +1,348 @@
+//! The instance actor: the only writer of one container-instance record in this replica.
+//! It group-commits: while one conditional write is in flight it gathers further
+//! operations (allocations, releases, status or attribute changes, agent flips) and
+//! writes them together in the next one. That keeps one write in flight per instance
+//! subject, which R3 streams require, and turns a burst of placements on one host into
+//! one journal write. On a conflict it re-reads the record and re-validates every
+//! operation of the batch against it.
+
+use crate::shared::{ExecError, Metrics, Shared};
+use actix::prelude::*;
+use berth_journal::{JournalError, Versioned};
+use berth_messages::model::{Allocation, ContainerInstance};
+use berth_messages::{subjects, ApiError};
+use berth_placement::{Demand, Shortfall};
+use tokio::sync::oneshot;
+
+/// Gives up a batch after this many consecutive conflicts (the command is retried
+/// later by redelivery).
+const MAX_CONFLICTS: u32 = 50;
+
+/// Why an operation on an instance did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceOpError {
+    #[error("the container instance does not exist")]
+    Missing,
+    #[error("the container instance lacks {0:?}")]
+    Shortfall(Shortfall),
+    #[error(transparent)]
+    Rejected(ApiError),
+    #[error(transparent)]
+    Journal(JournalError),
+}
+
+impl From<InstanceOpError> for ExecError {
+    fn from(e: InstanceOpError) -> Self {
+        match e {
+            InstanceOpError::Journal(j) => j.into(),
+            InstanceOpError::Rejected(a) => ExecError::Api(a),
+            InstanceOpError::Missing => ExecError::Api(ApiError::invalid(
+                "The referenced container instance was not found",
+            )),
+            InstanceOpError::Shortfall(s) => ExecError::Api(ApiError::client(format!(
+                "the container instance cannot take it: {}",
+                s.reason()
+            ))),
+        }
+    }
+}
+
+/// A change to an instance record that may refuse (with an API error).
+pub type Mutation = Box<dyn FnMut(&mut ContainerInstance) -> Result<(), ApiError> + Send + 'static>;
+
+/// Builds a record from the current one (if any).
+pub type Upsert =
+    Box<dyn FnMut(Option<&ContainerInstance>) -> Result<ContainerInstance, ApiError> + Send>;
+
+/// What an operation asks of the record.
+pub enum OpKind {
+    /// Reserve resources for a task (idempotent per task id). `require_active`: the
+    /// instance must be ACTIVE with a connected agent (RunTask and StartTask).
+    Allocate {
+        task_id: String,
+        demand: Demand,
+        require_active: bool,
+    },
+    /// Return a task's resources (idempotent).
+    Release { task_id: String },
+    /// Any other change: status, attributes, agentConnected, deregistration.
+    Mutate(Mutation),
+    /// Create the record (registration) or replace it when it exists (re-registration);
+    /// the function receives the current record if any.
+    Upsert(Upsert),
+}
+
+/// The result of an applied operation: the record version written (or read, if the
+/// operation changed nothing) and, for allocations, what the task holds.
+#[derive(Debug, Clone)]
+pub struct OpDone {
+    pub version: u64,
+    pub allocation: Option<Allocation>,
+    pub instance: ContainerInstance,
+}
+
+/// One operation with its command id and where its result goes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InstanceOp {
+    pub command_id: String,
+    pub kind: OpKind,
+    pub reply: oneshot::Sender<Result<OpDone, InstanceOpError>>,
+}
+
+impl InstanceOp {
+    /// Sends an operation and waits for its result.
+    pub async fn run(
+        shared: &Shared,
+        cluster: &str,
+        instance_id: &str,
+        command_id: &str,
+        kind: OpKind,
+    ) -> Result<OpDone, InstanceOpError> {
+        let (tx, rx) = oneshot::channel();
+        let op = InstanceOp {
+            command_id: command_id.to_string(),
+            kind,
+            reply: tx,
+        };
+        shared.instance_actor(cluster, instance_id).do_send(op);
+        rx.await.unwrap_or_else(|_| {
+            Err(InstanceOpError::Journal(JournalError::Consumer(
+                "instance actor stopped".into(),
+            )))
+        })
+    }
+}
+
+pub struct InstanceActor {
+    shared: Shared,
+    cluster: String,
+    instance_id: String,
+    subject: String,
+    record: Option<Versioned<ContainerInstance>>,
+    pending: Vec<InstanceOp>,
+    in_flight: bool,
+}
+
+impl InstanceActor {
+    pub fn new(shared: Shared, cluster: String, instance_id: String) -> Self {
+        let subject = subjects::instance(&cluster, &instance_id);
+        Self {
+            shared,
+            cluster,
+            instance_id,
+            subject,
+            record: None,
+            pending: Vec::new(),
+            in_flight: false,
+        }
+    }
+
+    /// Starts the next group commit if none is in flight.
+    fn kick(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight || self.pending.is_empty() {
+            return;
+        }
+        self.in_flight = true;
+        let batch = std::mem::take(&mut self.pending);
+        // Prefer the view's copy when it is newer than ours (another replica wrote).
+        let mut cached = self.record.take();
+        if let Some(seen) = self.shared.view.instance(&self.cluster, &self.instance_id) {
+            if cached.as_ref().is_none_or(|c| c.version < seen.version) {
+                cached = Some((*seen).clone());
+            }
+        }
+        let shared = self.shared.clone();
+        let subject = self.subject.clone();
+        let span = tracing::debug_span!("instance_commit", cluster = %self.cluster, instance = %self.instance_id, ops = batch.len());
+        let fut = commit(shared, subject, cached, batch);
+        ctx.spawn(
+            tracing::Instrument::instrument(fut, span)
+                .into_actor(self)
+                .map(|record, act, ctx| {
+                    act.record = record;
+                    act.in_flight = false;
+                    act.kick(ctx);
+                }),
+        );
+    }
+}
+
+impl Actor for InstanceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+impl Handler<InstanceOp> for InstanceActor {
+    type Result = ();
+
+    fn handle(&mut self, op: InstanceOp, ctx: &mut Self::Context) {
+        self.pending.push(op);
+        self.kick(ctx);
+    }
+}
+
+/// Applies one batch to the freshest record and writes it; re-reads and re-applies on
+/// conflict. Returns the record as last known.
+async fn commit(
+    shared: Shared,
+    subject: String,
+    mut record: Option<Versioned<ContainerInstance>>,
+    mut batch: Vec<InstanceOp>,
+) -> Option<Versioned<ContainerInstance>> {
+    let mut conflicts = 0;
+    let mut must_read = record.is_none();
+    loop {
+        if must_read {
+            match shared.journal.read::<ContainerInstance>(&subject).await {
+                Ok(r) => record = r,
+                Err(e) => {
+                    fail_all(batch, || InstanceOpError::Journal(clone_journal_error(&e)));
+                    return None;
+                }
+            }
+        }
+        let current = record.as_ref();
+        let mut next = current.map(|r| r.value.clone());
+        let mut results: Vec<Result<Option<Allocation>, InstanceOpError>> =
+            Vec::with_capacity(batch.len());
+        let mut changed = false;
+        for op in batch.iter_mut() {
+            results.push(apply(&mut next, &mut op.kind, &mut changed));
+        }
+        let expected = current.map_or(0, |r| r.version);
+        let Some(mut next) = next.filter(|_| changed) else {
+            // Nothing to write: answer from the record as it is.
+            respond(batch, results, record.as_ref());
+            return record;
+        };
+        next.remaining_resources = berth_placement::remaining_resources(&next);
+        next.version = None;
+        next.running_tasks_count = None;
+        next.pending_tasks_count = None;
+        let command_id = batch
+            .iter()
+            .zip(&results)
+            .find(|(_, r)| r.is_ok())
+            .map(|(op, _)| op.command_id.clone())
+            .unwrap_or_default();
+        Metrics::inc(&shared.metrics.group_commits);
+        match shared
+            .journal
+            .write(&subject, &next, expected, &command_id)
+            .await
+        {
+            Ok(version) => {
+                let written = Versioned {
+                    value: next,
+                    version,
+                };
+                respond(batch, results, Some(&written));
+                return Some(written);
+            }
+            Err(e) if e.is_conflict() => {
+                Metrics::inc(&shared.metrics.conflicts);
+                conflicts += 1;
+                if conflicts >= MAX_CONFLICTS {
+                    fail_all(batch, || InstanceOpError::Journal(clone_journal_error(&e)));
+                    return None;
+                }
+                Metrics::inc(&shared.metrics.retries);
+                must_read = true;
+            }
+            Err(e) => {
+                fail_all(batch, || InstanceOpError::Journal(clone_journal_error(&e)));
+                return None;
+            }
+        }
+    }
+}
+
+fn apply(
+    record: &mut Option<ContainerInstance>,
+    kind: &mut OpKind,
+    changed: &mut bool,
+) -> Result<Option<Allocation>, InstanceOpError> {
+    if let OpKind::Upsert(f) = kind {
+        let next = f(record.as_ref()).map_err(InstanceOpError::Rejected)?;
+        *record = Some(next);
+        *changed = true;
+        return Ok(None);
+    }
+    let Some(instance) = record.as_mut() else {
+        return Err(InstanceOpError::Missing);
+    };
+    match kind {
+        OpKind::Allocate {
+            task_id,
+            demand,
+            require_active,
+        } => {
+            if let Some(existing) = instance.allocations.get(task_id.as_str()) {
+                return Ok(Some(existing.clone()));
+            }
+            let allocation = if *require_active {
+                berth_placement::fit(instance, demand)
+            } else {
+                berth_placement::fit_resources(&berth_placement::remaining(instance), demand)
+            }
+            .map_err(InstanceOpError::Shortfall)?;
+            berth_placement::allocate(instance, task_id, allocation.clone());
+            *changed = true;
+            Ok(Some(allocation))
+        }
+        OpKind::Release { task_id } => {
+            if instance.allocations.remove(task_id.as_str()).is_some() {
+                *changed = true;
+            }
+            Ok(None)
+        }
+        OpKind::Mutate(f) => {
+            let mut candidate = instance.clone();
+            f(&mut candidate).map_err(InstanceOpError::Rejected)?;
+            if candidate != *instance {
+                *instance = candidate;
+                *changed = true;
+            }
+            Ok(None)
+        }
+        OpKind::Upsert(_) => Ok(None),
+    }
+}
+
+fn respond(
+    batch: Vec<InstanceOp>,
+    results: Vec<Result<Option<Allocation>, InstanceOpError>>,
+    record: Option<&Versioned<ContainerInstance>>,
+) {
+    for (op, result) in batch.into_iter().zip(results) {
+        let answer = result.and_then(|allocation| match record {
+            Some(r) => Ok(OpDone {
+                version: r.version,
+                allocation,
+                instance: r.value.clone(),
+            }),
+            None => Err(InstanceOpError::Missing),
+        });
+        let _ = op.reply.send(answer);
+    }
+}
+
+fn fail_all(batch: Vec<InstanceOp>, error: impl Fn() -> InstanceOpError) {
+    for op in batch {
+        let _ = op.reply.send(Err(error()));
+    }
+}
+
+fn clone_journal_error(e: &JournalError) -> JournalError {
+    match e {
+        JournalError::Conflict { subject, expected } => JournalError::TooManyConflicts {
+            subject: format!("{subject} (last expected {expected})"),
+            attempts: MAX_CONFLICTS,
+        },
+        other => JournalError::Consumer(other.to_string()),
+    }
+}

@@ -1,0 +1,268 @@
+//! The task actor: the only writer of one task record in this replica. It runs one
+//! operation at a time (create, or a read-modify-conditional-write), and when a task
+//! reaches STOPPED it returns the task's resources to its instance before answering.
+//! Idle actors stop themselves; the registry starts a new one on demand.
+
+use crate::actors::instance::{InstanceOp, OpKind};
+use crate::shared::{ExecError, ExecResult, Shared};
+use actix::prelude::*;
+use berth_journal::Versioned;
+use berth_messages::model::{Task, TaskStatus};
+use berth_messages::{subjects, ApiError};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+const IDLE_STOP: Duration = Duration::from_secs(30);
+const MAX_CONFLICTS: u32 = 50;
+
+/// A change to a task record; it must leave the record untouched when it refuses.
+pub type TaskChange = Box<dyn FnMut(&mut Task) -> Result<(), ApiError> + Send + 'static>;
+
+pub enum TaskOpKind {
+    /// Create the record on `instance_id` (idempotent: an existing record is returned).
+    Create {
+        instance_id: String,
+        task: Box<Task>,
+    },
+    /// Change the record wherever it lives.
+    Update(TaskChange),
+}
+
+/// A task record as written, with the instance it lives on.
+#[derive(Debug, Clone)]
+pub struct TaskDone {
+    pub instance_id: String,
+    pub task: Versioned<Task>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TaskOp {
+    pub command_id: String,
+    pub kind: TaskOpKind,
+    pub reply: oneshot::Sender<ExecResult<TaskDone>>,
+}
+
+impl TaskOp {
+    pub async fn run(
+        shared: &Shared,
+        cluster: &str,
+        task_id: &str,
+        command_id: &str,
+        kind: TaskOpKind,
+    ) -> ExecResult<TaskDone> {
+        let (tx, rx) = oneshot::channel();
+        shared.task_actor(cluster, task_id).do_send(TaskOp {
+            command_id: command_id.to_string(),
+            kind,
+            reply: tx,
+        });
+        rx.await.unwrap_or_else(|_| {
+            Err(ExecError::Transient(berth_journal::JournalError::Consumer(
+                "task actor stopped".into(),
+            )))
+        })
+    }
+}
+
+pub struct TaskActor {
+    shared: Shared,
+    cluster: String,
+    task_id: String,
+    generation: u64,
+}
+
+impl TaskActor {
+    pub fn new(shared: Shared, cluster: String, task_id: String) -> Self {
+        Self {
+            shared,
+            cluster,
+            task_id,
+            generation: 0,
+        }
+    }
+}
+
+impl Actor for TaskActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(256);
+        self.schedule_idle_stop(ctx);
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.shared
+            .forget_task_actor(&self.cluster, &self.task_id, &ctx.address());
+    }
+}
+
+impl TaskActor {
+    fn schedule_idle_stop(&mut self, ctx: &mut Context<Self>) {
+        let generation = self.generation;
+        ctx.run_later(IDLE_STOP, move |act, ctx| {
+            if act.generation == generation {
+                ctx.stop();
+            }
+        });
+    }
+}
+
+impl Handler<TaskOp> for TaskActor {
+    type Result = ();
+
+    fn handle(&mut self, op: TaskOp, ctx: &mut Self::Context) {
+        self.generation += 1;
+        let shared = self.shared.clone();
+        let cluster = self.cluster.clone();
+        let task_id = self.task_id.clone();
+        let span = tracing::debug_span!("task_op", command_id = %op.command_id, cluster = %cluster, task = %task_id);
+        let fut = async move {
+            let result = execute(&shared, &cluster, &task_id, &op.command_id, op.kind).await;
+            let _ = op.reply.send(result);
+        };
+        ctx.wait(tracing::Instrument::instrument(fut, span).into_actor(self));
+        self.schedule_idle_stop(ctx);
+    }
+}
+
+async fn execute(
+    shared: &Shared,
+    cluster: &str,
+    task_id: &str,
+    command_id: &str,
+    kind: TaskOpKind,
+) -> ExecResult<TaskDone> {
+    match kind {
+        TaskOpKind::Create { instance_id, task } => {
+            let subject = subjects::task(cluster, &instance_id, task_id);
+            match shared.journal.write(&subject, &*task, 0, command_id).await {
+                Ok(version) => Ok(TaskDone {
+                    instance_id,
+                    task: Versioned {
+                        value: *task,
+                        version,
+                    },
+                }),
+                Err(e) if e.is_conflict() => {
+                    let existing =
+                        shared
+                            .journal
+                            .read::<Task>(&subject)
+                            .await?
+                            .ok_or_else(|| {
+                                ApiError::server(format!("task {task_id} conflicts but is absent"))
+                            })?;
+                    Ok(TaskDone {
+                        instance_id,
+                        task: existing,
+                    })
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        TaskOpKind::Update(mut change) => {
+            let instance_id = locate(shared, cluster, task_id).await?;
+            let subject = subjects::task(cluster, &instance_id, task_id);
+            let mut current = match shared.view.task(cluster, task_id) {
+                Some(entry) if entry.instance_id == instance_id => Some(entry.task.clone()),
+                _ => None,
+            };
+            for _ in 0..MAX_CONFLICTS {
+                let Some(read) = current.take() else {
+                    current = shared.journal.read::<Task>(&subject).await?;
+                    if current.is_none() {
+                        return Err(ApiError::invalid(format!(
+                            "The referenced task was not found: {task_id}"
+                        ))
+                        .into());
+                    }
+                    continue;
+                };
+                let mut next = read.value.clone();
+                next.version = None;
+                change(&mut next)?;
+                let mut unchanged = read.value.clone();
+                unchanged.version = None;
+                if next == unchanged {
+                    return Ok(TaskDone {
+                        instance_id,
+                        task: read,
+                    });
+                }
+                match shared
+                    .journal
+                    .write(&subject, &next, read.version, command_id)
+                    .await
+                {
+                    Ok(version) => {
+                        if next.last_status == TaskStatus::Stopped
+                            && read.value.last_status != TaskStatus::Stopped
+                        {
+                            release(shared, cluster, &instance_id, task_id, command_id).await?;
+                        }
+                        return Ok(TaskDone {
+                            instance_id,
+                            task: Versioned {
+                                value: next,
+                                version,
+                            },
+                        });
+                    }
+                    Err(e) if e.is_conflict() => {
+                        crate::shared::Metrics::inc(&shared.metrics.conflicts);
+                        current = None;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(ExecError::Transient(
+                berth_journal::JournalError::TooManyConflicts {
+                    subject,
+                    attempts: MAX_CONFLICTS,
+                },
+            ))
+        }
+    }
+}
+
+/// Returns a stopped task's resources to its instance.
+pub async fn release(
+    shared: &Shared,
+    cluster: &str,
+    instance_id: &str,
+    task_id: &str,
+    command_id: &str,
+) -> ExecResult<()> {
+    match InstanceOp::run(
+        shared,
+        cluster,
+        instance_id,
+        command_id,
+        OpKind::Release {
+            task_id: task_id.to_string(),
+        },
+    )
+    .await
+    {
+        Ok(_) | Err(crate::actors::instance::InstanceOpError::Missing) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The instance a task lives on: from the view, or, if the view has not seen it yet,
+/// after the view has caught up with the journal.
+pub async fn locate(shared: &Shared, cluster: &str, task_id: &str) -> ExecResult<String> {
+    if let Some(entry) = shared.view.task(cluster, task_id) {
+        return Ok(entry.instance_id.clone());
+    }
+    let last = shared.journal.state_last_sequence().await?;
+    shared.view.wait_for(last, Duration::from_secs(5)).await;
+    shared
+        .view
+        .task(cluster, task_id)
+        .map(|e| e.instance_id.clone())
+        .ok_or_else(|| {
+            ApiError::invalid(format!("The referenced task was not found: {task_id}")).into()
+        })
+}

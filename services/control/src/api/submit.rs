@@ -1,0 +1,143 @@
+//! Mutations over the API: validate, publish the command into `BERTH_CMD` with a reply
+//! inbox, and answer with its outcome once this replica's view has reached the
+//! outcome's journal sequence (read-your-writes for the caller).
+
+use super::Reply;
+use crate::shared::Shared;
+use async_nats::HeaderMap;
+use berth_messages::codec::Encoding;
+use berth_messages::command::{Action, CommandRequest, Outcome};
+use berth_messages::{codec, headers, subjects, ApiError, ErrorType};
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+
+pub async fn submit(
+    shared: &Shared,
+    action: Action,
+    enc: Encoding,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let request = CommandRequest::decode(action, enc, body)?;
+    crate::validation::request(&request)?;
+    let scope = request.scope();
+    let needs_cluster = !matches!(
+        request,
+        CommandRequest::CreateCluster(_)
+            | CommandRequest::RegisterTaskDefinition(_)
+            | CommandRequest::DeregisterTaskDefinition(_)
+    );
+    if needs_cluster {
+        crate::commands::active_cluster(shared, &scope)
+            .await
+            .map_err(exec_to_api)?;
+    }
+    let client_token = match &request {
+        CommandRequest::RunTask(r) => r.client_token.clone(),
+        _ => None,
+    };
+    let command_id = match &client_token {
+        Some(token) => format!("rt-{}", crate::ids::derived(&scope, token)),
+        None => crate::ids::fresh_command_id(),
+    };
+    let payload = request
+        .encode(Encoding::MsgPack)
+        .map_err(|e| ApiError::server(e.to_string()))?;
+    let digest = crate::commands::request_digest(&payload);
+    let outcome = publish_and_wait(shared, &scope, action, &command_id, payload).await?;
+    if client_token.is_some()
+        && outcome.request_digest.is_some()
+        && outcome.request_digest != digest
+    {
+        return Err(ApiError::new(
+            ErrorType::ConflictException,
+            "The clientToken was already used with different parameters",
+        ));
+    }
+    let response = outcome.result()?;
+    if outcome.journal_sequence > 0 {
+        shared
+            .view
+            .wait_for(outcome.journal_sequence, shared.config.api_timeout())
+            .await;
+    }
+    let body = response
+        .encode_body(enc)
+        .map_err(|e| ApiError::server(e.to_string()))?;
+    Ok(Reply {
+        body,
+        sequence: Some(outcome.journal_sequence),
+    })
+}
+
+fn exec_to_api(e: crate::shared::ExecError) -> ApiError {
+    match e {
+        crate::shared::ExecError::Api(a) => a,
+        crate::shared::ExecError::Transient(j) => ApiError::server(j.to_string()),
+    }
+}
+
+/// Publishes a command and waits for its outcome: pushed to our inbox by the processor,
+/// or, for a duplicate whose first copy answered someone else, read from the outcome
+/// stream.
+async fn publish_and_wait(
+    shared: &Shared,
+    scope: &str,
+    action: Action,
+    command_id: &str,
+    payload: Vec<u8>,
+) -> Result<Outcome, ApiError> {
+    let client = shared.journal.client();
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| ApiError::server(format!("cannot subscribe to reply inbox: {e}")))?;
+    let mut h = HeaderMap::new();
+    h.insert(headers::MSG_ID, command_id);
+    h.insert(headers::REPLY_TO, inbox.as_str());
+    h.insert(headers::CONTENT_TYPE, headers::MSGPACK);
+    let ack = shared
+        .journal
+        .jetstream()
+        .publish_with_headers(subjects::command(scope, action.as_str()), h, payload.into())
+        .await
+        .map_err(|e| ApiError::server(format!("cannot publish command: {e}")))?
+        .await
+        .map_err(|e| ApiError::server(format!("command not accepted by the stream: {e}")))?;
+    let deadline = Instant::now() + shared.config.api_timeout();
+    let poll = if ack.duplicate {
+        Duration::from_millis(50)
+    } else {
+        Duration::from_secs(1)
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ApiError::server(format!(
+                "no outcome for command {command_id} yet; look it up later with GetCommandOutcome"
+            )));
+        }
+        match tokio::time::timeout(poll.min(left), replies.next()).await {
+            Ok(Some(msg)) => {
+                if let Ok(outcome) = codec::decode_record::<Outcome>(&msg.payload) {
+                    if outcome.command_id == command_id {
+                        return Ok(outcome);
+                    }
+                }
+            }
+            Ok(None) => {
+                return Err(ApiError::server("reply subscription closed"));
+            }
+            Err(_) => {
+                if let Some(outcome) = shared
+                    .journal
+                    .read_outcome(command_id)
+                    .await
+                    .map_err(|e| ApiError::server(e.to_string()))?
+                {
+                    return Ok(outcome);
+                }
+            }
+        }
+    }
+}

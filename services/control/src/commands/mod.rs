@@ -1,0 +1,317 @@
+//! The command processor: consumes `BERTH_CMD` through one durable consumer shared by
+//! every replica (each command goes to one replica at a time; an unacknowledged one is
+//! redelivered, to another replica if this one died), executes it through the actors,
+//! records its one outcome in `BERTH_OUTCOME`, publishes the outcome to the command's
+//! `Berth-Reply-To`, and only then acknowledges it.
+//!
+//! A command already having an outcome (a duplicate, or a redelivery after the outcome
+//! was written) is answered from that outcome and takes no effect again.
+
+mod cluster;
+mod instance;
+
+pub use cluster::with_counters as cluster_with_counters;
+pub use instance::presented as instance_presented;
+mod task;
+mod taskdef;
+
+use crate::shared::{ExecError, ExecResult, Metrics, Shared};
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use berth_messages::codec::{self, Encoding};
+use berth_messages::command::{Action, CommandRequest, CommandResponse, Outcome};
+use berth_messages::{headers, streams, subjects, validate, ApiError};
+use futures::StreamExt;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// A command is redelivered if not acknowledged within this time.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// After this many deliveries that ended without an outcome, the command fails for good.
+const MAX_ATTEMPTS: i64 = 10;
+
+/// Facts about the delivery that handlers need.
+pub struct Delivery {
+    pub command_id: String,
+    /// True when this command may have run before (redelivery): handlers then look for
+    /// writes a previous attempt made before minting anything.
+    pub redelivered: bool,
+}
+
+/// Runs the consumer until the connection ends.
+pub async fn run(shared: Shared) -> Result<(), berth_journal::JournalError> {
+    let js = shared.journal.jetstream().clone();
+    let stream = js
+        .get_stream(streams::CMD)
+        .await
+        .map_err(|e| berth_journal::JournalError::Consumer(e.to_string()))?;
+    let consumer = stream
+        .get_or_create_consumer(
+            streams::CMD_CONSUMER,
+            pull::Config {
+                durable_name: Some(streams::CMD_CONSUMER.to_string()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: 20_000,
+                filter_subject: subjects::CMD_ALL.to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| berth_journal::JournalError::Consumer(e.to_string()))?;
+    loop {
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(500)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "command consumer unavailable, retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(next) = messages.next().await {
+            match next {
+                Ok(msg) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { process(shared, msg).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "command consumer error");
+                }
+            }
+        }
+        tracing::warn!("command consumer stream ended, re-subscribing");
+    }
+}
+
+async fn process(shared: Shared, msg: jetstream::Message) {
+    let (stream_seq, delivered) = match msg.info() {
+        Ok(info) => (info.stream_sequence, info.delivered),
+        Err(_) => (0, 1),
+    };
+    let given_id = msg
+        .headers
+        .as_ref()
+        .and_then(|h| {
+            h.get(headers::MSG_ID)
+                .or_else(|| h.get(headers::COMMAND_ID))
+        })
+        .map(|v| v.as_str().to_string());
+    let reply_to = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(headers::REPLY_TO))
+        .map(|v| v.as_str().to_string());
+    let encoding = Encoding::from_content_type(
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(headers::CONTENT_TYPE))
+            .map(|v| v.as_str()),
+    );
+    // A command without a usable id is named after its stream sequence, which is stable
+    // across redeliveries.
+    let (command_id, id_error) = match given_id {
+        Some(id) => match validate::command_id("command id (Nats-Msg-Id)", &id) {
+            Ok(()) => (id, None),
+            Err(e) => (format!("seq-{stream_seq}"), Some(e)),
+        },
+        None => (format!("seq-{stream_seq}"), None),
+    };
+    let parsed = subjects::parse_command(&msg.subject);
+    let action_name = parsed.map(|(_, a)| a.to_string()).unwrap_or_default();
+    let scope = parsed.map(|(s, _)| s.to_string()).unwrap_or_default();
+    let span = tracing::info_span!("command", command_id = %command_id, action = %action_name, cluster = %scope, delivered);
+    async move {
+        Metrics::inc(&shared.metrics.commands);
+        match shared.journal.read_outcome(&command_id).await {
+            Ok(Some(existing)) => {
+                tracing::debug!("command already has an outcome");
+                publish_reply(&shared, reply_to.as_deref(), &existing).await;
+                ack(&msg).await;
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read outcome; retrying later");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
+                return;
+            }
+        }
+        let delivery = Delivery {
+            command_id: command_id.clone(),
+            redelivered: delivered > 1,
+        };
+        let result: ExecResult<(CommandResponse, u64)> = match id_error {
+            Some(e) => Err(e.into()),
+            None => {
+                decode_and_execute(&shared, &delivery, &msg.subject, encoding, &msg.payload).await
+            }
+        };
+        let (response, error, sequence) = match result {
+            Ok((response, sequence)) => (Some(response), None, sequence),
+            Err(ExecError::Api(e)) => (None, Some(e), 0),
+            Err(ExecError::Transient(e)) if delivered < MAX_ATTEMPTS => {
+                tracing::warn!(error = %e, "command hit a transient failure; it will be retried");
+                let _ = msg.ack_with(AckKind::Nak(Some(backoff(delivered)))).await;
+                return;
+            }
+            Err(ExecError::Transient(e)) => {
+                tracing::error!(error = %e, "command failed after {MAX_ATTEMPTS} attempts");
+                (None, Some(ApiError::server(e.to_string())), 0)
+            }
+        };
+        if let Some(e) = &error {
+            tracing::info!(error_type = %e.error_type, message = %e.message, "command refused");
+        }
+        let outcome = Outcome {
+            command_id: command_id.clone(),
+            action: action_name.clone(),
+            cluster: scope.clone(),
+            response,
+            error,
+            completed_at: berth_messages::now_epoch_seconds(),
+            journal_sequence: sequence,
+            request_digest: request_digest(&msg.payload),
+        };
+        match shared.journal.record_outcome(&outcome).await {
+            Ok(recorded) => {
+                publish_reply(&shared, reply_to.as_deref(), &recorded).await;
+                ack(&msg).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record outcome; retrying later");
+                let _ = msg.ack_with(AckKind::Nak(Some(backoff(delivered)))).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn backoff(delivered: i64) -> Duration {
+    Duration::from_millis((100u64 << delivered.clamp(0, 6) as u64).min(5_000))
+}
+
+async fn ack(msg: &jetstream::Message) {
+    if let Err(e) = msg.double_ack().await {
+        tracing::warn!(error = %e, "ack failed; the command will be redelivered and answered from its outcome");
+    }
+}
+
+/// Digest of a request body: a reused RunTask clientToken with another body conflicts.
+pub fn request_digest(body: &[u8]) -> Option<String> {
+    Some(
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body)
+            .simple()
+            .to_string(),
+    )
+}
+
+async fn publish_reply(shared: &Shared, reply_to: Option<&str>, outcome: &Outcome) {
+    let Some(reply_to) = reply_to else { return };
+    match codec::encode_record(outcome) {
+        Ok(bytes) => {
+            if let Err(e) = shared
+                .journal
+                .client()
+                .publish(reply_to.to_string(), bytes.into())
+                .await
+            {
+                tracing::debug!(error = %e, "cannot publish outcome to its reply subject");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot encode outcome"),
+    }
+}
+
+async fn decode_and_execute(
+    shared: &Shared,
+    delivery: &Delivery,
+    subject: &str,
+    encoding: Encoding,
+    body: &[u8],
+) -> ExecResult<(CommandResponse, u64)> {
+    let (scope, action_name) = subjects::parse_command(subject)
+        .ok_or_else(|| ApiError::invalid(format!("'{subject}' is not a command subject")))?;
+    let action = Action::parse(action_name)
+        .ok_or_else(|| ApiError::invalid(format!("unknown action {action_name}")))?;
+    if body.len() > validate::MAX_REQUEST_BYTES {
+        return Err(ApiError::invalid(format!(
+            "request body is {} bytes, the limit is {}",
+            body.len(),
+            validate::MAX_REQUEST_BYTES
+        ))
+        .into());
+    }
+    let request = CommandRequest::decode(action, encoding, body)?;
+    crate::validation::request(&request)?;
+    if request.scope() != scope {
+        return Err(ApiError::invalid(format!(
+            "command subject names '{scope}' but the request names '{}'",
+            request.scope()
+        ))
+        .into());
+    }
+    execute(shared, delivery, request).await
+}
+
+/// Executes one decoded, validated command.
+pub async fn execute(
+    shared: &Shared,
+    delivery: &Delivery,
+    request: CommandRequest,
+) -> ExecResult<(CommandResponse, u64)> {
+    match request {
+        CommandRequest::CreateCluster(r) => cluster::create(shared, delivery, r).await,
+        CommandRequest::DeleteCluster(r) => cluster::delete(shared, delivery, r).await,
+        CommandRequest::RegisterContainerInstance(r) => {
+            instance::register(shared, delivery, r).await
+        }
+        CommandRequest::DeregisterContainerInstance(r) => {
+            instance::deregister(shared, delivery, r).await
+        }
+        CommandRequest::UpdateContainerInstancesState(r) => {
+            instance::update_state(shared, delivery, r).await
+        }
+        CommandRequest::PutAttributes(r) => instance::put_attributes(shared, delivery, r).await,
+        CommandRequest::DeleteAttributes(r) => {
+            instance::delete_attributes(shared, delivery, r).await
+        }
+        CommandRequest::RegisterTaskDefinition(r) => taskdef::register(shared, delivery, r).await,
+        CommandRequest::DeregisterTaskDefinition(r) => {
+            taskdef::deregister(shared, delivery, r).await
+        }
+        CommandRequest::RunTask(r) => task::run(shared, delivery, r).await,
+        CommandRequest::StartTask(r) => task::start(shared, delivery, r).await,
+        CommandRequest::StopTask(r) => task::stop(shared, delivery, r).await,
+        CommandRequest::SubmitTaskStateChange(r) => {
+            task::submit_task_state(shared, delivery, r).await
+        }
+        CommandRequest::SubmitContainerStateChange(r) => {
+            task::submit_container_state(shared, delivery, r).await
+        }
+    }
+}
+
+/// The cluster named by a request, which must exist and be ACTIVE. Looks in the view,
+/// then (in case this replica's view lags) in the journal.
+pub async fn active_cluster(
+    shared: &Shared,
+    name: &str,
+) -> ExecResult<berth_journal::Versioned<berth_messages::model::Cluster>> {
+    let found = match shared.view.cluster(name) {
+        Some(c) => Some((*c).clone()),
+        None => shared.journal.read(&subjects::cluster(name)).await?,
+    };
+    match found {
+        Some(c) if c.value.status == berth_messages::model::ClusterStatus::Active => Ok(c),
+        _ => Err(ApiError::cluster_not_found(name).into()),
+    }
+}

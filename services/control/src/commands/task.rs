@@ -1,0 +1,704 @@
+//! Task commands. RunTask and StartTask decide on this replica's view, then commit each
+//! placement with one conditional write on the chosen instance (through its actor,
+//! which group-commits and re-validates on conflict), and only then create the task
+//! record. Task ids derive from the command id, so a redelivered command finds what an
+//! earlier attempt already placed or created instead of placing twice.
+
+use super::taskdef::resolve_for_launch;
+use super::Delivery;
+use crate::actors::instance::{InstanceOp, InstanceOpError, OpKind};
+use crate::actors::task::{locate, TaskDone, TaskOp, TaskOpKind};
+use crate::shared::{ExecResult, Metrics, Shared};
+use berth_journal::Versioned;
+use berth_messages::api::*;
+use berth_messages::command::{CommandRequest, CommandResponse};
+use berth_messages::model::*;
+use berth_messages::{arn, ApiError};
+use berth_placement::{Demand, Placer, RandomFitPlacer};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Placement rounds for tasks whose chosen instance refused (another scheduler won).
+const PLACEMENT_ROUNDS: usize = 4;
+
+/// Everything needed to build the tasks of one launch.
+struct Launch {
+    cluster: String,
+    command_id: String,
+    definition: Arc<Versioned<TaskDefinition>>,
+    demand: Demand,
+    group: String,
+    started_by: Option<String>,
+    overrides: TaskOverride,
+    tags: Vec<Tag>,
+}
+
+impl Launch {
+    fn build_task(
+        &self,
+        shared: &Shared,
+        task_id: &str,
+        instance_id: &str,
+        allocation: &Allocation,
+    ) -> Task {
+        let td = &self.definition.value;
+        let task_arn = shared.arns.task(&self.cluster, task_id);
+        let bindings = network_bindings(td, &self.demand, allocation);
+        let containers = td
+            .container_definitions
+            .iter()
+            .zip(bindings)
+            .map(|(c, network_bindings)| {
+                let o = self
+                    .overrides
+                    .container_overrides
+                    .iter()
+                    .find(|o| o.name.as_deref() == Some(c.name.as_str()));
+                Container {
+                    container_arn: shared.arns.container(
+                        &self.cluster,
+                        task_id,
+                        &crate::ids::derived(task_id, &c.name),
+                    ),
+                    task_arn: task_arn.clone(),
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    last_status: "PENDING".into(),
+                    network_bindings,
+                    cpu: Some(o.and_then(|o| o.cpu).unwrap_or(c.cpu).to_string()),
+                    memory: o.and_then(|o| o.memory).or(c.memory).map(|m| m.to_string()),
+                    memory_reservation: o
+                        .and_then(|o| o.memory_reservation)
+                        .or(c.memory_reservation)
+                        .map(|m| m.to_string()),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Task {
+            task_arn,
+            cluster_arn: shared.arns.cluster(&self.cluster),
+            task_definition_arn: td.task_definition_arn.clone(),
+            container_instance_arn: shared.arns.container_instance(&self.cluster, instance_id),
+            last_status: TaskStatus::Pending,
+            desired_status: TaskStatus::Running,
+            containers,
+            overrides: self.overrides.clone(),
+            group: self.group.clone(),
+            started_by: self.started_by.clone(),
+            created_at: berth_messages::now_epoch_seconds(),
+            cpu: Some(self.demand.cpu.to_string()),
+            memory: Some(self.demand.memory.to_string()),
+            launch_type: "EC2".into(),
+            tags: self.tags.clone(),
+            allocation: allocation.clone(),
+            ..Default::default()
+        }
+    }
+
+    async fn create(
+        &self,
+        shared: &Shared,
+        task_id: &str,
+        instance_id: &str,
+        allocation: &Allocation,
+    ) -> ExecResult<TaskDone> {
+        let task = self.build_task(shared, task_id, instance_id, allocation);
+        TaskOp::run(
+            shared,
+            &self.cluster,
+            task_id,
+            &self.command_id,
+            TaskOpKind::Create {
+                instance_id: instance_id.to_string(),
+                task: Box::new(task),
+            },
+        )
+        .await
+    }
+}
+
+/// Host ports of each container's mappings: static ones as declared, dynamic ones taken
+/// in order from what the allocation holds beyond the static ports.
+fn network_bindings(
+    td: &TaskDefinition,
+    demand: &Demand,
+    allocation: &Allocation,
+) -> Vec<Vec<NetworkBinding>> {
+    let mut dynamic_tcp = allocation
+        .ports
+        .iter()
+        .filter(|p| !demand.ports.contains(p));
+    let mut dynamic_udp = allocation
+        .ports_udp
+        .iter()
+        .filter(|p| !demand.ports_udp.contains(p));
+    td.container_definitions
+        .iter()
+        .map(|c| {
+            c.port_mappings
+                .iter()
+                .map(|m| {
+                    let host = match m.host_port {
+                        Some(p) if p > 0 => Some(p),
+                        _ if m.is_udp() => dynamic_udp.next().map(|p| i64::from(*p)),
+                        _ => dynamic_tcp.next().map(|p| i64::from(*p)),
+                    };
+                    NetworkBinding {
+                        bind_ip: Some("0.0.0.0".into()),
+                        container_port: m.container_port.or(host),
+                        host_port: host,
+                        protocol: Some(if m.is_udp() { "udp" } else { "tcp" }.into()),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn presented(t: &TaskDone) -> Task {
+    let mut task = t.task.value.clone();
+    task.version = Some(t.task.version);
+    task
+}
+
+/// On a redelivery, waits until the view holds everything the journal had, so that
+/// writes of an earlier attempt are visible.
+async fn catch_up(shared: &Shared) -> ExecResult<()> {
+    let last = shared.journal.state_last_sequence().await?;
+    shared.view.wait_for(last, Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// What RunTask and StartTask ask beyond the definition.
+struct LaunchParams {
+    group: Option<String>,
+    started_by: Option<String>,
+    overrides: Option<TaskOverride>,
+    tags: Vec<Tag>,
+}
+
+fn launch_for(
+    cluster: String,
+    d: &Delivery,
+    definition: Arc<Versioned<TaskDefinition>>,
+    p: LaunchParams,
+) -> ExecResult<Launch> {
+    let demand = berth_placement::demand_of(&definition.value, p.overrides.as_ref())
+        .map_err(ApiError::from)?;
+    let group = p
+        .group
+        .unwrap_or_else(|| format!("family:{}", definition.value.family));
+    Ok(Launch {
+        cluster,
+        command_id: d.command_id.clone(),
+        definition,
+        demand,
+        group,
+        started_by: p.started_by,
+        overrides: p.overrides.unwrap_or_default(),
+        tags: p.tags,
+    })
+}
+
+pub async fn run(
+    shared: &Shared,
+    d: &Delivery,
+    r: RunTaskRequest,
+) -> ExecResult<(CommandResponse, u64)> {
+    let cluster = CommandRequest::RunTask(r.clone()).scope();
+    super::active_cluster(shared, &cluster).await?;
+    let definition = resolve_for_launch(shared, &r.task_definition).await?;
+    let count = usize::try_from(r.count.unwrap_or(1)).unwrap_or(1);
+    let launch = launch_for(
+        cluster.clone(),
+        d,
+        definition,
+        LaunchParams {
+            group: r.group,
+            started_by: r.started_by,
+            overrides: r.overrides,
+            tags: r.tags,
+        },
+    )?;
+    if d.redelivered {
+        catch_up(shared).await?;
+    }
+    let task_ids: Vec<String> = (0..count)
+        .map(|i| crate::ids::derived(&d.command_id, &format!("task-{i}")))
+        .collect();
+    let mut done: Vec<Option<TaskDone>> = vec![None; count];
+    let mut failures: Vec<Failure> = Vec::new();
+
+    // What an earlier attempt of this command already created or allocated.
+    for (i, task_id) in task_ids.iter().enumerate() {
+        if let Some(entry) = shared.view.task(&cluster, task_id) {
+            done[i] = Some(TaskDone {
+                instance_id: entry.instance_id.clone(),
+                task: entry.task.clone(),
+            });
+        }
+    }
+    if d.redelivered {
+        for instance in shared.view.instances(&cluster) {
+            for (i, task_id) in task_ids.iter().enumerate() {
+                if done[i].is_some() {
+                    continue;
+                }
+                if let Some(allocation) = instance.value.allocations.get(task_id) {
+                    let instance_id =
+                        arn::container_instance_id(&instance.value.container_instance_arn)
+                            .1
+                            .to_string();
+                    done[i] = Some(
+                        launch
+                            .create(shared, task_id, &instance_id, allocation)
+                            .await?,
+                    );
+                }
+            }
+        }
+    }
+
+    let mut pending: Vec<usize> = (0..count).filter(|i| done[*i].is_none()).collect();
+    let mut refused: HashSet<String> = HashSet::new();
+    let mut placer = RandomFitPlacer::new();
+    for round in 0..PLACEMENT_ROUNDS {
+        if pending.is_empty() {
+            break;
+        }
+        let instances: Vec<ContainerInstance> = shared
+            .view
+            .instances(&cluster)
+            .iter()
+            .filter(|i| !refused.contains(&i.value.container_instance_arn))
+            .map(|i| i.value.clone())
+            .collect();
+        if instances.is_empty() && round == 0 && refused.is_empty() {
+            return Err(
+                ApiError::invalid("No Container Instances were found in your cluster.").into(),
+            );
+        }
+        let placements = placer.place(&instances, &launch.demand, pending.len());
+        let attempts = pending.iter().zip(placements).map(|(&i, placement)| {
+            let launch = &launch;
+            let task_id = &task_ids[i];
+            let instances = &instances;
+            async move {
+                let placement = match placement {
+                    Ok(p) => p,
+                    Err(f) => {
+                        return (
+                            i,
+                            Attempt::Failed(Failure {
+                                arn: None,
+                                reason: Some(f.reason.to_string()),
+                                detail: Some(f.detail),
+                            }),
+                        )
+                    }
+                };
+                let Some(instance) = instances.get(placement.instance_index) else {
+                    return (i, Attempt::Failed(Failure::new("", "MISSING")));
+                };
+                let instance_arn = instance.container_instance_arn.clone();
+                let instance_id = arn::container_instance_id(&instance_arn).1.to_string();
+                let op = OpKind::Allocate {
+                    task_id: task_id.clone(),
+                    demand: launch.demand.clone(),
+                    require_active: true,
+                };
+                match InstanceOp::run(
+                    shared,
+                    &launch.cluster,
+                    &instance_id,
+                    &launch.command_id,
+                    op,
+                )
+                .await
+                {
+                    Ok(ok) => match ok.allocation {
+                        Some(allocation) => match launch
+                            .create(shared, task_id, &instance_id, &allocation)
+                            .await
+                        {
+                            Ok(t) => (i, Attempt::Placed(Box::new(t))),
+                            Err(e) => (i, Attempt::Error(e)),
+                        },
+                        None => (
+                            i,
+                            Attempt::Error(ApiError::server("allocation without result").into()),
+                        ),
+                    },
+                    Err(InstanceOpError::Shortfall(s)) => (
+                        i,
+                        Attempt::Refused(
+                            instance_arn,
+                            Failure::new(instance.container_instance_arn.clone(), s.reason()),
+                        ),
+                    ),
+                    Err(InstanceOpError::Missing) => (
+                        i,
+                        Attempt::Refused(
+                            instance_arn.clone(),
+                            Failure::new(instance_arn, "MISSING"),
+                        ),
+                    ),
+                    Err(e) => (i, Attempt::Error(e.into())),
+                }
+            }
+        });
+        let results = futures::future::join_all(attempts).await;
+        let mut next_pending = Vec::new();
+        for (i, attempt) in results {
+            match attempt {
+                Attempt::Placed(t) => {
+                    Metrics::inc(&shared.metrics.placements);
+                    done[i] = Some(*t);
+                }
+                Attempt::Failed(f) => {
+                    Metrics::inc(&shared.metrics.placement_failures);
+                    failures.push(f);
+                }
+                Attempt::Refused(instance_arn, f) => {
+                    Metrics::inc(&shared.metrics.retries);
+                    refused.insert(instance_arn);
+                    if round + 1 == PLACEMENT_ROUNDS {
+                        failures.push(f);
+                    } else {
+                        next_pending.push(i);
+                    }
+                }
+                Attempt::Error(e) => return Err(e),
+            }
+        }
+        pending = next_pending;
+    }
+    let tasks: Vec<TaskDone> = done.into_iter().flatten().collect();
+    let sequence = tasks.iter().map(|t| t.task.version).max().unwrap_or(0);
+    Ok((
+        CommandResponse::Tasks(TasksResponse {
+            tasks: tasks.iter().map(presented).collect(),
+            failures,
+        }),
+        sequence,
+    ))
+}
+
+enum Attempt {
+    Placed(Box<TaskDone>),
+    Failed(Failure),
+    Refused(String, Failure),
+    Error(crate::shared::ExecError),
+}
+
+pub async fn start(
+    shared: &Shared,
+    d: &Delivery,
+    r: StartTaskRequest,
+) -> ExecResult<(CommandResponse, u64)> {
+    let cluster = CommandRequest::StartTask(r.clone()).scope();
+    super::active_cluster(shared, &cluster).await?;
+    let definition = resolve_for_launch(shared, &r.task_definition).await?;
+    let launch = launch_for(
+        cluster.clone(),
+        d,
+        definition,
+        LaunchParams {
+            group: r.group,
+            started_by: r.started_by,
+            overrides: r.overrides,
+            tags: r.tags,
+        },
+    )?;
+    if d.redelivered {
+        catch_up(shared).await?;
+    }
+    let mut tasks = Vec::new();
+    let mut failures = Vec::new();
+    for (i, reference) in r.container_instances.iter().enumerate() {
+        let (in_arn, instance_id) = arn::container_instance_id(reference);
+        if in_arn.is_some_and(|c| c != cluster) {
+            return Err(ApiError::invalid(format!(
+                "container instance {reference} is not in cluster {cluster}"
+            ))
+            .into());
+        }
+        let instance_arn = shared.arns.container_instance(&cluster, instance_id);
+        let task_id = crate::ids::derived(&d.command_id, &format!("start-{i}"));
+        if let Some(entry) = shared.view.task(&cluster, &task_id) {
+            tasks.push(TaskDone {
+                instance_id: entry.instance_id.clone(),
+                task: entry.task.clone(),
+            });
+            continue;
+        }
+        let op = OpKind::Allocate {
+            task_id: task_id.clone(),
+            demand: launch.demand.clone(),
+            require_active: true,
+        };
+        match InstanceOp::run(shared, &cluster, instance_id, &d.command_id, op).await {
+            Ok(ok) => {
+                let Some(allocation) = ok.allocation else {
+                    return Err(ApiError::server("allocation without result").into());
+                };
+                Metrics::inc(&shared.metrics.placements);
+                tasks.push(
+                    launch
+                        .create(shared, &task_id, instance_id, &allocation)
+                        .await?,
+                );
+            }
+            Err(InstanceOpError::Missing) => {
+                failures.push(Failure::new(instance_arn, reason::MISSING))
+            }
+            Err(InstanceOpError::Shortfall(s)) => {
+                Metrics::inc(&shared.metrics.placement_failures);
+                failures.push(Failure::new(instance_arn, s.reason()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let sequence = tasks.iter().map(|t| t.task.version).max().unwrap_or(0);
+    Ok((
+        CommandResponse::Tasks(TasksResponse {
+            tasks: tasks.iter().map(presented).collect(),
+            failures,
+        }),
+        sequence,
+    ))
+}
+
+/// The task id of a request, checked against the request's cluster.
+fn task_of(cluster: &str, reference: &str) -> Result<String, ApiError> {
+    let (in_arn, id) = arn::task_id(reference);
+    if in_arn.is_some_and(|c| c != cluster) {
+        return Err(ApiError::invalid(format!(
+            "task {reference} is not in cluster {cluster}"
+        )));
+    }
+    Ok(id.to_string())
+}
+
+pub async fn stop(
+    shared: &Shared,
+    d: &Delivery,
+    r: StopTaskRequest,
+) -> ExecResult<(CommandResponse, u64)> {
+    let cluster = CommandRequest::StopTask(r.clone()).scope();
+    super::active_cluster(shared, &cluster).await?;
+    let task_id = task_of(&cluster, &r.task)?;
+    let instance_id = locate(shared, &cluster, &task_id).await?;
+    // Without an instance (deregistered) no agent will ever report: stop at once.
+    let agentless = shared
+        .view
+        .instance(&cluster, &instance_id)
+        .is_none_or(|i| i.value.status == InstanceStatus::Inactive);
+    let reason = r
+        .reason
+        .clone()
+        .unwrap_or_else(|| "Task stopped by user".into());
+    let change = Box::new(move |t: &mut Task| {
+        let now = berth_messages::now_epoch_seconds();
+        if t.desired_status != TaskStatus::Stopped {
+            t.desired_status = TaskStatus::Stopped;
+            t.stop_code.get_or_insert(StopCode::UserInitiated);
+            t.stopped_reason.get_or_insert_with(|| reason.clone());
+            t.stopping_at.get_or_insert(now);
+        }
+        if agentless && t.last_status != TaskStatus::Stopped {
+            t.last_status = TaskStatus::Stopped;
+            t.stopped_at = Some(now);
+            for c in &mut t.containers {
+                c.last_status = "STOPPED".into();
+            }
+        }
+        Ok(())
+    });
+    let done = TaskOp::run(
+        shared,
+        &cluster,
+        &task_id,
+        &d.command_id,
+        TaskOpKind::Update(change),
+    )
+    .await?;
+    Ok((
+        CommandResponse::Task(TaskResponse {
+            task: presented(&done),
+        }),
+        done.task.version,
+    ))
+}
+
+fn container_rank(status: &str) -> u8 {
+    match status {
+        "PENDING" => 0,
+        "RUNNING" => 1,
+        "STOPPED" => 2,
+        _ => 0,
+    }
+}
+
+fn apply_container_change(
+    c: &mut Container,
+    status: Option<&str>,
+    exit_code: Option<i32>,
+    reason: Option<&str>,
+    runtime_id: Option<&str>,
+    bindings: &[NetworkBinding],
+) {
+    if let Some(s) = status {
+        if container_rank(s) > container_rank(&c.last_status) {
+            c.last_status = s.to_string();
+        }
+    }
+    if exit_code.is_some() {
+        c.exit_code = exit_code;
+    }
+    if let Some(r) = reason {
+        c.reason = Some(r.chars().take(255).collect());
+    }
+    if let Some(id) = runtime_id {
+        c.runtime_id = Some(id.to_string());
+    }
+    if !bindings.is_empty() {
+        c.network_bindings = bindings.to_vec();
+    }
+}
+
+pub async fn submit_task_state(
+    shared: &Shared,
+    d: &Delivery,
+    r: SubmitTaskStateChangeRequest,
+) -> ExecResult<(CommandResponse, u64)> {
+    let cluster = CommandRequest::SubmitTaskStateChange(r.clone()).scope();
+    super::active_cluster(shared, &cluster).await?;
+    let task_id = task_of(&cluster, &r.task)?;
+    let change = Box::new(move |t: &mut Task| {
+        for change in &r.containers {
+            let Some(name) = change.container_name.as_deref() else {
+                continue;
+            };
+            let c = t
+                .containers
+                .iter_mut()
+                .find(|c| c.name == name)
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("the task has no container named {name}"))
+                })?;
+            apply_container_change(
+                c,
+                change.status.as_deref(),
+                change.exit_code,
+                change.reason.as_deref(),
+                change.runtime_id.as_deref(),
+                &change.network_bindings,
+            );
+        }
+        let now = berth_messages::now_epoch_seconds();
+        if let Some(t0) = r.pull_started_at {
+            t.pull_started_at.get_or_insert(t0);
+        }
+        if let Some(t1) = r.pull_stopped_at {
+            t.pull_stopped_at.get_or_insert(t1);
+        }
+        if let Some(status) = r.status {
+            // lastStatus only moves forward; a late or repeated report changes nothing.
+            if status > t.last_status {
+                if status >= TaskStatus::Running
+                    && t.last_status < TaskStatus::Running
+                    && status != TaskStatus::Stopped
+                {
+                    t.started_at.get_or_insert(now);
+                }
+                t.last_status = status;
+                if status >= TaskStatus::Stopping {
+                    t.desired_status = TaskStatus::Stopped;
+                }
+                if status == TaskStatus::Stopped {
+                    t.stopped_at = Some(now);
+                    t.execution_stopped_at = Some(r.execution_stopped_at.unwrap_or(now));
+                    for c in &mut t.containers {
+                        c.last_status = "STOPPED".into();
+                    }
+                    if t.stop_code.is_none() {
+                        t.stop_code = Some(r.stop_code.unwrap_or(if t.started_at.is_none() {
+                            StopCode::TaskFailedToStart
+                        } else {
+                            StopCode::EssentialContainerExited
+                        }));
+                    }
+                    if t.stopped_reason.is_none() {
+                        t.stopped_reason = r
+                            .reason
+                            .clone()
+                            .or_else(|| Some("Essential container in task exited".into()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+    let done = TaskOp::run(
+        shared,
+        &cluster,
+        &task_id,
+        &d.command_id,
+        TaskOpKind::Update(change),
+    )
+    .await?;
+    Ok((
+        CommandResponse::Acknowledgment(AcknowledgmentResponse {
+            acknowledgment: "ACK".into(),
+        }),
+        done.task.version,
+    ))
+}
+
+pub async fn submit_container_state(
+    shared: &Shared,
+    d: &Delivery,
+    r: SubmitContainerStateChangeRequest,
+) -> ExecResult<(CommandResponse, u64)> {
+    let cluster = CommandRequest::SubmitContainerStateChange(r.clone()).scope();
+    super::active_cluster(shared, &cluster).await?;
+    let task_id = task_of(&cluster, &r.task)?;
+    let change = Box::new(move |t: &mut Task| {
+        let c = t
+            .containers
+            .iter_mut()
+            .find(|c| c.name == r.container_name)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "the task has no container named {}",
+                    r.container_name
+                ))
+            })?;
+        apply_container_change(
+            c,
+            r.status.as_deref(),
+            r.exit_code,
+            r.reason.as_deref(),
+            r.runtime_id.as_deref(),
+            &r.network_bindings,
+        );
+        Ok(())
+    });
+    let done = TaskOp::run(
+        shared,
+        &cluster,
+        &task_id,
+        &d.command_id,
+        TaskOpKind::Update(change),
+    )
+    .await?;
+    Ok((
+        CommandResponse::Acknowledgment(AcknowledgmentResponse {
+            acknowledgment: "ACK".into(),
+        }),
+        done.task.version,
+    ))
+}

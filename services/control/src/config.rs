@@ -1,0 +1,90 @@
+//! Configuration of a `berth-control` replica: flags with `BERTH_*` environment twins.
+
+use berth_journal::JournalConfig;
+use berth_messages::arn::ArnScope;
+use berth_messages::streams::StreamOptions;
+use std::time::Duration;
+
+/// Flags of `berth-control`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "berth-control",
+    version,
+    about = "Berth control plane: ECS API over NATS JetStream"
+)]
+pub struct ControlConfig {
+    /// NATS server URLs, comma separated.
+    #[arg(
+        long = "nats",
+        env = "BERTH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        value_delimiter = ','
+    )]
+    pub nats: Vec<String>,
+    /// Stream replicas: 1 on a single node, 3 on a three-node cluster.
+    #[arg(long, env = "BERTH_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// Records kept per entity subject in BERTH_STATE.
+    #[arg(long, env = "BERTH_HISTORY", default_value_t = 64)]
+    pub history: i64,
+    /// Region in minted ARNs.
+    #[arg(long, env = "BERTH_REGION", default_value = "local")]
+    pub region: String,
+    /// Account id in minted ARNs.
+    #[arg(long, env = "BERTH_ACCOUNT_ID", default_value = "000000000000")]
+    pub account_id: String,
+    /// Seconds between agent heartbeats; an agent is disconnected after three missed.
+    #[arg(long, env = "BERTH_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
+    pub heartbeat_interval: f64,
+    /// Seconds an API call waits for its command's outcome.
+    #[arg(long, env = "BERTH_API_TIMEOUT", default_value_t = 30.0)]
+    pub api_timeout: f64,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "BERTH_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            nats: vec!["nats://127.0.0.1:4222".into()],
+            replicas: 1,
+            history: 64,
+            region: "local".into(),
+            account_id: "000000000000".into(),
+            heartbeat_interval: 5.0,
+            api_timeout: 30.0,
+            log_json: false,
+        }
+    }
+}
+
+impl ControlConfig {
+    pub fn journal(&self) -> JournalConfig {
+        JournalConfig {
+            servers: self.nats.clone(),
+            streams: StreamOptions {
+                replicas: self.replicas,
+                history: self.history,
+                ..StreamOptions::default()
+            },
+            name: "berth-control".into(),
+            ..JournalConfig::default()
+        }
+    }
+
+    pub fn arns(&self) -> ArnScope {
+        ArnScope {
+            region: self.region.clone(),
+            account: self.account_id.clone(),
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs_f64(self.heartbeat_interval.max(0.05))
+    }
+
+    pub fn api_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.api_timeout.max(0.1))
+    }
+}
