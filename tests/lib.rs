@@ -1,1 +1,354 @@
-//! End-to-end test support
+//! Support for Berth's end-to-end tests: a real nats-server per test, control-plane
+//! replicas (in-process or as `berth-control` processes), an API client speaking JSON or
+//! MessagePack, and simulated agent heartbeats.
+
+use async_nats::HeaderMap;
+use berth_control::ControlConfig;
+use berth_messages::codec::{self, Encoding};
+use berth_messages::{headers, subjects, ApiError};
+use berth_testkit::{wait_for, NatsServer};
+use serde::{de::DeserializeOwned, Serialize};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub use berth_testkit;
+
+/// Heartbeat interval used by test replicas (an agent is lost after three missed).
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Generous bound for anything a test waits on.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The configuration of a test replica against `url`.
+pub fn control_config(url: &str) -> ControlConfig {
+    ControlConfig {
+        nats: vec![url.to_string()],
+        heartbeat_interval: HEARTBEAT.as_secs_f64(),
+        region: "us-test-1".into(),
+        account_id: "123456789012".into(),
+        ..ControlConfig::default()
+    }
+}
+
+/// A nats-server and one in-process control-plane replica.
+pub struct Berth {
+    pub api: Api,
+    pub control: Option<berth_control::ControlHandle>,
+    pub nats: NatsServer,
+}
+
+impl Berth {
+    pub async fn start() -> Berth {
+        let nats = NatsServer::start();
+        let control = berth_control::spawn(control_config(&nats.url()));
+        let api = Api::connect(&nats.url()).await;
+        api.wait_serving().await;
+        Berth {
+            api,
+            control: Some(control),
+            nats,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.nats.url()
+    }
+}
+
+/// A `berth-control` replica running as its own process.
+pub struct ControlProcess {
+    pub child: Child,
+}
+
+impl ControlProcess {
+    pub fn start(url: &str) -> ControlProcess {
+        let bin = berth_testkit::workspace_bin("berth-control", "berth-control");
+        let config = control_config(url);
+        let child = Command::new(bin)
+            .env("BERTH_NATS_URL", url)
+            .env(
+                "BERTH_HEARTBEAT_INTERVAL",
+                config.heartbeat_interval.to_string(),
+            )
+            .env("BERTH_REGION", &config.region)
+            .env("BERTH_ACCOUNT_ID", &config.account_id)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("berth-control starts");
+        ControlProcess { child }
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControlProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A client of the API.
+#[derive(Clone)]
+pub struct Api {
+    pub client: async_nats::Client,
+    pub encoding: Encoding,
+}
+
+impl Api {
+    pub async fn connect(url: &str) -> Api {
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(Duration::from_secs(60)))
+            .connect(url)
+            .await
+            .expect("connect to nats");
+        Api {
+            client,
+            encoding: Encoding::Json,
+        }
+    }
+
+    pub fn with_encoding(&self, encoding: Encoding) -> Api {
+        Api {
+            client: self.client.clone(),
+            encoding,
+        }
+    }
+
+    /// Waits until a replica answers ListClusters.
+    pub async fn wait_serving(&self) {
+        let api = self.clone();
+        wait_for("berth-control to serve", PATIENCE, || {
+            let api = api.clone();
+            async move {
+                let req = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    api.try_raw("ListClusters", Some(headers::JSON), b"{}".to_vec()),
+                );
+                match req.await {
+                    Ok(Ok(msg)) => decode_reply::<serde_json::Value>(Encoding::Json, &msg)
+                        .ok()
+                        .map(|_| ()),
+                    _ => None,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Sends a raw request; returns the reply message.
+    pub async fn raw(
+        &self,
+        action: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> async_nats::Message {
+        self.try_raw(action, content_type, body)
+            .await
+            .expect("API request answered")
+    }
+
+    pub async fn try_raw(
+        &self,
+        action: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<async_nats::Message, async_nats::RequestError> {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = content_type {
+            h.insert(headers::CONTENT_TYPE, ct);
+        }
+        self.client
+            .request_with_headers(subjects::api(action), h, body.into())
+            .await
+    }
+
+    /// Calls an action with typed request and response.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        action: &str,
+        req: &Req,
+    ) -> Result<Resp, ApiError> {
+        let body = codec::encode(self.encoding, req).expect("encode request");
+        let ct = match self.encoding {
+            Encoding::Json => Some(headers::JSON),
+            Encoding::MsgPack => None,
+        };
+        let msg = self.raw(action, ct, body).await;
+        decode_reply(self.encoding, &msg)
+    }
+
+    /// Calls an action with a JSON value.
+    pub async fn call_json(
+        &self,
+        action: &str,
+        req: serde_json::Value,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.with_encoding(Encoding::Json).call(action, &req).await
+    }
+}
+
+/// Decodes a reply: an ECS error if it carries the service error headers.
+pub fn decode_reply<Resp: DeserializeOwned>(
+    enc: Encoding,
+    msg: &async_nats::Message,
+) -> Result<Resp, ApiError> {
+    let is_error = msg
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(headers::SERVICE_ERROR_CODE).is_some());
+    if is_error {
+        let e: ApiError = codec::decode(enc, &msg.payload).expect("error body decodes");
+        return Err(e);
+    }
+    Ok(codec::decode(enc, &msg.payload).unwrap_or_else(|e| {
+        panic!(
+            "reply does not decode: {e}: {}",
+            String::from_utf8_lossy(&msg.payload)
+        )
+    }))
+}
+
+/// Publishes heartbeats for instances until dropped.
+pub struct Heartbeats {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeats {
+    pub fn start(
+        client: async_nats::Client,
+        cluster: &str,
+        instance_ids: Vec<String>,
+    ) -> Heartbeats {
+        let subjects: Vec<String> = instance_ids
+            .iter()
+            .map(|i| subjects::heartbeat(cluster, i))
+            .collect();
+        let task = tokio::spawn(async move {
+            loop {
+                for s in &subjects {
+                    let _ = client.publish(s.clone(), "{}".into()).await;
+                }
+                let _ = client.flush().await;
+                tokio::time::sleep(HEARTBEAT / 4).await;
+            }
+        });
+        Heartbeats { task }
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The id at the end of an ARN.
+pub fn id_of(arn: &str) -> String {
+    arn.rsplit('/').next().unwrap_or(arn).to_string()
+}
+
+/// Creates a cluster and returns its name.
+pub async fn create_cluster(api: &Api, name: &str) {
+    api.call_json("CreateCluster", serde_json::json!({ "clusterName": name }))
+        .await
+        .expect("CreateCluster");
+}
+
+/// Registers an instance with CPU, MEMORY and reserved ports; returns its id.
+pub async fn register_instance(
+    api: &Api,
+    cluster: &str,
+    cpu: i64,
+    memory: i64,
+    attributes: serde_json::Value,
+) -> String {
+    let reply = api
+        .call_json(
+            "RegisterContainerInstance",
+            serde_json::json!({
+                "cluster": cluster,
+                "totalResources": [
+                    {"name": "CPU", "type": "INTEGER", "integerValue": cpu},
+                    {"name": "MEMORY", "type": "INTEGER", "integerValue": memory},
+                    {"name": "PORTS", "type": "STRINGSET", "stringSetValue": ["22"]},
+                    {"name": "PORTS_UDP", "type": "STRINGSET", "stringSetValue": []}
+                ],
+                "versionInfo": {"agentVersion": "test"},
+                "attributes": attributes,
+            }),
+        )
+        .await
+        .expect("RegisterContainerInstance");
+    id_of(
+        reply["containerInstance"]["containerInstanceArn"]
+            .as_str()
+            .expect("instance arn"),
+    )
+}
+
+/// Registers a one-container task definition; returns its ARN.
+pub async fn register_task_definition(
+    api: &Api,
+    family: &str,
+    cpu: i64,
+    memory: i64,
+    host_port: Option<i64>,
+) -> String {
+    let mut container = serde_json::json!({
+        "name": "app", "image": "busybox", "cpu": cpu, "memory": memory, "essential": true,
+        "command": ["sleep", "1"],
+    });
+    if let Some(p) = host_port {
+        container["portMappings"] = serde_json::json!([{ "containerPort": 80, "hostPort": p }]);
+    }
+    let reply = api
+        .call_json(
+            "RegisterTaskDefinition",
+            serde_json::json!({ "family": family, "containerDefinitions": [container] }),
+        )
+        .await
+        .expect("RegisterTaskDefinition");
+    reply["taskDefinition"]["taskDefinitionArn"]
+        .as_str()
+        .expect("task definition arn")
+        .to_string()
+}
+
+/// Runs the auditor against the server and panics with its report on violations.
+pub async fn assert_audit_clean(url: &str) -> berth_audit::AuditReport {
+    let client = async_nats::connect(url).await.expect("connect for audit");
+    let report = berth_audit::audit(&client).await.expect("audit runs");
+    assert!(report.is_clean(), "auditor found violations:\n{report}");
+    report
+}
+
+/// Waits until `check` on a DescribeTasks reply of one task holds.
+pub async fn wait_task(
+    api: &Api,
+    cluster: &str,
+    task_arn: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let check = &check;
+    wait_for(what, PATIENCE, || async move {
+        let reply = api
+            .call_json(
+                "DescribeTasks",
+                serde_json::json!({"cluster": cluster, "tasks": [task_arn]}),
+            )
+            .await
+            .ok()?;
+        let task = reply["tasks"].get(0)?.clone();
+        check(&task).then_some(task)
+    })
+    .await
+}

@@ -34,6 +34,10 @@ const SCAN_CHUNK: usize = 4096;
 #[cfg(test)]
 const SCAN_CHUNK: usize = 3;
 
+/// Expiry of the ordered consumer's pull requests; its idle heartbeat is half of it, so a
+/// consumer lost with a server restart is noticed and recreated within a few seconds.
+const PULL_EXPIRY: Duration = Duration::from_secs(4);
+
 /// Shared handle on the view; clones are cheap. The apply task stops when the last
 /// clone is dropped.
 #[derive(Clone)]
@@ -639,6 +643,7 @@ async fn ordered_messages(
         .create_consumer(pull::OrderedConfig {
             filter_subject: subjects::STATE_ALL.to_string(),
             deliver_policy,
+            max_expires: PULL_EXPIRY,
             ..Default::default()
         })
         .await

@@ -501,36 +501,36 @@ mod tests {
         let stream_cluster = info.cluster.expect("cluster info of an R3 stream");
         assert_eq!(stream_cluster.name.as_deref(), Some(CLUSTER_NAME));
         assert_eq!(stream_cluster.replicas.len(), 2);
-        js.publish("replicated.before", "one".into())
-            .await
-            .expect("publish")
-            .await
-            .expect("publish ack");
+        publish_once(&js, "replicated.before").await;
 
-        // Kill the node the client is most likely not on and bring it back.
         cluster.nodes[2].kill();
-        js.publish("replicated.during", "two".into())
-            .await
-            .expect("publish with one node down")
-            .await
-            .expect("quorum acks with one node down");
+        publish_once(&js, "replicated.during").await;
         cluster.nodes[2].restart();
         cluster.wait_ready();
 
-        let node_three = jetstream::new(
-            async_nats::connect(cluster.nodes[2].url())
-                .await
-                .expect("connect to restarted node"),
-        );
         wait_for(
-            "the restarted node to serve both messages",
+            "all replicas current with both messages",
             TEST_TIMEOUT,
             || async {
-                let mut replicated = node_three.get_stream("REPLICATED").await.ok()?;
+                let mut replicated = js.get_stream("REPLICATED").await.ok()?;
                 let info = replicated.info().await.ok()?;
-                (info.state.messages == 2).then_some(())
+                let replicas = info.cluster.as_ref()?.replicas.clone();
+                let all_current = replicas.len() == 2 && replicas.iter().all(|peer| peer.current);
+                (all_current && info.state.messages == 2).then_some(())
             },
         )
+        .await;
+    }
+
+    /// Publishes until acknowledged; the message id makes retries after a lost ack harmless
+    /// while a stream leader is being elected.
+    async fn publish_once(js: &jetstream::Context, subject: &'static str) {
+        wait_for(subject, TEST_TIMEOUT, || async {
+            let publish = jetstream::context::Publish::build()
+                .payload(subject.into())
+                .message_id(subject);
+            js.send_publish(subject, publish).await.ok()?.await.ok()
+        })
         .await;
     }
 
