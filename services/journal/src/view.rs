@@ -6,7 +6,7 @@
 //!
 //! One task applies records; readers take short read locks and get cloned `Arc`s back.
 //! Long scans (filtered task and task-definition pages) release their lock every
-//! [`SCAN_CHUNK`] entries so they never hold up the apply loop for long.
+//! few thousand entries so that they never hold up the apply loop for long.
 
 use crate::{Journal, JournalError, Result, Versioned};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
@@ -37,6 +37,11 @@ const SCAN_CHUNK: usize = 3;
 /// Expiry of the ordered consumer's pull requests; its idle heartbeat is half of it, so a
 /// consumer lost with a server restart is noticed and recreated within a few seconds.
 const PULL_EXPIRY: Duration = Duration::from_secs(4);
+
+/// How often the apply loop looks for a reconnection of the client.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Shared handle on the view; clones are cheap. The apply task stops when the last
 /// clone is dropped.
@@ -208,7 +213,7 @@ fn index_remove(index: &mut HashMap<Arc<str>, IdSet>, key: &str, id: &str) {
     }
 }
 
-/// Takes items until one more than `limit` is seen; `key` names the resume key of an item.
+/// Takes up to `limit` items of (resume key, item) pairs; `next` is set when more remain.
 fn page_of<'a, V: 'a>(iter: impl Iterator<Item = (&'a str, V)>, limit: usize) -> Page<V> {
     let limit = limit.max(1);
     let mut items = Vec::new();
@@ -656,41 +661,82 @@ async fn ordered_messages(
     Ok((messages, pending))
 }
 
+/// Why the apply loop replaces its consumer.
+enum Interruption {
+    /// The consumer failed or ended: wait a little before recreating it.
+    Failed,
+    /// The client reconnected: the server may have lost the ephemeral consumer, and the
+    /// ordered consumer would take many seconds to notice.
+    Reconnected,
+}
+
+/// The consumer to create after an interruption: the rest of the catch-up (records already
+/// applied are skipped by version), or everything after the last applied message.
+fn resume_policy(inner: &Inner) -> DeliverPolicy {
+    let progress = *inner.progress.borrow();
+    if progress.ready {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: progress.applied + 1,
+        }
+    } else {
+        DeliverPolicy::LastPerSubject
+    }
+}
+
 async fn apply_loop(
     inner: Arc<Inner>,
+    client: async_nats::Client,
     stream: stream::Stream,
     mut messages: pull::Ordered,
     ready_at: u64,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let statistics = client.statistics();
+    let mut connects = statistics.connects.load(Ordering::Relaxed);
+    let mut check = tokio::time::interval(RECONNECT_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = MIN_BACKOFF;
     loop {
-        while let Some(next) = messages.next().await {
-            match next {
-                Ok(message) => {
-                    let (sequence, pending) = match message.info() {
-                        Ok(info) => (info.stream_sequence, info.pending),
-                        Err(error) => {
-                            tracing::warn!(%error, subject = %message.subject, "view skips a message without JetStream metadata");
-                            continue;
-                        }
-                    };
-                    inner.apply(message.subject.as_str(), &message.payload, sequence);
-                    inner.advance(sequence, pending == 0 || sequence >= ready_at);
-                    backoff = Duration::from_millis(100);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "view consumer failed; recreating it");
-                    break;
+        let interruption = loop {
+            tokio::select! {
+                next = messages.next() => match next {
+                    Some(Ok(message)) => {
+                        let (sequence, pending) = match message.info() {
+                            Ok(info) => (info.stream_sequence, info.pending),
+                            Err(error) => {
+                                tracing::warn!(%error, subject = %message.subject, "view skips a message without JetStream metadata");
+                                continue;
+                            }
+                        };
+                        inner.apply(message.subject.as_str(), &message.payload, sequence);
+                        inner.advance(sequence, pending == 0 || sequence >= ready_at);
+                        backoff = MIN_BACKOFF;
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "view consumer failed; recreating it");
+                        break Interruption::Failed;
+                    }
+                    None => {
+                        tracing::warn!("view consumer ended; recreating it");
+                        break Interruption::Failed;
+                    }
+                },
+                _ = check.tick() => {
+                    let now = statistics.connects.load(Ordering::Relaxed);
+                    if now != connects {
+                        connects = now;
+                        tracing::info!("NATS connection re-established; view recreates its consumer");
+                        break Interruption::Reconnected;
+                    }
                 }
             }
-        }
-        // The ordered consumer ended or failed: resume right after what was applied.
-        loop {
+        };
+        if let Interruption::Failed = interruption {
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            let start_sequence = inner.applied() + 1;
-            match ordered_messages(&stream, DeliverPolicy::ByStartSequence { start_sequence }).await
-            {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        loop {
+            let policy = resume_policy(&inner);
+            match ordered_messages(&stream, policy).await {
                 Ok((next, pending)) => {
                     if pending == 0 {
                         inner.mark_ready();
@@ -699,7 +745,9 @@ async fn apply_loop(
                     break;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, start_sequence, "view cannot recreate its consumer");
+                    tracing::warn!(%error, ?policy, "view cannot recreate its consumer");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -727,7 +775,13 @@ impl View {
         if pending == 0 {
             inner.mark_ready();
         }
-        let handle = tokio::spawn(apply_loop(inner.clone(), stream, messages, ready_at));
+        let handle = tokio::spawn(apply_loop(
+            inner.clone(),
+            journal.client().clone(),
+            stream,
+            messages,
+            ready_at,
+        ));
         Ok(View {
             inner,
             _apply: Some(Arc::new(AbortOnDrop(handle.abort_handle()))),

@@ -526,7 +526,7 @@ mod tests {
     /// while a stream leader is being elected.
     async fn publish_once(js: &jetstream::Context, subject: &'static str) {
         wait_for(subject, TEST_TIMEOUT, || async {
-            let publish = jetstream::context::Publish::build()
+            let publish = jetstream::message::PublishMessage::build()
                 .payload(subject.into())
                 .message_id(subject);
             js.send_publish(subject, publish).await.ok()?.await.ok()

@@ -323,20 +323,26 @@ fn list_task_definitions(
     let after = key_of(r.next_token.as_deref())?;
     let status = r.status.unwrap_or(TaskDefinitionStatus::Active);
     let descending = r.sort == Some(SortOrder::Desc);
-    let page = shared.view.page_task_definitions(
-        r.family_prefix.as_deref(),
-        Some(status),
-        descending,
-        after.as_deref(),
+    // In ECS, familyPrefix of ListTaskDefinitions is a full family name ("web" does not
+    // list "webapp"), unlike ListTaskDefinitionFamilies where it is a prefix.
+    let family = r.family_prefix.as_deref();
+    let (items, next) = filtered_page(
         limit,
+        after,
+        |a, l| {
+            shared
+                .view
+                .page_task_definitions(family, Some(status), descending, a, l)
+        },
+        |t| family.is_none_or(|f| t.value.family == f),
+        |t| format!("{}:{}", t.value.family, t.value.revision),
     );
     Ok(ListTaskDefinitionsResponse {
-        task_definition_arns: page
-            .items
+        task_definition_arns: items
             .iter()
             .map(|t| t.value.task_definition_arn.clone())
             .collect(),
-        next_token: token_of(page.next),
+        next_token: token_of(next),
     })
 }
 
@@ -349,7 +355,8 @@ fn list_families(
         validate::name("familyPrefix", p)?;
     }
     let after = key_of(r.next_token.as_deref())?;
-    let status = match r.status.unwrap_or(FamilyStatus::Active) {
+    // ECS lists ACTIVE and INACTIVE families when no status is given.
+    let status = match r.status.unwrap_or(FamilyStatus::All) {
         FamilyStatus::Active => FamilyStatusFilter::Active,
         FamilyStatus::Inactive => FamilyStatusFilter::Inactive,
         FamilyStatus::All => FamilyStatusFilter::All,

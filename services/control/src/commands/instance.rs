@@ -273,37 +273,34 @@ async fn change_attributes(
             .into());
         }
     }
-    let mut last = 0;
-    let mut echoed = Vec::new();
+    // All changes to one instance go into one write, and the custom-attribute limit is
+    // checked on every instance before anything is written: a refused request leaves
+    // no instance half changed.
+    let mut groups: Vec<(String, Vec<Attribute>)> = Vec::new();
     for attribute in &r.attributes {
         let target = attribute.target_id.as_deref().unwrap_or_default();
         let instance_id = resolve(&cluster, target)?;
-        let attr = Attribute {
+        let change = Attribute {
             name: attribute.name.clone(),
             value: attribute.value.clone(),
             target_type: None,
             target_id: None,
         };
+        match groups.iter_mut().find(|(id, _)| *id == instance_id) {
+            Some((_, changes)) => changes.push(change),
+            None => groups.push((instance_id, vec![change])),
+        }
+    }
+    for (instance_id, changes) in &groups {
+        if let Some(current) = shared.view.instance(&cluster, instance_id) {
+            apply_attributes(&mut current.value.clone(), changes, put)?;
+        }
+    }
+    let mut last = 0;
+    for (instance_id, changes) in groups {
+        let target = shared.arns.container_instance(&cluster, &instance_id);
         let mutate = OpKind::Mutate(Box::new(move |ci: &mut ContainerInstance| {
-            ci.attributes.retain(|a| a.name != attr.name);
-            if put {
-                ci.attributes.push(attr.clone());
-                let custom = ci
-                    .attributes
-                    .iter()
-                    .filter(|a| !is_builtin(&a.name))
-                    .count();
-                if custom > validate::MAX_ATTRIBUTES {
-                    return Err(ApiError::new(
-                        ErrorType::AttributeLimitExceededException,
-                        format!(
-                            "a container instance takes at most {} custom attributes",
-                            validate::MAX_ATTRIBUTES
-                        ),
-                    ));
-                }
-            }
-            Ok(())
+            apply_attributes(ci, &changes, put)
         }));
         let done = InstanceOp::run(shared, &cluster, &instance_id, &d.command_id, mutate)
             .await
@@ -317,6 +314,11 @@ async fn change_attributes(
                 )
             })?;
         last = last.max(done.version);
+    }
+    let mut echoed = Vec::new();
+    for attribute in &r.attributes {
+        let target = attribute.target_id.as_deref().unwrap_or_default();
+        let instance_id = resolve(&cluster, target)?;
         let mut out = attribute.clone();
         out.target_type = Some("container-instance".into());
         out.target_id = Some(shared.arns.container_instance(&cluster, &instance_id));
@@ -326,4 +328,34 @@ async fn change_attributes(
         CommandResponse::Attributes(AttributesResponse { attributes: echoed }),
         last,
     ))
+}
+
+/// Puts or deletes attributes on an instance record; refuses to go over the limit of
+/// custom attributes.
+fn apply_attributes(
+    ci: &mut ContainerInstance,
+    changes: &[Attribute],
+    put: bool,
+) -> Result<(), ApiError> {
+    for change in changes {
+        ci.attributes.retain(|a| a.name != change.name);
+        if put {
+            ci.attributes.push(change.clone());
+        }
+    }
+    let custom = ci
+        .attributes
+        .iter()
+        .filter(|a| !is_builtin(&a.name))
+        .count();
+    if put && custom > validate::MAX_ATTRIBUTES {
+        return Err(ApiError::new(
+            ErrorType::AttributeLimitExceededException,
+            format!(
+                "a container instance takes at most {} custom attributes",
+                validate::MAX_ATTRIBUTES
+            ),
+        ));
+    }
+    Ok(())
 }

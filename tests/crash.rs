@@ -1,0 +1,136 @@
+//! Crash: a `berth-control` process is killed with SIGKILL in the middle of a stream of
+//! commands; after a replica restarts, every accepted command has exactly one outcome,
+//! nothing is placed twice, and the auditor is clean.
+
+use berth_e2e::*;
+use berth_journal::{Journal, JournalConfig};
+use berth_messages::command::CommandResponse;
+use berth_messages::streams;
+use berth_testkit::{wait_for, NatsServer};
+use serde_json::json;
+use std::collections::HashSet;
+
+const COMMANDS: usize = 600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_command_has_exactly_one_outcome_after_a_kill() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let mut first = ControlProcess::start(&url);
+    let api = Api::connect(&url).await;
+    api.wait_serving().await;
+    create_cluster(&api, "crash").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(register_instance(&api, "crash", 1_000_000, 1_000_000, json!([])).await);
+    }
+    let _beats = Heartbeats::start(api.client.clone(), "crash", ids.clone());
+    register_task_definition(&api, "batch", 1, 1, None).await;
+    let journal = Journal::open(&JournalConfig {
+        servers: vec![url.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("journal");
+    let before = outcome_count(&journal).await;
+
+    // Accepted = acknowledged by the stream.
+    let js = journal.jetstream().clone();
+    let mut accepted = Vec::new();
+    let mut killed = false;
+    for i in 0..COMMANDS {
+        let id = format!("crash-{i}");
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", id.as_str());
+        h.insert("Content-Type", "application/json");
+        let body =
+            json!({"cluster": "crash", "taskDefinition": "batch", "count": 2, "startedBy": id});
+        js.publish_with_headers(
+            berth_messages::subjects::command("crash", "RunTask"),
+            h,
+            serde_json::to_vec(&body).expect("json").into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("accepted");
+        accepted.push(id);
+        if !killed && i >= COMMANDS / 4 && outcome_count(&journal).await > before {
+            first.kill();
+            killed = true;
+        }
+    }
+    if !killed {
+        first.kill();
+    }
+    let _second = ControlProcess::start(&url);
+
+    let mut task_ids = HashSet::new();
+    for id in &accepted {
+        let outcome = wait_for("outcome of every accepted command", PATIENCE, || {
+            let journal = journal.clone();
+            let id = id.clone();
+            async move { journal.read_outcome(&id).await.ok().flatten() }
+        })
+        .await;
+        match outcome.response {
+            Some(CommandResponse::Tasks(t)) => {
+                assert_eq!(t.tasks.len(), 2, "{id}: {:?}", t.failures);
+                for task in t.tasks {
+                    assert!(
+                        task_ids.insert(task.task_arn.clone()),
+                        "task {} in two outcomes",
+                        task.task_arn
+                    );
+                }
+            }
+            other => panic!("{id}: unexpected outcome {other:?} {:?}", outcome.error),
+        }
+    }
+    // Exactly one outcome each: the outcome stream holds one message per command and no
+    // command ever got a second outcome written (each write would be a new sequence).
+    let mut stream = journal
+        .jetstream()
+        .get_stream(streams::OUTCOME)
+        .await
+        .expect("outcome stream");
+    let info = stream.info().await.expect("info");
+    let written = info.state.last_sequence - info.state.first_sequence + 1;
+    assert_eq!(info.state.messages, written, "no outcome was ever replaced");
+    assert_eq!(outcome_count(&journal).await - before, COMMANDS as u64);
+    // Every task the outcomes name exists, once.
+    let listed = all_task_arns(&api, "crash").await;
+    assert_eq!(
+        listed, task_ids,
+        "tasks in the cluster are exactly the ones the outcomes name"
+    );
+    assert_audit_clean(&url).await;
+}
+
+async fn outcome_count(journal: &Journal) -> u64 {
+    let mut stream = journal
+        .jetstream()
+        .get_stream(streams::OUTCOME)
+        .await
+        .expect("outcome stream");
+    stream.info().await.expect("info").state.messages
+}
+
+async fn all_task_arns(api: &Api, cluster: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut req = json!({"cluster": cluster, "maxResults": 100});
+        if let Some(t) = &token {
+            req["nextToken"] = json!(t);
+        }
+        let page = api.call_json("ListTasks", req).await.expect("ListTasks");
+        for arn in page["taskArns"].as_array().into_iter().flatten() {
+            out.insert(arn.as_str().unwrap_or_default().to_string());
+        }
+        match page["nextToken"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => return out,
+        }
+    }
+}

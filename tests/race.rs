@@ -1,0 +1,132 @@
+//! Concurrency: two `berth-control` processes and a third client that publishes commands
+//! straight into BERTH_CMD race for a cluster whose free capacity is a third of the
+//! demand. Every request ends placed or failed with a reason, nothing is over-committed,
+//! and the auditor finds no violation.
+
+use berth_e2e::*;
+use berth_messages::command::{CommandResponse, Outcome};
+use berth_testkit::{wait_for, NatsServer};
+use serde_json::json;
+
+const INSTANCES: usize = 4;
+const TASKS_PER_INSTANCE: usize = 4;
+const REQUESTS_PER_CLIENT: usize = 16;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_writers_never_over_commit() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let _a = ControlProcess::start(&url);
+    let _b = ControlProcess::start(&url);
+    let api = Api::connect(&url).await;
+    api.wait_serving().await;
+    create_cluster(&api, "race").await;
+    let mut ids = Vec::new();
+    for _ in 0..INSTANCES {
+        ids.push(register_instance(&api, "race", 4096, 1024, json!([])).await);
+    }
+    let _beats = Heartbeats::start(api.client.clone(), "race", ids.clone());
+    register_task_definition(&api, "job", 10, 256, None).await;
+    // Both replicas must have seen the task definition before the race starts.
+    let capacity = INSTANCES * TASKS_PER_INSTANCE;
+    let demand = 3 * REQUESTS_PER_CLIENT;
+    assert_eq!(demand, 3 * capacity);
+
+    let api_client = |n: usize| {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut placed = 0;
+            let mut failed = 0;
+            for i in 0..REQUESTS_PER_CLIENT {
+                let reply = api
+                    .call_json(
+                        "RunTask",
+                        json!({"cluster": "race", "taskDefinition": "job:1", "startedBy": format!("client-{n}-{i}")}),
+                    )
+                    .await
+                    .expect("RunTask answers");
+                placed += reply["tasks"].as_array().map_or(0, Vec::len);
+                for f in reply["failures"].as_array().into_iter().flatten() {
+                    assert!(
+                        f["reason"]
+                            .as_str()
+                            .is_some_and(|r| r.starts_with("RESOURCE:")),
+                        "{f}"
+                    );
+                    failed += 1;
+                }
+            }
+            (placed, failed)
+        })
+    };
+    let direct = {
+        let client = api.client.clone();
+        tokio::spawn(async move {
+            let js = async_nats::jetstream::new(client.clone());
+            let mut ids = Vec::new();
+            for i in 0..REQUESTS_PER_CLIENT {
+                let id = format!("direct-{i}");
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Nats-Msg-Id", id.as_str());
+                h.insert("Content-Type", "application/json");
+                let body =
+                    json!({"cluster": "race", "taskDefinition": "job:1", "startedBy": "direct"});
+                js.publish_with_headers(
+                    berth_messages::subjects::command("race", "RunTask"),
+                    h,
+                    serde_json::to_vec(&body).expect("json").into(),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("accepted");
+                ids.push(id);
+            }
+            ids
+        })
+    };
+    let (r1, r2, r3) = tokio::join!(api_client(1), api_client(2), direct);
+    let (p1, f1) = r1.expect("client 1");
+    let (p2, f2) = r2.expect("client 2");
+    let direct_ids = r3.expect("direct client");
+
+    let journal = berth_journal::Journal::open(&berth_journal::JournalConfig {
+        servers: vec![url.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("journal");
+    let mut p3 = 0;
+    let mut f3 = 0;
+    for id in &direct_ids {
+        let journal = journal.clone();
+        let outcome: Outcome = wait_for("direct command outcome", PATIENCE, || {
+            let journal = journal.clone();
+            let id = id.clone();
+            async move { journal.read_outcome(&id).await.ok().flatten() }
+        })
+        .await;
+        match outcome.response {
+            Some(CommandResponse::Tasks(t)) => {
+                p3 += t.tasks.len();
+                f3 += t.failures.len();
+                assert!(t.failures.iter().all(|f| f
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("RESOURCE:"))));
+            }
+            other => panic!("unexpected outcome {other:?} / {:?}", outcome.error),
+        }
+    }
+    let placed = p1 + p2 + p3;
+    let failed = f1 + f2 + f3;
+    assert_eq!(placed + failed, demand, "every request has an outcome");
+    assert_eq!(placed, capacity, "the whole capacity is used, and no more");
+
+    let listed = api
+        .call_json("ListTasks", json!({"cluster": "race", "maxResults": 100}))
+        .await
+        .expect("ListTasks");
+    assert_eq!(listed["taskArns"].as_array().map_or(0, Vec::len), capacity);
+    assert_audit_clean(&url).await;
+}
