@@ -39,6 +39,9 @@ pub struct ControlConfig {
     /// Seconds an API call waits for its command's outcome.
     #[arg(long, env = "BERTH_API_TIMEOUT", default_value_t = 30.0)]
     pub api_timeout: f64,
+    /// Clusters to create at start-up if they do not exist (comma separated).
+    #[arg(long = "create-cluster", env = "BERTH_CREATE_CLUSTERS", value_delimiter = ',')]
+    pub create_clusters: Vec<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BERTH_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -54,6 +57,7 @@ impl Default for ControlConfig {
             account_id: "000000000000".into(),
             heartbeat_interval: 5.0,
             api_timeout: 30.0,
+            create_clusters: Vec::new(),
             log_json: false,
         }
     }

@@ -59,6 +59,23 @@ pub async fn run(
     let consumer = tokio::spawn(commands::run(shared.clone()));
     let liveness = tokio::spawn(liveness::run(shared.clone()));
     let reconciler = tokio::spawn(reconcile::run(shared.clone()));
+    for name in shared.config.create_clusters.clone() {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let body = serde_json::json!({ "clusterName": name }).to_string();
+            match api::submit::submit(
+                &shared,
+                berth_messages::command::Action::CreateCluster,
+                berth_messages::codec::Encoding::Json,
+                body.as_bytes(),
+            )
+            .await
+            {
+                Ok(_) => tracing::info!(cluster = %name, "cluster ready"),
+                Err(e) => tracing::error!(cluster = %name, error = %e, "cannot create cluster"),
+            }
+        });
+    }
     tracing::info!("berth-control serving");
     let result = tokio::select! {
         _ = shutdown => Ok(()),

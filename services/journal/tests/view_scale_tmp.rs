@@ -76,6 +76,24 @@ async fn scale() {
         t0.elapsed(),
         payload_bytes / n
     );
+    eprintln!("size_of Task {} TaskEntry {}", std::mem::size_of::<Task>(), std::mem::size_of::<berth_journal::view::TaskEntry>());
+    let before = rss_kib();
+    let recs: Vec<std::sync::Arc<Task>> = (0..n).map(|i| {
+        let id = format!("{:032x}", i as u128 * 2654435761);
+        let inst = format!("i{}", i % 500);
+        std::sync::Arc::new(Task {
+            task_arn: scope.task("c", &id),
+            cluster_arn: scope.cluster("c"),
+            task_definition_arn: scope.task_definition(if i % 10 == 0 { "batch" } else { "web" }, 1),
+            container_instance_arn: scope.container_instance("c", &inst),
+            group: "family:web".into(),
+            started_by: Some("svc".into()),
+            ..Default::default()
+        })
+    }).collect();
+    let mid = rss_kib();
+    eprintln!("records alone: {} bytes/task", (mid - before) * 1024 / n as u64);
+    drop(recs);
     let before = rss_kib();
     let t0 = Instant::now();
     let view = View::start(&journal).await.unwrap();

@@ -5,7 +5,7 @@
 //! `BERTH_CMD` and the reply is their outcome.
 
 mod reads;
-mod submit;
+pub(crate) mod submit;
 
 use crate::shared::Shared;
 use async_nats::service::{self, ServiceExt};
