@@ -118,13 +118,13 @@ impl Bench {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(keys, BTreeSet::from(["__type", "message"]), "{what}: {body}");
-        let error: ApiError = codec::decode(enc, &reply.payload).expect("ApiError");
         assert_eq!(
-            error.error_type, expected,
-            "{what}: {}",
-            error.message
+            keys,
+            BTreeSet::from(["__type", "message"]),
+            "{what}: {body}"
         );
+        let error: ApiError = codec::decode(enc, &reply.payload).expect("ApiError");
+        assert_eq!(error.error_type, expected, "{what}: {}", error.message);
         assert!(!error.message.is_empty(), "{what}: empty message");
 
         assert_eq!(
@@ -259,7 +259,10 @@ async fn wrong_types_and_missing_fields() {
     let missing = [
         ("RunTask", json!({"cluster": "c1"})),
         ("RunTask", json!({})),
-        ("StartTask", json!({"cluster": "c1", "taskDefinition": "web"})),
+        (
+            "StartTask",
+            json!({"cluster": "c1", "taskDefinition": "web"}),
+        ),
         ("StopTask", json!({"cluster": "c1"})),
         ("DeleteCluster", json!({})),
         ("DescribeContainerInstances", json!({"cluster": "c1"})),
@@ -329,10 +332,7 @@ async fn names_that_break_ecs_rules() {
     for name in ["a.b", "a*", "a>", "a b", long.as_str()] {
         let shown: String = name.chars().take(20).collect();
         let cases = [
-            (
-                "RunTask",
-                json!({"cluster": name, "taskDefinition": "web"}),
-            ),
+            ("RunTask", json!({"cluster": name, "taskDefinition": "web"})),
             ("RunTask", json!({"cluster": "c1", "taskDefinition": name})),
             (
                 "RegisterTaskDefinition",
@@ -436,7 +436,10 @@ async fn counts_and_batches_out_of_range() {
     for (action, body) in cases {
         bench
             .refused_json(
-                &format!("{action} {}", body.to_string().chars().take(80).collect::<String>()),
+                &format!(
+                    "{action} {}",
+                    body.to_string().chars().take(80).collect::<String>()
+                ),
                 action,
                 body,
                 InvalidParameterException,
@@ -453,13 +456,19 @@ async fn unknown_cluster_instance_task_and_definition() {
     let id = bench.instance.clone();
 
     let not_found = [
-        ("RunTask", json!({"cluster": "nope", "taskDefinition": "web"})),
+        (
+            "RunTask",
+            json!({"cluster": "nope", "taskDefinition": "web"}),
+        ),
         (
             "StartTask",
             json!({"cluster": "nope", "taskDefinition": "web", "containerInstances": [id]}),
         ),
         ("StopTask", json!({"cluster": "nope", "task": unknown})),
-        ("DescribeTasks", json!({"cluster": "nope", "tasks": [unknown]})),
+        (
+            "DescribeTasks",
+            json!({"cluster": "nope", "tasks": [unknown]}),
+        ),
         ("ListTasks", json!({"cluster": "nope"})),
         ("DeleteCluster", json!({"cluster": "nope"})),
         (
@@ -598,16 +607,16 @@ async fn oversized_payloads() {
         )
         .await;
     assert!(e.message.contains("a.b"), "{}", e.message);
-    let cluster = bench
+    let reply = bench
         .berth
         .api
-        .call_json(
+        .raw(
             "CreateCluster",
-            serde_json::from_slice(&padded_json(&json!({"clusterName": "fits"}), LIMIT))
-                .expect("JSON"),
+            Some(headers::JSON),
+            padded_json(&json!({"clusterName": "fits"}), LIMIT),
         )
-        .await
-        .expect("CreateCluster");
+        .await;
+    let cluster: Value = decode_reply(Encoding::Json, &reply).expect("CreateCluster at the limit");
     assert_eq!(cluster["cluster"]["clusterName"], "fits");
 }
 
@@ -688,7 +697,10 @@ async fn messagepack_end_to_end() {
         .await
         .expect("RunTask");
     assert_eq!(run["tasks"].as_array().map(Vec::len), Some(2), "{run}");
-    let arn = run["tasks"][0]["taskArn"].as_str().expect("arn").to_string();
+    let arn = run["tasks"][0]["taskArn"]
+        .as_str()
+        .expect("arn")
+        .to_string();
     let described: Value = mp
         .call(
             "DescribeTasks",

@@ -40,7 +40,11 @@ pub struct ControlConfig {
     #[arg(long, env = "BERTH_API_TIMEOUT", default_value_t = 30.0)]
     pub api_timeout: f64,
     /// Clusters to create at start-up if they do not exist (comma separated).
-    #[arg(long = "create-cluster", env = "BERTH_CREATE_CLUSTERS", value_delimiter = ',')]
+    #[arg(
+        long = "create-cluster",
+        env = "BERTH_CREATE_CLUSTERS",
+        value_delimiter = ','
+    )]
     pub create_clusters: Vec<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BERTH_LOG_JSON", default_value_t = false)]

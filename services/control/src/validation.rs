@@ -75,6 +75,11 @@ pub fn request(req: &CommandRequest) -> Result<(), ApiError> {
             if r.placement_strategy.len() > 5 {
                 return Err(ApiError::invalid("at most 5 placementStrategy entries"));
             }
+            if !r.placement_constraints.is_empty() || !r.placement_strategy.is_empty() {
+                return Err(ApiError::invalid(
+                    "placementConstraints and placementStrategy are not supported yet",
+                ));
+            }
             if let Some(lt) = &r.launch_type {
                 if lt != "EC2" && lt != "EXTERNAL" {
                     return Err(ApiError::invalid(format!(

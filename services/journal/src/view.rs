@@ -35,7 +35,8 @@ const SCAN_CHUNK: usize = 4096;
 const SCAN_CHUNK: usize = 3;
 
 /// Expiry of the ordered consumer's pull requests; its idle heartbeat is half of it, so a
-/// consumer lost with a server restart is noticed and recreated within a few seconds.
+/// consumer lost with its server while the client stays connected (to another node of
+/// the cluster) is noticed and recreated within seconds.
 const PULL_EXPIRY: Duration = Duration::from_secs(4);
 
 /// How often the apply loop looks for a reconnection of the client.
@@ -49,6 +50,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct View {
     inner: Arc<Inner>,
     _apply: Option<Arc<AbortOnDrop>>,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let progress = *self.inner.progress.borrow();
+        f.debug_struct("View")
+            .field("applied", &progress.applied)
+            .field("ready", &progress.ready)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A task with the cluster and instance its subject names.
