@@ -4,6 +4,7 @@
 //! of errors to ECS error types. This crate does no I/O so that the control plane, the
 //! agent, the auditor and third-party tools share one definition of each fact.
 
+pub mod agent;
 pub mod api;
 pub mod arn;
 pub mod codec;

@@ -1,0 +1,1 @@
+//! berth-agent (being written)
