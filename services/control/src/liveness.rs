@@ -48,6 +48,12 @@ pub async fn run(shared: Shared) -> Result<(), async_nats::Error> {
                         .1
                         .to_string();
                         let key = (cluster.clone(), id);
+                        // A registration counts as a beat: the agent has just spoken.
+                        let since_registration =
+                            berth_messages::now_epoch_seconds() - ci.value.registered_at;
+                        if since_registration < limit.as_secs_f64() {
+                            continue;
+                        }
                         let last = beats.get(&key).map(|t| *t).unwrap_or(started);
                         if last.elapsed() > limit {
                             flip(&shared, &flipping, key, false);

@@ -79,8 +79,9 @@ pub async fn register(
         next.version_info = request.version_info.clone().unwrap_or_default();
         next.attributes = request.attributes.clone();
         next.tags = request.tags.clone();
-        next.agent_connected = true;
         if fresh {
+            // A re-registering agent is judged by its heartbeats like any other.
+            next.agent_connected = true;
             next.status = InstanceStatus::Active;
             next.status_reason = None;
             next.registered_at = now;
