@@ -188,27 +188,24 @@ async fn unknown_actions_and_undecodable_bodies() {
     }
 
     // MessagePack that ends in the middle of a value, or is not MessagePack at all.
-    let msgpack_garbage: [(&str, &[u8]); 3] = [
+    let msgpack_garbage: [(&str, &[u8]); 5] = [
         ("map cut short", b"\x85\xa3abc"),
         ("string cut short", b"\x81\xabclusterName\xd9\x40ab"),
+        ("reserved marker", b"\xc1"),
+        ("trailing bytes", b"\x80\x81"),
         ("text", b"{\"clusterName\": \"x\"}"),
     ];
     for action in ["CreateCluster", "RunTask", "ListClusters"] {
         for (what, body) in msgpack_garbage {
-            let e = bench
+            bench
                 .refused(
                     &format!("{action}: msgpack {what}"),
                     action,
                     None,
                     body.to_vec(),
-                    if what == "text" {
-                        InvalidParameterException
-                    } else {
-                        ClientException
-                    },
+                    ClientException,
                 )
                 .await;
-            assert!(!e.message.is_empty());
         }
     }
 }
@@ -658,7 +655,10 @@ async fn messagepack_end_to_end() {
         .call("ListClusters", &ListClustersRequest::default())
         .await
         .expect("ListClusters");
-    assert_eq!(listed.cluster_arns, [created.cluster.cluster_arn.clone()]);
+    assert_eq!(
+        listed.cluster_arns,
+        std::slice::from_ref(&created.cluster.cluster_arn)
+    );
     let e = mp
         .call::<_, Value>("DeleteCluster", &json!({"cluster": "nope"}))
         .await

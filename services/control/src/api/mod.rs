@@ -79,10 +79,12 @@ fn encoding_of(h: Option<&HeaderMap>) -> Encoding {
 /// Headers and body of an error reply.
 pub fn error_reply(enc: Encoding, error: &ApiError) -> (HeaderMap, Vec<u8>) {
     let mut h = HeaderMap::new();
-    h.insert(
-        headers::SERVICE_ERROR,
-        format!("{}: {}", error.error_type, error.message).as_str(),
-    );
+    // A header value cannot hold line breaks, and messages may quote the input.
+    let description: String = format!("{}: {}", error.error_type, error.message)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    h.insert(headers::SERVICE_ERROR, description.as_str());
     h.insert(
         headers::SERVICE_ERROR_CODE,
         error.error_type.status_code().to_string().as_str(),
@@ -108,6 +110,15 @@ async fn handle(shared: Shared, action: Action, request: service::Request) {
                 "request body is {} bytes, the limit is {}",
                 payload.len(),
                 berth_messages::validate::MAX_REQUEST_BYTES
+            )));
+        }
+        if !well_formed(enc, payload) {
+            return Err(ApiError::client(format!(
+                "request body is not a well-formed {} value",
+                match enc {
+                    Encoding::Json => "JSON",
+                    Encoding::MsgPack => "MessagePack",
+                }
             )));
         }
         if action.is_mutation() {
@@ -152,7 +163,67 @@ pub fn encode<T: serde::Serialize>(enc: Encoding, value: &T) -> Result<Vec<u8>, 
     codec::encode(enc, value).map_err(|e| ApiError::server(e.to_string()))
 }
 
-/// Decodes a request body with ECS error mapping.
+/// Decodes a request body that [`well_formed`] accepted: any failure is a wrong type,
+/// a bad value or a missing field.
 pub fn decode<T: serde::de::DeserializeOwned>(enc: Encoding, body: &[u8]) -> Result<T, ApiError> {
-    codec::decode(enc, body).map_err(berth_messages::error::decode_error)
+    codec::decode(enc, body).map_err(|e| shape_error(berth_messages::error::decode_error(e)))
+}
+
+/// A well-formed body that does not decode into the action's request is an
+/// `InvalidParameterException`, even where the decoder reports it as a syntax error
+/// (serde_json does so for an enum given a number).
+pub fn shape_error(e: ApiError) -> ApiError {
+    match e.error_type {
+        berth_messages::ErrorType::ClientException => ApiError::invalid(e.message),
+        _ => e,
+    }
+}
+
+/// Whether a body is exactly one well-formed JSON or MessagePack value (an empty body
+/// counts as an empty object). Anything else is a `ClientException`, whatever the
+/// action: a decoder that fails on the first wrong type would otherwise hide garbage.
+fn well_formed(enc: Encoding, body: &[u8]) -> bool {
+    use serde::Deserialize;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return true;
+    }
+    match enc {
+        Encoding::Json => serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok(),
+        Encoding::MsgPack => {
+            let mut de = rmp_serde::Deserializer::new(body);
+            serde::de::IgnoredAny::deserialize(&mut de).is_ok() && de.get_ref().is_empty()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn well_formed_bodies() {
+        assert!(well_formed(Encoding::Json, b""));
+        assert!(well_formed(Encoding::Json, b"{\"count\": \"x\"}"));
+        assert!(!well_formed(Encoding::Json, b"[1, 2"));
+        assert!(!well_formed(Encoding::Json, b"{} {"));
+        assert!(well_formed(Encoding::MsgPack, b"\x81\xa1a\x01"));
+        assert!(!well_formed(Encoding::MsgPack, b"\x81\xa1a"));
+        assert!(!well_formed(Encoding::MsgPack, b"\x80\x81"));
+        assert!(!well_formed(Encoding::MsgPack, b"\xc1"));
+    }
+
+    #[test]
+    fn error_headers_carry_no_line_breaks() {
+        let (h, body) = error_reply(
+            Encoding::Json,
+            &ApiError::invalid("cluster 'a\r\nb' is invalid"),
+        );
+        let description = h.get(headers::SERVICE_ERROR).expect("header");
+        assert_eq!(
+            description.as_str(),
+            "InvalidParameterException: cluster 'a  b' is invalid"
+        );
+        let decoded: ApiError = codec::decode(Encoding::Json, &body).expect("body");
+        assert_eq!(decoded.message, "cluster 'a\r\nb' is invalid");
+    }
 }

@@ -1,0 +1,414 @@
+//! Plays the tasks of every hollow instance with shared machinery: ONE ordered consumer on
+//! the cluster's task records (last record per subject, then live) routes each record to
+//! its instance's [`TaskBook`]; ONE timer heap serves every start delay and run time; and
+//! reports go out through a pool of at most [`REPORTS_IN_FLIGHT`] requests, each retried
+//! with backoff until acknowledged. The books live in a single task that owns them, so
+//! there are no locks on the hot path.
+
+use crate::api;
+use crate::fleet::Fleet;
+use crate::play::{Effect, Script, TaskBook, Wake};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, DeliverPolicy},
+};
+use berth_messages::api::{AcknowledgmentResponse, SubmitTaskStateChangeRequest};
+use berth_messages::model::{Task, TaskStatus};
+use berth_messages::subjects::{self, StateKey};
+use berth_messages::{codec, streams};
+use futures::StreamExt;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// State-change reports in flight at once.
+pub const REPORTS_IN_FLIGHT: usize = 128;
+/// Longest pull request of the task consumer.
+const PULL_EXPIRY: Duration = Duration::from_secs(5);
+/// How often the follower checks whether the connection was re-established.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Events queued for the engine before the follower waits.
+const EVENT_QUEUE: usize = 4096;
+
+/// Something that happened to one task of one instance.
+#[derive(Debug)]
+enum Event {
+    Record {
+        slot: usize,
+        task_id: String,
+        task: Box<Task>,
+    },
+    Acknowledged {
+        slot: usize,
+        task_id: String,
+        status: TaskStatus,
+    },
+    Refused {
+        slot: usize,
+        task_id: String,
+    },
+}
+
+struct Job {
+    slot: usize,
+    task_id: String,
+    request: Box<SubmitTaskStateChangeRequest>,
+}
+
+/// The task consumer, created before the sim reports ready so that nothing placed from
+/// then on is missed.
+pub struct Follower {
+    stream: jetstream::stream::Stream,
+    messages: pull::Ordered,
+    filter: String,
+}
+
+impl Follower {
+    pub async fn create(js: &jetstream::Context, cluster: &str) -> Result<Follower, String> {
+        let stream = js
+            .get_stream(streams::STATE)
+            .await
+            .map_err(|e| format!("cannot find stream {}: {e}", streams::STATE))?;
+        // Every task subject of the cluster: `berth.state.<cluster>.task.<instance>.<task>`.
+        let filter = subjects::tasks_of_instance(cluster, "*");
+        let messages = ordered(&stream, &filter, DeliverPolicy::LastPerSubject).await?;
+        Ok(Follower {
+            stream,
+            messages,
+            filter,
+        })
+    }
+}
+
+async fn ordered(
+    stream: &jetstream::stream::Stream,
+    filter: &str,
+    deliver_policy: DeliverPolicy,
+) -> Result<pull::Ordered, String> {
+    stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy,
+            max_expires: PULL_EXPIRY,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cannot create the task consumer: {e}"))?
+        .messages()
+        .await
+        .map_err(|e| format!("cannot consume task records: {e}"))
+}
+
+/// Starts the follower, the engine and the report pool on `tasks`.
+pub fn spawn(
+    tasks: &mut JoinSet<()>,
+    client: async_nats::Client,
+    fleet: Arc<Fleet>,
+    script: Script,
+    follower: Follower,
+) {
+    let slot_of: HashMap<String, usize> = fleet
+        .slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.identity.get().map(|id| (id.instance_id.clone(), i)))
+        .collect();
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    tasks.spawn(follow(
+        client.clone(),
+        fleet.cluster.clone(),
+        slot_of,
+        follower,
+        events_tx.clone(),
+    ));
+    tasks.spawn(play(fleet, script, events_rx, jobs_tx));
+    tasks.spawn(report(client, jobs_rx, events_tx));
+}
+
+/// Routes every task record of our instances to the engine; recreates the consumer after
+/// a failure or a reconnection, resuming after the last record seen.
+async fn follow(
+    client: async_nats::Client,
+    cluster: String,
+    slot_of: HashMap<String, usize>,
+    follower: Follower,
+    events: mpsc::Sender<Event>,
+) {
+    let Follower {
+        stream,
+        mut messages,
+        filter,
+    } = follower;
+    let statistics = client.statistics();
+    let mut connects = statistics.connects.load(Ordering::Relaxed);
+    let mut check = tokio::time::interval(RECONNECT_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen: Option<u64> = None;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let failed = loop {
+            tokio::select! {
+                next = messages.next() => match next {
+                    Some(Ok(message)) => {
+                        if let Ok(info) = message.info() {
+                            last_seen = Some(info.stream_sequence);
+                        }
+                        backoff = MIN_BACKOFF;
+                        let Some(event) = route(&cluster, &slot_of, &message.subject, &message.payload) else {
+                            continue;
+                        };
+                        if events.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "task consumer failed; recreating it");
+                        break true;
+                    }
+                    None => {
+                        tracing::warn!("task consumer ended; recreating it");
+                        break true;
+                    }
+                },
+                _ = check.tick() => {
+                    let now = statistics.connects.load(Ordering::Relaxed);
+                    if now != connects {
+                        connects = now;
+                        tracing::info!("NATS connection re-established; recreating the task consumer");
+                        break false;
+                    }
+                }
+            }
+        };
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        // Records seen again are harmless: the books are level-triggered.
+        let policy = match last_seen {
+            Some(seq) => DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            },
+            None => DeliverPolicy::LastPerSubject,
+        };
+        loop {
+            match ordered(&stream, &filter, policy).await {
+                Ok(next) => {
+                    messages = next;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "task consumer cannot be recreated; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// The event for a task record, if it belongs to one of our instances.
+fn route(
+    cluster: &str,
+    slot_of: &HashMap<String, usize>,
+    subject: &str,
+    payload: &[u8],
+) -> Option<Event> {
+    let Some(StateKey::Task {
+        cluster: c,
+        instance_id,
+        task_id,
+    }) = subjects::parse_state(subject)
+    else {
+        return None;
+    };
+    if c != cluster {
+        return None;
+    }
+    let slot = *slot_of.get(instance_id)?;
+    match codec::decode_record::<Task>(payload) {
+        Ok(task) => Some(Event::Record {
+            slot,
+            task_id: task_id.to_string(),
+            task: Box::new(task),
+        }),
+        Err(error) => {
+            tracing::warn!(%subject, %error, "skipping an undecodable task record");
+            None
+        }
+    }
+}
+
+/// A timer: when, then a tie-breaker, then what.
+type Timer = Reverse<(Instant, u64, usize, String, Wake)>;
+
+/// Owns every instance's book: applies events and fired timers, sets timers, queues
+/// reports.
+async fn play(
+    fleet: Arc<Fleet>,
+    script: Script,
+    mut events: mpsc::Receiver<Event>,
+    jobs: mpsc::UnboundedSender<Job>,
+) {
+    let mut books: Vec<TaskBook> = (0..fleet.slots.len())
+        .map(|_| TaskBook::default())
+        .collect();
+    let mut timers: BinaryHeap<Timer> = BinaryHeap::new();
+    let mut timer_seq = 0u64;
+    loop {
+        let next_timer = timers.peek().map(|Reverse((at, ..))| *at);
+        let fired = tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                let (slot, task_id, effect) = match event {
+                    Event::Record { slot, task_id, task } => {
+                        let effect = books.get_mut(slot).and_then(|b| b.observe(&task_id, &task, &script));
+                        (slot, task_id, effect)
+                    }
+                    Event::Acknowledged { slot, task_id, status } => {
+                        let effect = books.get_mut(slot).and_then(|b| b.acknowledged(&task_id, status, &script));
+                        (slot, task_id, effect)
+                    }
+                    Event::Refused { slot, task_id } => {
+                        if let Some(b) = books.get_mut(slot) {
+                            b.abandon(&task_id);
+                        }
+                        (slot, task_id, None)
+                    }
+                };
+                vec![(slot, task_id, effect)]
+            }
+            _ = sleep_until(next_timer) => {
+                let now = Instant::now();
+                let mut fired = Vec::new();
+                while let Some(Reverse((at, ..))) = timers.peek() {
+                    if *at > now {
+                        break;
+                    }
+                    let Some(Reverse((_, _, slot, task_id, wake))) = timers.pop() else { break };
+                    let effect = books.get_mut(slot).and_then(|b| b.wake(&task_id, wake, &script));
+                    fired.push((slot, task_id, effect));
+                }
+                fired
+            }
+        };
+        for (slot, task_id, effect) in fired {
+            if let (Some(book), Some(s)) = (books.get(slot), fleet.slots.get(slot)) {
+                s.tasks.store(book.len() as u32, Ordering::Relaxed);
+            }
+            match effect {
+                None => {}
+                Some(Effect::Wake { wake, after }) => {
+                    timer_seq += 1;
+                    timers.push(Reverse((
+                        Instant::now() + after,
+                        timer_seq,
+                        slot,
+                        task_id,
+                        wake,
+                    )));
+                }
+                Some(Effect::Report(request)) => {
+                    if jobs
+                        .send(Job {
+                            slot,
+                            task_id,
+                            request,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends reports, at most [`REPORTS_IN_FLIGHT`] at once, each until acknowledged or
+/// refused; tells the engine which.
+async fn report(
+    client: async_nats::Client,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    events: mpsc::Sender<Event>,
+) {
+    let permits = Arc::new(Semaphore::new(REPORTS_IN_FLIGHT));
+    let mut in_flight = JoinSet::new();
+    while let Some(job) = jobs.recv().await {
+        while in_flight.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let client = client.clone();
+        let events = events.clone();
+        in_flight.spawn(async move {
+            let status = job.request.status.unwrap_or_default();
+            let reply: Result<AcknowledgmentResponse, _> =
+                api::call_until_answered(&client, "SubmitTaskStateChange", &*job.request).await;
+            drop(permit);
+            let event = match reply {
+                Ok(_) => Event::Acknowledged {
+                    slot: job.slot,
+                    task_id: job.task_id,
+                    status,
+                },
+                Err(error) => {
+                    tracing::warn!(task = %job.request.task, %error, "state change refused; forgetting the task");
+                    Event::Refused {
+                        slot: job.slot,
+                        task_id: job.task_id,
+                    }
+                }
+            };
+            let _ = events.send(event).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_only_our_instances_in_our_cluster() {
+        let slot_of: HashMap<String, usize> = [("i1".to_string(), 7)].into_iter().collect();
+        let task = Task {
+            task_arn: "arn".into(),
+            ..Default::default()
+        };
+        let payload = codec::encode_record(&task).unwrap();
+        let ours = route("c1", &slot_of, &subjects::task("c1", "i1", "t1"), &payload);
+        match ours {
+            Some(Event::Record {
+                slot,
+                task_id,
+                task,
+            }) => {
+                assert_eq!(
+                    (slot, task_id.as_str(), task.task_arn.as_str()),
+                    (7, "t1", "arn")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(route("c1", &slot_of, &subjects::task("c1", "i2", "t1"), &payload).is_none());
+        assert!(route("c2", &slot_of, &subjects::task("c1", "i1", "t1"), &payload).is_none());
+        assert!(route("c1", &slot_of, &subjects::instance("c1", "i1"), &payload).is_none());
+        assert!(route("c1", &slot_of, &subjects::task("c1", "i1", "t1"), b"junk").is_none());
+    }
+}

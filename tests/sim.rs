@@ -1,0 +1,326 @@
+//! Hollow instances (berth-sim, `berth-agent --sim N`) end to end against a real
+//! nats-server and an in-process control plane: 2,000 hollow instances run 20,000 tasks
+//! to completion with a clean audit, and the lifecycle a hollow instance plays (exit
+//! codes, stop requests, identities kept across a restart, bad input).
+
+use berth_e2e::*;
+use berth_messages::api::{
+    DescribeClustersRequest, DescribeClustersResponse, DescribeTasksRequest, ListTasksRequest,
+    ListTasksResponse, RunTaskRequest, TasksResponse,
+};
+use berth_messages::codec::Encoding;
+use berth_messages::model::{StopCode, TaskStatus};
+use berth_messages::{api::DesiredStatusFilter, ErrorType};
+use berth_sim::{SimConfig, SimError};
+use futures::StreamExt;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const INSTANCES: usize = 2_000;
+const RUN_TASK_CALLS: usize = 2_000;
+const TASKS_PER_CALL: i64 = 10;
+const TASKS: usize = RUN_TASK_CALLS * TASKS_PER_CALL as usize;
+const RUN_TASKS_IN_FLIGHT: usize = 32;
+/// Bound on the whole run of 20,000 tasks: generous for a loaded 2-core debug build.
+const SCALE_PATIENCE: Duration = Duration::from_secs(900);
+
+fn sim_config(url: &str, cluster: &str, instances: usize) -> SimConfig {
+    SimConfig {
+        cluster: cluster.into(),
+        nats: vec![url.to_string()],
+        instances,
+        cpu: 4096,
+        memory: 16384,
+        start_delay: Duration::from_millis(50),
+        run_time: Duration::from_millis(500),
+        exit_code: 0,
+        heartbeat_interval: HEARTBEAT,
+        data_dir: None,
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "berth-sim-{tag}-{}-{}",
+            std::process::id(),
+            berth_testkit::free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn cluster_counts(api: &Api, cluster: &str) -> (i64, i64, i64) {
+    let reply: DescribeClustersResponse = api
+        .call(
+            "DescribeClusters",
+            &DescribeClustersRequest {
+                clusters: Some(vec![cluster.into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("DescribeClusters");
+    let c = &reply.clusters[0];
+    (
+        c.registered_container_instances_count.unwrap_or(0),
+        c.pending_tasks_count.unwrap_or(0),
+        c.running_tasks_count.unwrap_or(0),
+    )
+}
+
+async fn stopped_task_arns(api: &Api, cluster: &str) -> Vec<String> {
+    let mut arns = Vec::new();
+    let mut next_token = None;
+    loop {
+        let page: ListTasksResponse = api
+            .call(
+                "ListTasks",
+                &ListTasksRequest {
+                    cluster: Some(cluster.into()),
+                    desired_status: Some(DesiredStatusFilter::Stopped),
+                    max_results: Some(100),
+                    next_token: next_token.take(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("ListTasks");
+        arns.extend(page.task_arns);
+        match page.next_token {
+            Some(t) => next_token = Some(t),
+            None => return arns,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_2000_instances_run_20000_tasks_to_completion() {
+    let berth = Berth::start().await;
+    let api = berth.api.with_encoding(Encoding::MsgPack);
+    create_cluster(&api, "scale").await;
+    let td = register_task_definition(&api, "hollow", 32, 128, None).await;
+
+    let t0 = Instant::now();
+    let sim = berth_sim::start(sim_config(&berth.url(), "scale", INSTANCES))
+        .await
+        .expect("sim starts");
+    let registered = t0.elapsed();
+    assert_eq!(sim.instance_arns().len(), INSTANCES);
+    let (instances, _, _) = cluster_counts(&api, "scale").await;
+    assert_eq!(instances, INSTANCES as i64);
+    eprintln!("sim: {INSTANCES} hollow instances registered in {registered:?}");
+
+    let t1 = Instant::now();
+    let results: Vec<TasksResponse> = futures::stream::iter(0..RUN_TASK_CALLS)
+        .map(|_| {
+            let api = api.clone();
+            let td = td.clone();
+            async move {
+                api.call::<_, TasksResponse>(
+                    "RunTask",
+                    &RunTaskRequest {
+                        cluster: Some("scale".into()),
+                        task_definition: td,
+                        count: Some(TASKS_PER_CALL),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("RunTask")
+            }
+        })
+        .buffer_unordered(RUN_TASKS_IN_FLIGHT)
+        .collect()
+        .await;
+    let submitted = t1.elapsed();
+    let placed: usize = results.iter().map(|r| r.tasks.len()).sum();
+    let failures: Vec<_> = results.iter().flat_map(|r| r.failures.iter()).collect();
+    assert!(failures.is_empty(), "placement failures: {:?}", &failures[..failures.len().min(5)]);
+    assert_eq!(placed, TASKS);
+    eprintln!(
+        "sim: {TASKS} tasks placed by {RUN_TASK_CALLS} RunTask calls in {submitted:?} ({:.0} tasks/s)",
+        TASKS as f64 / submitted.as_secs_f64()
+    );
+
+    // Every task runs and stops: nothing pending or running, and 20,000 tasks STOPPED.
+    let deadline = Instant::now() + SCALE_PATIENCE;
+    let mut last_report = Instant::now();
+    loop {
+        let (_, pending, running) = cluster_counts(&api, "scale").await;
+        if pending == 0 && running == 0 {
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "sim: after {:?}: {pending} pending, {running} running",
+                t1.elapsed()
+            );
+            last_report = Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {SCALE_PATIENCE:?}: {pending} pending, {running} running"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let completed = t1.elapsed();
+    eprintln!(
+        "sim: all {TASKS} tasks STOPPED {completed:?} after the first RunTask ({:.0} tasks/s end to end)",
+        TASKS as f64 / completed.as_secs_f64()
+    );
+    let stopped = stopped_task_arns(&api, "scale").await;
+    assert_eq!(stopped.len(), TASKS);
+
+    // Each went PENDING -> RUNNING -> STOPPED, its container exiting 0.
+    for chunk in stopped.chunks(100) {
+        let reply: TasksResponse = api
+            .call(
+                "DescribeTasks",
+                &DescribeTasksRequest {
+                    cluster: Some("scale".into()),
+                    tasks: chunk.to_vec(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("DescribeTasks");
+        assert_eq!(reply.tasks.len(), chunk.len(), "{:?}", reply.failures);
+        for t in &reply.tasks {
+            assert_eq!(t.last_status, TaskStatus::Stopped, "{}", t.task_arn);
+            assert!(t.started_at.is_some(), "{} never reported RUNNING", t.task_arn);
+            assert_eq!(t.stop_code, Some(StopCode::EssentialContainerExited));
+            assert!(t.containers.iter().all(|c| c.exit_code == Some(0)), "{t:?}");
+        }
+    }
+
+    let t2 = Instant::now();
+    let report = assert_audit_clean(&berth.url()).await;
+    eprintln!("sim: audit clean in {:?}: {report}", t2.elapsed());
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hollow_lifecycle_exit_codes_stops_and_restart() {
+    let berth = Berth::start().await;
+    let api = &berth.api;
+    create_cluster(api, "small").await;
+    let td = register_task_definition(api, "hollow", 64, 128, None).await;
+    let dir = TempDir::new("lifecycle");
+
+    // A cluster that does not exist is a clear registration failure.
+    let missing = berth_sim::start(sim_config(&berth.url(), "nope", 1))
+        .await
+        .err()
+        .expect("unknown cluster refused");
+    match &missing {
+        SimError::Register { error, .. } => {
+            assert_eq!(error.error_type, ErrorType::ClusterNotFoundException, "{missing}")
+        }
+        other => panic!("unexpected error {other}"),
+    }
+
+    let config = SimConfig {
+        exit_code: 3,
+        run_time: Duration::from_millis(300),
+        data_dir: Some(dir.0.clone()),
+        ..sim_config(&berth.url(), "small", 2)
+    };
+    let first = berth_sim::start(config.clone()).await.expect("sim starts");
+    let arns = first.instance_arns().to_vec();
+    assert_eq!(arns.len(), 2);
+
+    // A second sim on the same data directory is refused.
+    let second = berth_sim::start(config.clone())
+        .await
+        .err()
+        .expect("second sim on the same data dir refused");
+    assert!(matches!(second, SimError::DataDir(_)), "{second}");
+
+    let described = api
+        .call_json(
+            "DescribeContainerInstances",
+            json!({"cluster": "small", "containerInstances": arns}),
+        )
+        .await
+        .expect("DescribeContainerInstances");
+    for ci in described["containerInstances"].as_array().expect("instances") {
+        let attrs = ci["attributes"].as_array().expect("attributes");
+        let has = |name: &str, value: &str| {
+            attrs
+                .iter()
+                .any(|a| a["name"] == name && a["value"] == value)
+        };
+        assert!(has("berth.sim", "true") && has("ecs.os-type", "linux"), "{ci}");
+        let registered = ci["registeredResources"].as_array().expect("resources");
+        let memory = registered.iter().find(|r| r["name"] == "MEMORY").expect("memory");
+        assert_eq!(memory["integerValue"], 16384, "{ci}");
+        let ports = registered.iter().find(|r| r["name"] == "PORTS").expect("ports");
+        assert_eq!(ports["stringSetValue"], json!(["22"]), "{ci}");
+        assert_eq!(ci["agentConnected"], true, "{ci}");
+    }
+
+    // Run time over: STOPPED with every container's exit code.
+    let reply = api
+        .call_json(
+            "RunTask",
+            json!({"cluster": "small", "taskDefinition": td, "count": 2}),
+        )
+        .await
+        .expect("RunTask");
+    for t in reply["tasks"].as_array().expect("tasks") {
+        let arn = t["taskArn"].as_str().expect("arn");
+        let stopped = wait_task(api, "small", arn, "task to exit", |t| {
+            t["lastStatus"] == "STOPPED"
+        })
+        .await;
+        assert_eq!(stopped["stopCode"], "EssentialContainerExited", "{stopped}");
+        assert_eq!(stopped["stoppedReason"], "Essential container in task exited");
+        assert_eq!(stopped["containers"][0]["exitCode"], 3, "{stopped}");
+        assert!(stopped.get("startedAt").is_some(), "{stopped}");
+    }
+
+    // Restarted on the same data directory: the same instances come back.
+    first.stop().await;
+    let restarted = berth_sim::start(SimConfig {
+        run_time: Duration::from_secs(600),
+        ..config
+    })
+    .await
+    .expect("sim restarts");
+    assert_eq!(restarted.instance_arns(), &arns[..]);
+
+    // A stop request while RUNNING: STOPPED at once, the control plane's stop code kept.
+    let reply = api
+        .call_json(
+            "RunTask",
+            json!({"cluster": "small", "taskDefinition": td}),
+        )
+        .await
+        .expect("RunTask");
+    let arn = reply["tasks"][0]["taskArn"].as_str().expect("arn").to_string();
+    wait_task(api, "small", &arn, "task to run", |t| t["lastStatus"] == "RUNNING").await;
+    api.call_json("StopTask", json!({"cluster": "small", "task": arn}))
+        .await
+        .expect("StopTask");
+    let stopped = wait_task(api, "small", &arn, "task to stop", |t| {
+        t["lastStatus"] == "STOPPED"
+    })
+    .await;
+    assert_eq!(stopped["stopCode"], "UserInitiated", "{stopped}");
+    assert_eq!(stopped["containers"][0]["exitCode"], 143, "{stopped}");
+
+    assert_audit_clean(&berth.url()).await;
+    restarted.stop().await;
+}
