@@ -147,7 +147,11 @@ async fn sim_2000_instances_run_20000_tasks_to_completion() {
     let submitted = t1.elapsed();
     let placed: usize = results.iter().map(|r| r.tasks.len()).sum();
     let failures: Vec<_> = results.iter().flat_map(|r| r.failures.iter()).collect();
-    assert!(failures.is_empty(), "placement failures: {:?}", &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "placement failures: {:?}",
+        &failures[..failures.len().min(5)]
+    );
     assert_eq!(placed, TASKS);
     eprintln!(
         "sim: {TASKS} tasks placed by {RUN_TASK_CALLS} RunTask calls in {submitted:?} ({:.0} tasks/s)",
@@ -199,7 +203,11 @@ async fn sim_2000_instances_run_20000_tasks_to_completion() {
         assert_eq!(reply.tasks.len(), chunk.len(), "{:?}", reply.failures);
         for t in &reply.tasks {
             assert_eq!(t.last_status, TaskStatus::Stopped, "{}", t.task_arn);
-            assert!(t.started_at.is_some(), "{} never reported RUNNING", t.task_arn);
+            assert!(
+                t.started_at.is_some(),
+                "{} never reported RUNNING",
+                t.task_arn
+            );
             assert_eq!(t.stop_code, Some(StopCode::EssentialContainerExited));
             assert!(t.containers.iter().all(|c| c.exit_code == Some(0)), "{t:?}");
         }
@@ -226,7 +234,11 @@ async fn hollow_lifecycle_exit_codes_stops_and_restart() {
         .expect("unknown cluster refused");
     match &missing {
         SimError::Register { error, .. } => {
-            assert_eq!(error.error_type, ErrorType::ClusterNotFoundException, "{missing}")
+            assert_eq!(
+                error.error_type,
+                ErrorType::ClusterNotFoundException,
+                "{missing}"
+            )
         }
         other => panic!("unexpected error {other}"),
     }
@@ -255,18 +267,30 @@ async fn hollow_lifecycle_exit_codes_stops_and_restart() {
         )
         .await
         .expect("DescribeContainerInstances");
-    for ci in described["containerInstances"].as_array().expect("instances") {
+    for ci in described["containerInstances"]
+        .as_array()
+        .expect("instances")
+    {
         let attrs = ci["attributes"].as_array().expect("attributes");
         let has = |name: &str, value: &str| {
             attrs
                 .iter()
                 .any(|a| a["name"] == name && a["value"] == value)
         };
-        assert!(has("berth.sim", "true") && has("ecs.os-type", "linux"), "{ci}");
+        assert!(
+            has("berth.sim", "true") && has("ecs.os-type", "linux"),
+            "{ci}"
+        );
         let registered = ci["registeredResources"].as_array().expect("resources");
-        let memory = registered.iter().find(|r| r["name"] == "MEMORY").expect("memory");
+        let memory = registered
+            .iter()
+            .find(|r| r["name"] == "MEMORY")
+            .expect("memory");
         assert_eq!(memory["integerValue"], 16384, "{ci}");
-        let ports = registered.iter().find(|r| r["name"] == "PORTS").expect("ports");
+        let ports = registered
+            .iter()
+            .find(|r| r["name"] == "PORTS")
+            .expect("ports");
         assert_eq!(ports["stringSetValue"], json!(["22"]), "{ci}");
         assert_eq!(ci["agentConnected"], true, "{ci}");
     }
@@ -286,7 +310,10 @@ async fn hollow_lifecycle_exit_codes_stops_and_restart() {
         })
         .await;
         assert_eq!(stopped["stopCode"], "EssentialContainerExited", "{stopped}");
-        assert_eq!(stopped["stoppedReason"], "Essential container in task exited");
+        assert_eq!(
+            stopped["stoppedReason"],
+            "Essential container in task exited"
+        );
         assert_eq!(stopped["containers"][0]["exitCode"], 3, "{stopped}");
         assert!(stopped.get("startedAt").is_some(), "{stopped}");
     }
@@ -303,14 +330,17 @@ async fn hollow_lifecycle_exit_codes_stops_and_restart() {
 
     // A stop request while RUNNING: STOPPED at once, the control plane's stop code kept.
     let reply = api
-        .call_json(
-            "RunTask",
-            json!({"cluster": "small", "taskDefinition": td}),
-        )
+        .call_json("RunTask", json!({"cluster": "small", "taskDefinition": td}))
         .await
         .expect("RunTask");
-    let arn = reply["tasks"][0]["taskArn"].as_str().expect("arn").to_string();
-    wait_task(api, "small", &arn, "task to run", |t| t["lastStatus"] == "RUNNING").await;
+    let arn = reply["tasks"][0]["taskArn"]
+        .as_str()
+        .expect("arn")
+        .to_string();
+    wait_task(api, "small", &arn, "task to run", |t| {
+        t["lastStatus"] == "RUNNING"
+    })
+    .await;
     api.call_json("StopTask", json!({"cluster": "small", "task": arn}))
         .await
         .expect("StopTask");

@@ -74,6 +74,8 @@ pub struct SharedInner {
     pub config: ControlConfig,
     pub arbiter: ArbiterHandle,
     pub metrics: Metrics,
+    /// The replica's reply inbox for command outcomes (started on first use).
+    pub replies: tokio::sync::OnceCell<Arc<crate::api::Replies>>,
     instances: DashMap<(String, String), Addr<InstanceActor>>,
     tasks: DashMap<(String, String), Addr<TaskActor>>,
 }
@@ -103,6 +105,7 @@ impl Shared {
             config,
             arbiter,
             metrics: Metrics::default(),
+            replies: tokio::sync::OnceCell::new(),
             instances: DashMap::new(),
             tasks: DashMap::new(),
         }))

@@ -5,7 +5,10 @@
 //! `BERTH_CMD` and the reply is their outcome.
 
 mod reads;
+mod replies;
 pub(crate) mod submit;
+
+pub use replies::Replies;
 
 use crate::shared::Shared;
 use async_nats::service::{self, ServiceExt};

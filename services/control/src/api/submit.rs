@@ -7,8 +7,7 @@ use crate::shared::Shared;
 use async_nats::HeaderMap;
 use berth_messages::codec::Encoding;
 use berth_messages::command::{Action, CommandRequest, Outcome};
-use berth_messages::{codec, headers, subjects, ApiError, ErrorType};
-use futures::StreamExt;
+use berth_messages::{headers, subjects, ApiError, ErrorType};
 use std::time::{Duration, Instant};
 
 pub async fn submit(
@@ -86,15 +85,15 @@ async fn publish_and_wait(
     command_id: &str,
     payload: Vec<u8>,
 ) -> Result<Outcome, ApiError> {
-    let client = shared.journal.client();
-    let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
+    let replies = shared
+        .replies
+        .get_or_try_init(|| super::replies::Replies::start(shared.journal.client()))
         .await
-        .map_err(|e| ApiError::server(format!("cannot subscribe to reply inbox: {e}")))?;
+        .map_err(|e| ApiError::server(format!("cannot subscribe to the reply inbox: {e}")))?;
+    let mut waiter = replies.register();
     let mut h = HeaderMap::new();
     h.insert(headers::MSG_ID, command_id);
-    h.insert(headers::REPLY_TO, inbox.as_str());
+    h.insert(headers::REPLY_TO, waiter.subject.as_str());
     h.insert(headers::CONTENT_TYPE, headers::MSGPACK);
     let ack = shared
         .journal
@@ -117,16 +116,19 @@ async fn publish_and_wait(
                 "no outcome for command {command_id} yet; look it up later with GetCommandOutcome"
             )));
         }
-        match tokio::time::timeout(poll.min(left), replies.next()).await {
-            Ok(Some(msg)) => {
-                if let Ok(outcome) = codec::decode_record::<Outcome>(&msg.payload) {
-                    if outcome.command_id == command_id {
-                        return Ok(outcome);
-                    }
+        match tokio::time::timeout(poll.min(left), &mut waiter.outcome).await {
+            Ok(Ok(outcome)) if outcome.command_id == command_id => return Ok(outcome),
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                // A stray or lost reply: fall back to the outcome stream.
+                waiter = replies.register();
+                if let Some(outcome) = shared
+                    .journal
+                    .read_outcome(command_id)
+                    .await
+                    .map_err(|e| ApiError::server(e.to_string()))?
+                {
+                    return Ok(outcome);
                 }
-            }
-            Ok(None) => {
-                return Err(ApiError::server("reply subscription closed"));
             }
             Err(_) => {
                 if let Some(outcome) = shared

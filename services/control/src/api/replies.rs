@@ -1,0 +1,73 @@
+//! One reply inbox per replica for command outcomes: a single wildcard subscription
+//! instead of one subscription per API call. Each call registers a token and gets the
+//! outcome published to `<prefix>.<token>` by whichever replica processed its command.
+
+use berth_messages::codec;
+use berth_messages::command::Outcome;
+use dashmap::DashMap;
+use futures::StreamExt;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub struct Replies {
+    prefix: String,
+    pending: DashMap<String, oneshot::Sender<Outcome>>,
+}
+
+/// A registered wait; dropping it forgets the token.
+pub struct Waiter {
+    replies: Arc<Replies>,
+    token: String,
+    pub subject: String,
+    pub outcome: oneshot::Receiver<Outcome>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.replies.pending.remove(&self.token);
+    }
+}
+
+impl Replies {
+    pub async fn start(
+        client: &async_nats::Client,
+    ) -> Result<Arc<Replies>, async_nats::SubscribeError> {
+        let prefix = client.new_inbox();
+        let mut sub = client.subscribe(format!("{prefix}.*")).await?;
+        let replies = Arc::new(Replies {
+            prefix,
+            pending: DashMap::new(),
+        });
+        let weak = Arc::downgrade(&replies);
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(replies) = weak.upgrade() else { break };
+                let Some(token) = msg.subject.rsplit('.').next() else {
+                    continue;
+                };
+                let Some((_, tx)) = replies.pending.remove(token) else {
+                    continue;
+                };
+                match codec::decode_record::<Outcome>(&msg.payload) {
+                    Ok(outcome) => {
+                        let _ = tx.send(outcome);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable outcome on reply inbox"),
+                }
+            }
+        });
+        Ok(replies)
+    }
+
+    pub fn register(self: &Arc<Self>) -> Waiter {
+        let token = crate::ids::fresh_command_id();
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(token.clone(), tx);
+        Waiter {
+            replies: self.clone(),
+            subject: format!("{}.{token}", self.prefix),
+            token,
+            outcome: rx,
+        }
+    }
+}
