@@ -116,3 +116,71 @@ async fn run_task_places_and_lifecycle_returns_resources() {
     assert_eq!(mem["integerValue"], 1024);
     assert_audit_clean(&berth.url()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_tasks_expire_after_the_retention_window() {
+    let nats = berth_testkit::NatsServer::start();
+    let mut config = control_config(&nats.url());
+    config.stopped_task_retention = 1.0;
+    let _control = berth_control::spawn(config);
+    let api = Api::connect(&nats.url()).await;
+    api.wait_serving().await;
+    create_cluster(&api, "ret").await;
+    let i1 = register_instance(&api, "ret", 1024, 1024, json!([])).await;
+    let _beats = Heartbeats::start(api.client.clone(), "ret", vec![i1.clone()]);
+    register_task_definition(&api, "short", 10, 10, None).await;
+    let reply = api
+        .call_json(
+            "RunTask",
+            json!({"cluster": "ret", "taskDefinition": "short", "count": 2}),
+        )
+        .await
+        .expect("RunTask");
+    let arns: Vec<String> = reply["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["taskArn"].as_str().expect("arn").to_string())
+        .collect();
+    api.call_json(
+        "SubmitTaskStateChange",
+        json!({"cluster": "ret", "task": arns[0], "status": "STOPPED"}),
+    )
+    .await
+    .expect("stopped");
+    // The stopped task disappears; the running one stays.
+    let api2 = api.clone();
+    let gone = arns[0].clone();
+    berth_testkit::wait_for("the stopped task to expire", PATIENCE, || {
+        let api = api2.clone();
+        let gone = gone.clone();
+        async move {
+            let r = api
+                .call_json("DescribeTasks", json!({"cluster": "ret", "tasks": [gone]}))
+                .await
+                .ok()?;
+            (r["failures"][0]["reason"] == "MISSING").then_some(())
+        }
+    })
+    .await;
+    let journal = berth_journal::Journal::open(&berth_journal::JournalConfig {
+        servers: vec![nats.url()],
+        ..Default::default()
+    })
+    .await
+    .expect("journal");
+    let subject = berth_messages::subjects::task("ret", &i1, &id_of(&arns[0]));
+    assert!(
+        journal.read_raw(&subject).await.expect("read").is_none(),
+        "subject purged"
+    );
+    let still = api
+        .call_json(
+            "DescribeTasks",
+            json!({"cluster": "ret", "tasks": [arns[1]]}),
+        )
+        .await
+        .expect("describe");
+    assert_eq!(still["tasks"][0]["lastStatus"], "PENDING");
+    assert_audit_clean(&nats.url()).await;
+}

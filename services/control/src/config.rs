@@ -39,6 +39,9 @@ pub struct ControlConfig {
     /// Seconds an API call waits for its command's outcome.
     #[arg(long, env = "BERTH_API_TIMEOUT", default_value_t = 30.0)]
     pub api_timeout: f64,
+    /// Seconds a STOPPED task stays in the journal and the API before it is purged.
+    #[arg(long, env = "BERTH_STOPPED_TASK_RETENTION", default_value_t = 3600.0)]
+    pub stopped_task_retention: f64,
     /// Clusters to create at start-up if they do not exist (comma separated).
     #[arg(
         long = "create-cluster",
@@ -62,6 +65,7 @@ impl Default for ControlConfig {
             heartbeat_interval: 5.0,
             api_timeout: 30.0,
             create_clusters: Vec::new(),
+            stopped_task_retention: 3600.0,
             log_json: false,
         }
     }
@@ -90,6 +94,10 @@ impl ControlConfig {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs_f64(self.heartbeat_interval.max(0.05))
+    }
+
+    pub fn stopped_task_retention(&self) -> Duration {
+        Duration::from_secs_f64(self.stopped_task_retention.max(1.0))
     }
 
     pub fn api_timeout(&self) -> Duration {

@@ -9,6 +9,7 @@ pub mod api;
 mod commands;
 pub mod config;
 mod ids;
+mod janitor;
 mod liveness;
 mod reconcile;
 mod shared;
@@ -59,6 +60,7 @@ pub async fn run(
     let consumer = tokio::spawn(commands::run(shared.clone()));
     let liveness = tokio::spawn(liveness::run(shared.clone()));
     let reconciler = tokio::spawn(reconcile::run(shared.clone()));
+    let janitor = tokio::spawn(janitor::run(shared.clone()));
     for name in shared.config.create_clusters.clone() {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -92,6 +94,7 @@ pub async fn run(
     };
     liveness.abort();
     reconciler.abort();
+    janitor.abort();
     if let Err(e) = shared.journal.client().flush().await {
         tracing::debug!(error = %e, "flush on shutdown failed");
     }

@@ -269,6 +269,20 @@ impl Journal {
         .into())
     }
 
+    /// Removes every record of one journal subject (used only for tombstones older than
+    /// their retention window).
+    pub async fn purge_subject(&self, subject: &str) -> Result<u64> {
+        self.state
+            .purge()
+            .filter(subject)
+            .await
+            .map(|r| r.purged)
+            .map_err(|e| JournalError::Publish {
+                subject: subject.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
     /// The outcome recorded for a command, if any.
     pub async fn read_outcome(&self, command_id: &str) -> Result<Option<Outcome>> {
         let subject = subjects::outcome(command_id);

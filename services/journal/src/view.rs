@@ -897,6 +897,24 @@ impl View {
         data.tasks.get(task_id).cloned()
     }
 
+    /// Drops a task from the view if its record is still at `version` (the journal
+    /// subject was purged after the stopped-task retention window; purges are not
+    /// delivered to ordered consumers). Every replica applies the same rule.
+    pub fn forget_task(&self, cluster: &str, task_id: &str, version: u64) -> bool {
+        let Some(scope) = self.inner.scope(cluster) else {
+            return false;
+        };
+        let mut data = write(&scope.data);
+        let entry = match data.tasks.get_key_value(task_id) {
+            Some((id, entry)) if entry.task.version == version => (id.clone(), entry.clone()),
+            _ => return false,
+        };
+        data.unindex_task(&entry.0, &entry.1);
+        data.tasks.remove(task_id);
+        self.inner.tasks_len.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
     /// Every task whose subject names this instance, by task id.
     pub fn tasks_on_instance(&self, cluster: &str, instance_id: &str) -> Vec<Arc<TaskEntry>> {
         let Some(scope) = self.inner.scope(cluster) else {

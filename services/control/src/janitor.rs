@@ -1,0 +1,70 @@
+//! Retention of stopped tasks. A STOPPED task record is a tombstone that stays for the
+//! retention window (`--stopped-task-retention`, default one hour, ECS keeps stopped tasks
+//! visible for at least that long); after it the task's subject is purged from the journal
+//! and the task forgotten by the view. Every replica runs the same rule on its own view;
+//! purging twice is harmless.
+
+use crate::shared::Shared;
+use berth_journal::view::TaskFilter;
+use berth_messages::model::TaskStatus;
+use berth_messages::subjects;
+use std::time::Duration;
+
+pub async fn run(shared: Shared) {
+    let retention = shared.config.stopped_task_retention();
+    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        let cutoff = berth_messages::now_epoch_seconds() - retention.as_secs_f64();
+        let mut clusters_after: Option<String> = None;
+        loop {
+            let clusters = shared.view.page_clusters(clusters_after.as_deref(), 100);
+            for cluster in &clusters.items {
+                expire(&shared, &cluster.value.cluster_name, cutoff).await;
+            }
+            match clusters.next {
+                Some(n) => clusters_after = Some(n),
+                None => break,
+            }
+        }
+    }
+}
+
+async fn expire(shared: &Shared, cluster: &str, cutoff: f64) {
+    let filter = TaskFilter {
+        desired_status: Some(TaskStatus::Stopped),
+        ..TaskFilter::default()
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let page = shared
+            .view
+            .page_tasks(cluster, &filter, after.as_deref(), 1000);
+        for entry in &page.items {
+            let task = &entry.task.value;
+            let expired = task.last_status == TaskStatus::Stopped
+                && task.stopped_at.is_some_and(|t| t < cutoff);
+            if !expired {
+                continue;
+            }
+            let task_id = berth_messages::arn::task_id(&task.task_arn).1;
+            let subject = subjects::task(cluster, &entry.instance_id, task_id);
+            match shared.journal.purge_subject(&subject).await {
+                Ok(_) => {
+                    shared
+                        .view
+                        .forget_task(cluster, task_id, entry.task.version);
+                    tracing::debug!(cluster, task = task_id, "stopped task expired");
+                }
+                Err(e) => {
+                    tracing::warn!(cluster, task = task_id, error = %e, "cannot purge expired task")
+                }
+            }
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return,
+        }
+    }
+}
