@@ -171,6 +171,18 @@ struct InstanceTasks {
     ids: IdSet,
     running: i64,
     pending: i64,
+    /// Non-stopped tasks per task group (copy-on-write: placement snapshots share it).
+    groups: Arc<BTreeMap<String, u32>>,
+}
+
+/// What placement needs to know about one instance beyond its record.
+#[derive(Debug, Clone)]
+pub struct PlacementEntry {
+    pub instance: Arc<Versioned<ContainerInstance>>,
+    /// Non-stopped tasks on the instance per task group.
+    pub groups: Arc<BTreeMap<String, u32>>,
+    /// Tasks whose lastStatus is RUNNING.
+    pub running_tasks: i64,
 }
 
 #[derive(Default)]
@@ -258,6 +270,11 @@ impl ScopeData {
         on.ids.insert(id.clone());
         on.running += running;
         on.pending += pending;
+        if task.last_status != TaskStatus::Stopped {
+            *Arc::make_mut(&mut on.groups)
+                .entry(task.group.clone())
+                .or_default() += 1;
+        }
         if let Some(family) = family_of(task) {
             index_insert(&mut self.by_family, &family, id);
         }
@@ -280,6 +297,15 @@ impl ScopeData {
             on.ids.remove(id);
             on.running -= running;
             on.pending -= pending;
+            if task.last_status != TaskStatus::Stopped {
+                let groups = Arc::make_mut(&mut on.groups);
+                if let Some(n) = groups.get_mut(&task.group) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        groups.remove(&task.group);
+                    }
+                }
+            }
             if on.ids.is_empty() {
                 self.on_instance.remove(entry.instance_id.as_str());
             }
@@ -913,6 +939,27 @@ impl View {
         data.tasks.remove(task_id);
         self.inner.tasks_len.fetch_sub(1, Ordering::Relaxed);
         true
+    }
+
+    /// Every instance of a cluster with its task groups and running count, by id: the
+    /// input of placement. Cheap: records and group maps are shared, not copied.
+    pub fn placement_entries(&self, cluster: &str) -> Vec<PlacementEntry> {
+        let Some(scope) = self.inner.scope(cluster) else {
+            return Vec::new();
+        };
+        let data = read(&scope.data);
+        let empty: Arc<BTreeMap<String, u32>> = Arc::default();
+        data.instances
+            .iter()
+            .map(|(id, instance)| {
+                let on = data.on_instance.get(id.as_str());
+                PlacementEntry {
+                    instance: instance.clone(),
+                    groups: on.map_or_else(|| empty.clone(), |o| o.groups.clone()),
+                    running_tasks: on.map_or(0, |o| o.running),
+                }
+            })
+            .collect()
     }
 
     /// Every task whose subject names this instance, by task id.
