@@ -68,6 +68,22 @@ pub fn decode<T: DeserializeOwned>(enc: Encoding, bytes: &[u8]) -> Result<T, Cod
     })
 }
 
+/// Whether a body is exactly one well-formed value of its encoding (an empty body counts
+/// as an empty object). Garbage must not be mistaken for a value of the wrong shape.
+pub fn is_well_formed(enc: Encoding, body: &[u8]) -> bool {
+    use serde::Deserialize;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return true;
+    }
+    match enc {
+        Encoding::Json => serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok(),
+        Encoding::MsgPack => {
+            let mut de = rmp_serde::Deserializer::new(body);
+            serde::de::IgnoredAny::deserialize(&mut de).is_ok() && de.get_ref().is_empty()
+        }
+    }
+}
+
 /// Encodes a journal record (named MessagePack).
 pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(rmp_serde::to_vec_named(value)?)
@@ -116,6 +132,18 @@ mod tests {
         // fixmap with 2 entries whose first key is the field name
         assert_eq!(bytes[0], 0x82);
         assert!(bytes.windows(11).any(|w| w == b"clusterName"));
+    }
+
+    #[test]
+    fn well_formed_bodies() {
+        assert!(is_well_formed(Encoding::Json, b""));
+        assert!(is_well_formed(Encoding::Json, b"{\"count\": \"x\"}"));
+        assert!(!is_well_formed(Encoding::Json, b"[1, 2"));
+        assert!(!is_well_formed(Encoding::Json, b"{} {"));
+        assert!(is_well_formed(Encoding::MsgPack, b"\x81\xa1a\x01"));
+        assert!(!is_well_formed(Encoding::MsgPack, b"\x81\xa1a"));
+        assert!(!is_well_formed(Encoding::MsgPack, b"\x80\x81"));
+        assert!(!is_well_formed(Encoding::MsgPack, b"\xc1"));
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl CommandRequest {
     /// Decodes the body of a mutating action; `Err` for reads and undecodable bodies.
     pub fn decode(action: Action, enc: Encoding, body: &[u8]) -> Result<Self, ApiError> {
         fn d<T: serde::de::DeserializeOwned>(enc: Encoding, b: &[u8]) -> Result<T, ApiError> {
-            codec::decode(enc, b).map_err(crate::error::decode_error)
+            crate::error::decode_request(enc, b)
         }
         Ok(match action {
             Action::CreateCluster => Self::CreateCluster(d(enc, body)?),

@@ -106,6 +106,26 @@ impl ApiError {
 /// Shorthand for results whose error is an ECS error.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Decodes a request body with the ECS mapping: a body that is not exactly one
+/// well-formed JSON or MessagePack value is a `ClientException`; a well-formed body with
+/// a wrong type, a bad enum value or a missing required field is an
+/// `InvalidParameterException`.
+pub fn decode_request<T: serde::de::DeserializeOwned>(
+    enc: crate::codec::Encoding,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if !crate::codec::is_well_formed(enc, body) {
+        return Err(ApiError::client(format!(
+            "request body is not a well-formed {} value",
+            match enc {
+                crate::codec::Encoding::Json => "JSON",
+                crate::codec::Encoding::MsgPack => "MessagePack",
+            }
+        )));
+    }
+    crate::codec::decode(enc, body).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
 /// Maps a body that failed to decode onto ECS errors: a body that is not JSON or
 /// MessagePack at all is a `ClientException`; a well-formed body with a wrong type, a
 /// bad enum value or a missing required field is an `InvalidParameterException`.

@@ -115,15 +115,6 @@ async fn handle(shared: Shared, action: Action, request: service::Request) {
                 berth_messages::validate::MAX_REQUEST_BYTES
             )));
         }
-        if !well_formed(enc, payload) {
-            return Err(ApiError::client(format!(
-                "request body is not a well-formed {} value",
-                match enc {
-                    Encoding::Json => "JSON",
-                    Encoding::MsgPack => "MessagePack",
-                }
-            )));
-        }
         if action.is_mutation() {
             submit::submit(&shared, action, enc, payload).await
         } else {
@@ -166,54 +157,14 @@ pub fn encode<T: serde::Serialize>(enc: Encoding, value: &T) -> Result<Vec<u8>, 
     codec::encode(enc, value).map_err(|e| ApiError::server(e.to_string()))
 }
 
-/// Decodes a request body that [`well_formed`] accepted: any failure is a wrong type,
-/// a bad value or a missing field.
+/// Decodes a request body with the ECS error mapping.
 pub fn decode<T: serde::de::DeserializeOwned>(enc: Encoding, body: &[u8]) -> Result<T, ApiError> {
-    codec::decode(enc, body).map_err(|e| shape_error(berth_messages::error::decode_error(e)))
-}
-
-/// A well-formed body that does not decode into the action's request is an
-/// `InvalidParameterException`, even where the decoder reports it as a syntax error
-/// (serde_json does so for an enum given a number).
-pub fn shape_error(e: ApiError) -> ApiError {
-    match e.error_type {
-        berth_messages::ErrorType::ClientException => ApiError::invalid(e.message),
-        _ => e,
-    }
-}
-
-/// Whether a body is exactly one well-formed JSON or MessagePack value (an empty body
-/// counts as an empty object). Anything else is a `ClientException`, whatever the
-/// action: a decoder that fails on the first wrong type would otherwise hide garbage.
-fn well_formed(enc: Encoding, body: &[u8]) -> bool {
-    use serde::Deserialize;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return true;
-    }
-    match enc {
-        Encoding::Json => serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok(),
-        Encoding::MsgPack => {
-            let mut de = rmp_serde::Deserializer::new(body);
-            serde::de::IgnoredAny::deserialize(&mut de).is_ok() && de.get_ref().is_empty()
-        }
-    }
+    berth_messages::error::decode_request(enc, body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn well_formed_bodies() {
-        assert!(well_formed(Encoding::Json, b""));
-        assert!(well_formed(Encoding::Json, b"{\"count\": \"x\"}"));
-        assert!(!well_formed(Encoding::Json, b"[1, 2"));
-        assert!(!well_formed(Encoding::Json, b"{} {"));
-        assert!(well_formed(Encoding::MsgPack, b"\x81\xa1a\x01"));
-        assert!(!well_formed(Encoding::MsgPack, b"\x81\xa1a"));
-        assert!(!well_formed(Encoding::MsgPack, b"\x80\x81"));
-        assert!(!well_formed(Encoding::MsgPack, b"\xc1"));
-    }
 
     #[test]
     fn error_headers_carry_no_line_breaks() {

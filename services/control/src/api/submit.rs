@@ -16,7 +16,7 @@ pub async fn submit(
     enc: Encoding,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let request = CommandRequest::decode(action, enc, body).map_err(super::shape_error)?;
+    let request = CommandRequest::decode(action, enc, body)?;
     crate::validation::request(&request)?;
     let scope = request.scope();
     let needs_cluster = !matches!(
