@@ -40,4 +40,6 @@ pub enum AgentError {
     Runtime(#[from] std::io::Error),
     #[error("NATS connection failed: {0}")]
     Connect(String),
+    #[error("hollow instances failed: {0}")]
+    Sim(String),
 }

@@ -1,1 +1,416 @@
-//! berth-agent (being written)
+//! `berth-agent`, one per host: registers the host as a container instance (keeping its
+//! identity in its data directory), follows `berth.state.<cluster>.task.<instance-id>.*`
+//! (last record per task, then live) and hands each task to its own actor
+//! ([`task::TaskActor`]), which runs the containers as processes through the shim and
+//! reports their state changes. It heartbeats on the host's subject and serves the
+//! containers' output on the host's log subject. `main.rs` parses flags and calls
+//! [`run_blocking`]; `berth-agent --sim N` runs hollow instances from `berth-sim` instead.
+
+pub mod cgroup;
+pub mod client;
+pub mod config;
+pub mod datadir;
+pub mod error;
+pub mod host;
+pub mod logs;
+mod logsvc;
+pub mod runtime;
+pub mod shim;
+mod task;
+
+pub use config::AgentConfig;
+pub use error::AgentError;
+
+use actix::prelude::*;
+use berth_messages::agent::Heartbeat;
+use berth_messages::api::{ContainerInstanceResponse, RegisterContainerInstanceRequest};
+use berth_messages::model::{Task, TaskDefinition, TaskStatus};
+use berth_messages::subjects::{self, StateKey};
+use berth_messages::{arn, codec, streams, ErrorType};
+use client::{ApiClient, CallError};
+use dashmap::DashMap;
+use datadir::{DataDir, Identity};
+use futures::StreamExt;
+use runtime::ProcessRuntime;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use task::TaskActor;
+
+/// Longest wait between two attempts to reach the control plane or the journal.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the agent's tasks share.
+pub(crate) struct Shared {
+    pub cluster: String,
+    pub instance_id: String,
+    pub client: async_nats::Client,
+    pub api: ApiClient,
+    pub state: async_nats::jetstream::stream::Stream<()>,
+    pub runtime: ProcessRuntime,
+    pub default_stop_timeout: Duration,
+    /// The actor of every task this agent is working on, by task id.
+    pub tasks: DashMap<String, (u64, Addr<TaskActor>)>,
+    definitions: DashMap<String, Arc<TaskDefinition>>,
+    arbiter: ArbiterHandle,
+    next_actor: AtomicU64,
+}
+
+impl Shared {
+    /// A task definition by ARN from the journal. Transient failures are retried; the
+    /// error is for definitions that cannot be had at all.
+    pub async fn task_definition(&self, task_definition_arn: &str) -> Result<Arc<TaskDefinition>, String> {
+        if let Some(found) = self.definitions.get(task_definition_arn) {
+            return Ok(found.clone());
+        }
+        let unusable = |why: String| {
+            format!(
+                "{}: task definition {task_definition_arn} {why}",
+                runtime::CANNOT_START
+            )
+        };
+        let reference = arn::task_definition_ref(task_definition_arn)
+            .filter(|r| r.revision.is_some())
+            .ok_or_else(|| unusable("is not a task definition ARN".into()))?;
+        let subject =
+            subjects::task_definition(&reference.family, reference.revision.unwrap_or_default());
+        let mut wait = Duration::from_millis(100);
+        loop {
+            use async_nats::jetstream::stream::DirectGetErrorKind;
+            match self.state.direct_get_last_for_subject(subject.as_str()).await {
+                Ok(msg) => {
+                    let definition: TaskDefinition = codec::decode_record(&msg.payload)
+                        .map_err(|e| unusable(format!("cannot be decoded: {e}")))?;
+                    let definition = Arc::new(definition);
+                    self.definitions
+                        .insert(task_definition_arn.to_string(), definition.clone());
+                    return Ok(definition);
+                }
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
+                    return Err(unusable("does not exist".into()))
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, subject, "cannot read a task definition yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Hands a journal record to its task's actor, starting one if needed. Stopped tasks
+    /// get no actor unless something of theirs still runs here.
+    fn deliver(self: &Arc<Self>, task_id: &str, record: Task) {
+        let existing = self
+            .tasks
+            .get(task_id)
+            .map(|entry| entry.value().1.clone())
+            .filter(Addr::connected);
+        if let Some(addr) = existing {
+            addr.do_send(task::Record(Box::new(record)));
+            return;
+        }
+        if record.last_status == TaskStatus::Stopped && !self.runtime.any_live(task_id) {
+            return;
+        }
+        let actor_id = self.next_actor.fetch_add(1, Ordering::Relaxed);
+        let shared = self.clone();
+        let id = task_id.to_string();
+        let addr = TaskActor::start_in_arbiter(&self.arbiter, move |_| {
+            TaskActor::new(shared, actor_id, id, record)
+        });
+        self.tasks.insert(task_id.to_string(), (actor_id, addr));
+    }
+}
+
+/// Connects to NATS with Berth's client settings.
+async fn connect(config: &AgentConfig) -> Result<async_nats::Client, AgentError> {
+    berth_journal::connect(&berth_journal::JournalConfig {
+        servers: config.nats.clone(),
+        name: "berth-agent".into(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| AgentError::Connect(e.to_string()))
+}
+
+/// Registers (or re-registers) this host; waits for the control plane if none answers.
+async fn register(
+    api: &ApiClient,
+    request: &RegisterContainerInstanceRequest,
+    cluster: &str,
+) -> Result<String, AgentError> {
+    let mut wait = Duration::from_millis(100);
+    let mut told = false;
+    loop {
+        match api
+            .call::<_, ContainerInstanceResponse>("RegisterContainerInstance", request)
+            .await
+        {
+            Ok(reply) => return Ok(reply.container_instance.container_instance_arn),
+            Err(CallError::Api(e)) if e.error_type == ErrorType::ClusterNotFoundException => {
+                return Err(AgentError::ClusterMissing(cluster.to_string()))
+            }
+            Err(e) if e.is_retryable() => {
+                if !told {
+                    tracing::warn!(error = %e, "waiting for the control plane to register this host");
+                    told = true;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(AgentError::Registration(e.to_string())),
+        }
+    }
+}
+
+/// Follows the host's task subjects and feeds the task actors. `ready` is answered once
+/// the first consumer exists.
+async fn follow(shared: Arc<Shared>, ready: tokio::sync::oneshot::Sender<()>) {
+    use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+    let filter = subjects::tasks_of_instance(&shared.cluster, &shared.instance_id);
+    let mut ready = Some(ready);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let created = shared
+            .state
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter.clone(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await;
+        let messages = match created {
+            Ok(consumer) => consumer.messages().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow this host's tasks yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow this host's tasks yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        wait = Duration::from_millis(100);
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(());
+        }
+        while let Some(item) = messages.next().await {
+            match item {
+                Ok(msg) => {
+                    let Some(StateKey::Task { task_id, .. }) = subjects::parse_state(&msg.subject)
+                    else {
+                        continue;
+                    };
+                    match codec::decode_record::<Task>(&msg.payload) {
+                        Ok(record) => shared.deliver(task_id, record),
+                        Err(e) => {
+                            tracing::warn!(subject = %msg.subject, error = %e, "undecodable task record")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "task consumer failed; following again");
+                    break;
+                }
+            }
+        }
+        // Level-triggered: a new consumer delivers every task's last record again.
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn heartbeats(shared: Arc<Shared>, arn: String, interval: Duration) {
+    let subject = subjects::heartbeat(&shared.cluster, &shared.instance_id);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let beat = Heartbeat {
+            container_instance_arn: arn.clone(),
+            agent_version: host::AGENT_VERSION.into(),
+            sent_at: berth_messages::now_epoch_seconds(),
+            running_tasks: u32::try_from(shared.tasks.len()).unwrap_or(u32::MAX),
+        };
+        match codec::encode_record(&beat) {
+            Ok(body) => {
+                if let Err(e) = shared.client.publish(subject.clone(), body.into()).await {
+                    tracing::debug!(error = %e, "heartbeat not sent");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat cannot be encoded"),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` completes. Must run inside an actix `System` (see
+/// [`run_blocking`]): the task actors live on its arbiter.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    // The lock comes first: a second agent on the same directory disturbs nothing.
+    let data = DataDir::open(&config.data_dir)?;
+    let identity = data.identity()?;
+    if let Some(id) = &identity {
+        if id.cluster != config.cluster {
+            return Err(AgentError::WrongCluster {
+                path: data.root().to_path_buf(),
+                arn: id.container_instance_arn.clone(),
+                cluster: id.cluster.clone(),
+                wanted: config.cluster.clone(),
+            });
+        }
+    }
+    let request = host::registration(&config, identity.map(|i| i.container_instance_arn))?;
+    let client = connect(&config).await?;
+    let api = ApiClient::new(client.clone());
+    tokio::pin!(shutdown);
+    let instance_arn = tokio::select! {
+        registered = register(&api, &request, &config.cluster) => registered?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    data.save_identity(&Identity {
+        cluster: config.cluster.clone(),
+        container_instance_arn: instance_arn.clone(),
+    })?;
+    let instance_id = arn::container_instance_id(&instance_arn).1.to_string();
+    tracing::info!(instance = %instance_arn, "registered");
+
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build(client.clone());
+    let state = js
+        .get_stream_no_info(streams::STATE)
+        .await
+        .map_err(|e| AgentError::Follow(e.to_string()))?;
+    let shim_exe = std::env::current_exe()?;
+    let runtime = ProcessRuntime::new(
+        data.tasks_dir(),
+        shim_exe,
+        cgroup::Cgroups::detect(),
+        config.log_max_bytes,
+        config.log_files,
+    );
+    let shared = Arc::new(Shared {
+        cluster: config.cluster.clone(),
+        instance_id,
+        client: client.clone(),
+        api,
+        state,
+        runtime,
+        default_stop_timeout: config.default_stop_timeout(),
+        tasks: DashMap::new(),
+        definitions: DashMap::new(),
+        arbiter: System::current().arbiter().clone(),
+        next_actor: AtomicU64::new(0),
+    });
+    let beats = tokio::spawn(heartbeats(
+        shared.clone(),
+        instance_arn.clone(),
+        config.heartbeat_interval(),
+    ));
+    let log_service = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = logsvc::serve(shared).await {
+                tracing::error!(error = %e, "log service failed");
+            }
+        })
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let follower = tokio::spawn(follow(shared.clone(), ready_tx));
+    tokio::select! {
+        _ = ready_rx => {
+            tracing::info!(instance = %instance_arn, "berth-agent ready");
+            eprintln!("berth-agent ready instance={instance_arn}");
+            shutdown.await;
+        }
+        _ = &mut shutdown => {}
+    }
+
+    follower.abort();
+    if config.stop_tasks_on_exit {
+        let actors: Vec<Addr<TaskActor>> = shared
+            .tasks
+            .iter()
+            .map(|entry| entry.value().1.clone())
+            .collect();
+        tracing::info!(tasks = actors.len(), "stopping tasks before exiting");
+        let stops = actors
+            .iter()
+            .map(|a| a.send(task::Shutdown { stop_tasks: true }));
+        let bound = config.default_stop_timeout() + Duration::from_secs(60);
+        if tokio::time::timeout(bound, futures::future::join_all(stops))
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks were not reported stopped before exiting");
+        }
+    }
+    beats.abort();
+    log_service.abort();
+    if let Err(e) = client.flush().await {
+        tracing::debug!(error = %e, "flush on exit failed");
+    }
+    drop(data);
+    Ok(())
+}
+
+/// Runs `berth-agent --sim N`: hollow instances from `berth-sim`, until `shutdown`.
+pub async fn run_sim(
+    config: AgentConfig,
+    instances: usize,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let sim = berth_sim::SimConfig {
+        cluster: config.cluster.clone(),
+        nats: config.nats.clone(),
+        instances,
+        cpu: config.sim_cpu,
+        memory: config.sim_memory,
+        start_delay: Duration::from_millis(config.sim_start_delay_ms),
+        run_time: Duration::from_millis(config.sim_run_ms),
+        exit_code: config.sim_exit_code,
+        heartbeat_interval: config.heartbeat_interval(),
+        data_dir: Some(config.data_dir.clone()),
+    };
+    tokio::pin!(shutdown);
+    let handle = tokio::select! {
+        started = berth_sim::start(sim) => started.map_err(|e| AgentError::Sim(e.to_string()))?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    eprintln!("berth-agent ready sim={}", handle.instance_arns().len());
+    shutdown.await;
+    handle.stop().await;
+    Ok(())
+}
+
+/// Builds an actix System on a multi-thread tokio runtime and runs `future` on it.
+pub fn block_on<F: Future>(future: F) -> Result<F::Output, AgentError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berth-agent")
+        .build()?;
+    let system = System::with_tokio_rt(move || runtime);
+    Ok(system.block_on(future))
+}
+
+/// Runs the agent (or `--sim` instances) on its own actix System until `shutdown`.
+pub fn run_blocking(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    match config.sim {
+        Some(instances) => block_on(run_sim(config, instances, shutdown))?,
+        None => block_on(run(config, shutdown))?,
+    }
+}

@@ -293,8 +293,16 @@ mod tests {
     #[test]
     fn global_flags_go_anywhere() {
         let cli = Cli::try_parse_from([
-            "berth", "tasks", "run", "hello", "--wait", "stopped", "--output", "json",
-            "--cluster", "c1",
+            "berth",
+            "tasks",
+            "run",
+            "hello",
+            "--wait",
+            "stopped",
+            "--output",
+            "json",
+            "--cluster",
+            "c1",
         ])
         .unwrap();
         assert_eq!(cli.global.output, OutputFormat::Json);

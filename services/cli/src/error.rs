@@ -83,14 +83,20 @@ fn hint(e: &ApiError) -> Option<String> {
             if let Some(reference) = msg.strip_prefix("Unable to find task definition: ") {
                 Some(task_definition_not_found(reference))
             } else if msg.starts_with("Unable to describe task definition") {
-                Some(task_definition_not_found("the task definition"))
-            } else if let Some(reference) = msg.strip_prefix("TaskDefinition is inactive: ") {
-                Some(format!(
-                    "task definition {reference} is deregistered (INACTIVE): register it again \
-                     with `berth task-definitions register <file.json>` and run the new revision"
-                ))
+                Some(
+                    "task definition not found: register it with `berth task-definitions register \
+                     <file.json>` (`berth task-definitions list` shows what is registered)"
+                        .to_string(),
+                )
             } else {
-                None
+                msg.strip_prefix("TaskDefinition is inactive: ")
+                    .map(|reference| {
+                        format!(
+                            "task definition {reference} is deregistered (INACTIVE): register it \
+                             again with `berth task-definitions register <file.json>` and run the \
+                             new revision"
+                        )
+                    })
             }
         }
         ErrorType::InvalidParameterException
@@ -109,7 +115,7 @@ fn hint(e: &ApiError) -> Option<String> {
     }
 }
 
-fn task_definition_not_found(reference: &str) -> String {
+pub fn task_definition_not_found(reference: &str) -> String {
     format!(
         "task definition {reference} not found: register it with \
          `berth task-definitions register <file.json>` (`berth task-definitions list` shows \
@@ -121,9 +127,11 @@ fn task_definition_not_found(reference: &str) -> String {
 pub fn failure_reason(reason: &str) -> String {
     use berth_messages::model::reason as r;
     match reason {
-        r::AGENT => "AGENT: no instance with a connected agent can take it (is berth-agent running? \
+        r::AGENT => {
+            "AGENT: no instance with a connected agent can take it (is berth-agent running? \
                      see `berth instances list`)"
-            .to_string(),
+                .to_string()
+        }
         r::RESOURCE_CPU => {
             "RESOURCE:CPU: not enough free CPU on any instance (see `berth instances list`)"
                 .to_string()
@@ -161,7 +169,10 @@ mod tests {
     fn unknown_task_definition_names_the_fix() {
         let e = CliError::Api(ApiError::client("Unable to find task definition: web:3"));
         let text = e.to_string();
-        assert!(text.starts_with("task definition web:3 not found"), "{text}");
+        assert!(
+            text.starts_with("task definition web:3 not found"),
+            "{text}"
+        );
         assert!(text.contains("berth task-definitions register"), "{text}");
     }
 

@@ -1,1 +1,23 @@
-//! berth-cli (being written)
+//! `berth`, the command-line client of Berth, as a library: the command line
+//! ([`args`]), the API client ([`client`]), one module per resource under
+//! [`commands`], the task-definition file reader ([`taskdef_file`]) and `berth dev`
+//! ([`dev`]), which runs a whole local Berth. `main.rs` only parses and calls [`run`].
+
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod dev;
+pub mod error;
+pub mod output;
+pub mod taskdef_file;
+
+pub use args::Cli;
+pub use error::CliError;
+
+/// Runs one `berth` invocation.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        args::Command::Dev(dev_args) => dev::run(&cli.global, dev_args).await,
+        command => commands::run(&cli.global, command).await,
+    }
+}

@@ -19,10 +19,7 @@ pub struct Candidate<'a> {
 impl<'a> Candidate<'a> {
     /// A candidate whose running-task count is the record's `runningTasksCount` (0 if
     /// unset).
-    pub fn from_record(
-        instance: &'a ContainerInstance,
-        groups: &'a BTreeMap<String, u32>,
-    ) -> Self {
+    pub fn from_record(instance: &'a ContainerInstance, groups: &'a BTreeMap<String, u32>) -> Self {
         Self {
             instance,
             groups,

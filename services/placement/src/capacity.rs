@@ -150,6 +150,32 @@ pub fn release(instance: &mut ContainerInstance, task_id: &str) -> Option<Alloca
     released
 }
 
+/// The capacity of `instance` given its remaining CPU and memory and the ports promised
+/// to earlier placements of a batch.
+pub(crate) fn capacity_with(
+    instance: &ContainerInstance,
+    cpu: i64,
+    memory: i64,
+    extra_tcp: &[u16],
+    extra_udp: &[u16],
+) -> Capacity {
+    let mut capacity = Capacity {
+        cpu,
+        memory,
+        ports: reserved_ports(instance, Resource::PORTS)
+            .chain(extra_tcp.iter().copied())
+            .collect(),
+        ports_udp: reserved_ports(instance, Resource::PORTS_UDP)
+            .chain(extra_udp.iter().copied())
+            .collect(),
+    };
+    for a in instance.allocations.values() {
+        capacity.ports.extend(&a.ports);
+        capacity.ports_udp.extend(&a.ports_udp);
+    }
+    capacity
+}
+
 /// Status and agent checks: only ACTIVE instances with a connected agent take new tasks.
 pub(crate) fn eligibility(instance: &ContainerInstance) -> Result<(), Shortfall> {
     if instance.status != InstanceStatus::Active {

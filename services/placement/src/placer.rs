@@ -4,10 +4,10 @@
 //! apart by randomness rather than serialised.
 
 use crate::capacity::{
-    eligibility, fit_resources, headroom, ports_available, reserved_ports, Capacity, Shortfall,
+    capacity_with, eligibility, fit_resources, headroom, ports_available, Capacity, Shortfall,
 };
 use crate::demand::Demand;
-use berth_messages::model::{reason, Allocation, ContainerInstance, Resource};
+use berth_messages::model::{reason, Allocation, ContainerInstance};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -22,14 +22,14 @@ pub struct PlacementFailure {
 }
 
 impl PlacementFailure {
-    fn no_instances() -> Self {
+    pub(crate) fn no_instances() -> Self {
         Self {
             reason: reason::MISSING,
             detail: "No Container Instances were found in your cluster.".into(),
         }
     }
 
-    fn closest(instance: &ContainerInstance, shortfall: Shortfall) -> Self {
+    pub(crate) fn closest(instance: &ContainerInstance, shortfall: Shortfall) -> Self {
         let arn = &instance.container_instance_arn;
         let what = match shortfall {
             Shortfall::Inactive => format!("has status {}", instance.status.as_str()),
@@ -266,24 +266,9 @@ impl<'a> Batch<'a> {
 
     /// The exact capacity of one instance with the batch's earlier placements applied.
     fn capacity(&self, index: usize) -> Capacity {
-        let instance = &self.instances[index];
         let slot = self.slots[index];
         let (tcp, udp) = self.promised(index);
-        let mut capacity = Capacity {
-            cpu: slot.cpu,
-            memory: slot.memory,
-            ports: reserved_ports(instance, Resource::PORTS)
-                .chain(tcp.iter().copied())
-                .collect(),
-            ports_udp: reserved_ports(instance, Resource::PORTS_UDP)
-                .chain(udp.iter().copied())
-                .collect(),
-        };
-        for a in instance.allocations.values() {
-            capacity.ports.extend(&a.ports);
-            capacity.ports_udp.extend(&a.ports_udp);
-        }
-        capacity
+        capacity_with(&self.instances[index], slot.cpu, slot.memory, tcp, udp)
     }
 
     fn take(&mut self, index: usize, allocation: &Allocation) {
@@ -299,7 +284,7 @@ impl<'a> Batch<'a> {
 }
 
 /// max(2, ceil(log2 n)).
-fn best_few(n: usize) -> usize {
+pub(crate) fn best_few(n: usize) -> usize {
     let log2 = if n <= 1 {
         0
     } else {
@@ -311,9 +296,10 @@ fn best_few(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capacity::reserved_ports;
     use crate::capacity::tests::{instance, instance_with_ports};
     use crate::{allocate, fit, remaining};
-    use berth_messages::model::InstanceStatus;
+    use berth_messages::model::{InstanceStatus, Resource};
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 

@@ -317,14 +317,12 @@ async fn play(
                     )));
                 }
                 Some(Effect::Report(request)) => {
-                    if jobs
-                        .send(Job {
-                            slot,
-                            task_id,
-                            request,
-                        })
-                        .is_err()
-                    {
+                    let job = Job {
+                        slot,
+                        task_id,
+                        request,
+                    };
+                    if jobs.send(job).is_err() {
                         return;
                     }
                 }

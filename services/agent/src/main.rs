@@ -1,0 +1,79 @@
+//! `berth-agent`: flags, logging, signals; everything else is in the library. The hidden
+//! `shim` subcommand is the per-container shim the agent starts through itself.
+
+use berth_agent::shim::ShimArgs;
+use berth_agent::AgentConfig;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "berth-agent", version, about = "Berth host agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    agent: AgentConfig,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Supervises one container (started by the agent itself).
+    #[command(hide = true)]
+    Shim(ShimArgs),
+}
+
+/// The shim parses only its own flags: a container's environment may hold anything,
+/// including variables named like the agent's.
+#[derive(Parser)]
+#[command(name = "berth-agent shim")]
+struct ShimCli {
+    #[command(flatten)]
+    args: ShimArgs,
+}
+
+fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "shim") {
+        let shim = ShimCli::parse_from(std::env::args_os().skip(1));
+        std::process::exit(berth_agent::shim::run(shim.args));
+    }
+    let cli = Cli::parse();
+    if let Some(Command::Shim(args)) = cli.command {
+        std::process::exit(berth_agent::shim::run(args));
+    }
+    let config = cli.agent;
+    let filter = EnvFilter::builder()
+        .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
+        .from_env_lossy();
+    if config.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
+    }
+    if let Err(e) = berth_agent::run_blocking(config, shutdown_signal()) {
+        tracing::error!(error = %e, "berth-agent stopped");
+        eprintln!("berth-agent: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,720 @@
+//! One actor per task on this host, the only writer of what the agent knows about that
+//! task (as in amazon-ecs-agent's managed task). It receives the task's journal records
+//! (desired status) and its containers' events (started, ended, stop timeout), drives the
+//! containers from their known status to the desired one, and queues the reports.
+//!
+//! Level-triggered: [`TaskActor::drive`] looks at the whole state after every event and
+//! does what is missing, so a restarted agent that adopts containers from disk, a
+//! repeated record, or events in any order all lead to the same end.
+//!
+//! - Desired RUNNING: containers start in `dependsOn` order (START and HEALTHY wait for
+//!   the dependency to have started, COMPLETE for it to have exited, SUCCESS for it to
+//!   have exited 0). The task is reported RUNNING once every container has started.
+//! - An essential container exits: the others are stopped and the task is reported
+//!   STOPPED with stopCode EssentialContainerExited. A non-essential one exiting is
+//!   reported as a container change and the task goes on.
+//! - A container cannot start (unknown executable, user or directory, an unmet
+//!   dependency): the others are stopped, the task is reported STOPPED with stopCode
+//!   TaskFailedToStart and the reason.
+//! - Desired STOPPED: SIGTERM to every running container's process group, SIGKILL after
+//!   its stopTimeout; then the task is reported STOPPED.
+//!
+//! The actor ends once the journal shows the task STOPPED and no container runs.
+
+use crate::client::{Report, Reporter};
+use crate::runtime::{self, Ended, Observed, CANNOT_START};
+use crate::shim::StateRecord;
+use crate::Shared;
+use actix::prelude::*;
+use berth_messages::api::{
+    ContainerStateChange, SubmitContainerStateChangeRequest, SubmitTaskStateChangeRequest,
+};
+use berth_messages::model::{
+    ContainerDefinition, ContainerDependency, StopCode, Task, TaskDefinition, TaskStatus,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Task reason when an essential container exited (as ECS words it).
+pub const ESSENTIAL_EXITED: &str = "Essential container in task exited";
+/// Container reason when its shim vanished without recording how the command ended.
+pub const VANISHED: &str =
+    "container ended without recording an exit status (its shim was killed or the host restarted)";
+
+/// A journal record of the task.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Record(pub Box<Task>);
+
+/// The agent is exiting; with `stop_tasks` the task is stopped and reported first. The
+/// answer comes once that is done (or at once without `stop_tasks`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    pub stop_tasks: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Pending,
+    Starting,
+    Running(StateRecord),
+    Exited {
+        code: Option<i32>,
+        reason: Option<String>,
+        started: bool,
+    },
+}
+
+struct Slot {
+    definition: ContainerDefinition,
+    state: State,
+    term_sent: bool,
+}
+
+impl Slot {
+    fn name(&self) -> &str {
+        &self.definition.name
+    }
+    fn has_started(&self) -> bool {
+        matches!(
+            self.state,
+            State::Running(_) | State::Exited { started: true, .. }
+        )
+    }
+    fn is_exited(&self) -> bool {
+        matches!(self.state, State::Exited { .. })
+    }
+    fn is_active(&self) -> bool {
+        matches!(self.state, State::Starting | State::Running(_))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Load {
+    NotLoaded,
+    Loading,
+    Loaded,
+}
+
+/// Why the agent itself stops the task (a desired STOPPED from the journal needs none).
+#[derive(Debug, Clone)]
+struct StopCause {
+    code: StopCode,
+    reason: String,
+}
+
+pub struct TaskActor {
+    shared: Arc<Shared>,
+    actor_id: u64,
+    task_id: String,
+    record: Task,
+    load: Load,
+    slots: Vec<Slot>,
+    cause: Option<StopCause>,
+    reported_running: bool,
+    reported_stopped: bool,
+    reporter: Reporter,
+    stopped_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl TaskActor {
+    pub fn new(shared: Arc<Shared>, actor_id: u64, task_id: String, record: Task) -> Self {
+        let reporter = Reporter::start(shared.api.clone(), task_id.clone());
+        let reported_running = record.last_status >= TaskStatus::Running;
+        Self {
+            shared,
+            actor_id,
+            task_id,
+            record,
+            load: Load::NotLoaded,
+            slots: Vec::new(),
+            cause: None,
+            reported_running,
+            reported_stopped: false,
+            reporter,
+            stopped_waiters: Vec::new(),
+        }
+    }
+
+    fn wants_stop(&self) -> bool {
+        self.cause.is_some() || self.record.desired_status == TaskStatus::Stopped
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.cause.is_none() && self.record.desired_status != TaskStatus::Stopped {
+            self.cause = Some(StopCause {
+                code: StopCode::TaskFailedToStart,
+                reason,
+            });
+        }
+    }
+
+    fn start_loading(&mut self, ctx: &mut Context<Self>) {
+        self.load = Load::Loading;
+        let shared = self.shared.clone();
+        let arn = self.record.task_definition_arn.clone();
+        ctx.spawn(
+            async move { shared.task_definition(&arn).await }
+                .into_actor(self)
+                .map(|result, act, ctx| act.on_loaded(result, ctx)),
+        );
+    }
+
+    fn on_loaded(&mut self, result: Result<Arc<TaskDefinition>, String>, ctx: &mut Context<Self>) {
+        self.load = Load::Loaded;
+        match result {
+            Ok(definition) => {
+                self.slots = definition
+                    .container_definitions
+                    .iter()
+                    .map(|d| Slot {
+                        definition: d.clone(),
+                        state: State::Pending,
+                        term_sent: false,
+                    })
+                    .collect();
+                let info = runtime::TaskInfo {
+                    task_arn: self.record.task_arn.clone(),
+                    containers: self.slots.iter().map(|s| s.name().to_string()).collect(),
+                };
+                if let Err(e) = self.shared.runtime.save_task_info(&self.task_id, &info) {
+                    tracing::warn!(task = %self.task_id, error = %e, "cannot write task.json");
+                }
+                self.adopt(ctx);
+            }
+            Err(reason) => {
+                tracing::warn!(task = %self.task_id, %reason, "task definition unavailable");
+                self.slots = self
+                    .record
+                    .containers
+                    .iter()
+                    .map(|c| Slot {
+                        definition: ContainerDefinition {
+                            name: c.name.clone(),
+                            ..Default::default()
+                        },
+                        state: State::Exited {
+                            code: None,
+                            reason: Some(reason.clone()),
+                            started: false,
+                        },
+                        term_sent: false,
+                    })
+                    .collect();
+                self.fail(reason);
+            }
+        }
+        self.drive(ctx);
+    }
+
+    /// Takes over what earlier runs of the agent left on disk for this task.
+    fn adopt(&mut self, ctx: &mut Context<Self>) {
+        for idx in 0..self.slots.len() {
+            let name = self.slots[idx].name().to_string();
+            match self.shared.runtime.observe(&self.task_id, &name) {
+                Observed::Absent => {}
+                Observed::Starting => {
+                    tracing::info!(task = %self.task_id, container = %name, "adopting a starting container");
+                    self.slots[idx].state = State::Starting;
+                    let paths = self.shared.runtime.paths(&self.task_id, &name);
+                    ctx.spawn(
+                        runtime::wait_recorded(paths)
+                            .into_actor(self)
+                            .map(move |recorded, act, ctx| {
+                                act.on_started(idx, recorded, None, ctx)
+                            }),
+                    );
+                }
+                Observed::Running(state) => {
+                    tracing::info!(task = %self.task_id, container = %name, pid = state.pid, "adopting a running container");
+                    self.slots[idx].state = State::Running(state);
+                    self.watch(idx, None, ctx);
+                }
+                Observed::Exited(exit) => {
+                    self.ended(idx, Ended::Exited(exit));
+                }
+                Observed::Vanished => {
+                    self.ended(idx, Ended::Vanished);
+                }
+            }
+        }
+    }
+
+    fn watch(&mut self, idx: usize, shim: Option<tokio::process::Child>, ctx: &mut Context<Self>) {
+        let paths = self
+            .shared
+            .runtime
+            .paths(&self.task_id, self.slots[idx].name());
+        ctx.spawn(
+            runtime::wait_ended(paths, shim)
+                .into_actor(self)
+                .map(move |ended, act, ctx| act.on_ended(idx, ended, ctx)),
+        );
+    }
+
+    fn start_container(&mut self, idx: usize, ctx: &mut Context<Self>) -> Result<(), String> {
+        let definition = &self.slots[idx].definition;
+        let launch = self.shared.runtime.launch_for(&self.record, definition)?;
+        let (mut shim, paths) =
+            self.shared
+                .runtime
+                .spawn(&self.task_id, &definition.name, &launch)?;
+        tracing::info!(task = %self.task_id, container = %definition.name, argv = ?launch.argv, "starting container");
+        self.slots[idx].state = State::Starting;
+        ctx.spawn(
+            async move {
+                let started = runtime::wait_started(&paths, &mut shim).await;
+                (started, shim)
+            }
+            .into_actor(self)
+            .map(move |(started, shim), act, ctx| {
+                act.on_started(idx, started.map_err(Ended::Exited), Some(shim), ctx)
+            }),
+        );
+        Ok(())
+    }
+
+    fn on_started(
+        &mut self,
+        idx: usize,
+        started: Result<StateRecord, Ended>,
+        shim: Option<tokio::process::Child>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.slots[idx].state != State::Starting {
+            return;
+        }
+        match started {
+            Ok(state) => {
+                self.slots[idx].state = State::Running(state);
+                self.watch(idx, shim, ctx);
+            }
+            Err(ended) => self.ended(idx, ended),
+        }
+        self.drive(ctx);
+    }
+
+    fn on_ended(&mut self, idx: usize, ended: Ended, ctx: &mut Context<Self>) {
+        if self.slots[idx].is_exited() {
+            return;
+        }
+        self.ended(idx, ended);
+        self.drive(ctx);
+    }
+
+    /// Records how a container ended and what that means for the task.
+    fn ended(&mut self, idx: usize, ended: Ended) {
+        let (code, reason, started) = match ended {
+            Ended::Exited(exit) => match &exit.error {
+                Some(error) if error.starts_with(CANNOT_START) => {
+                    (None, Some(error.clone()), false)
+                }
+                Some(error) => (None, Some(format!("{CANNOT_START}: {error}")), false),
+                None => (exit.reported_code(), None, true),
+            },
+            Ended::Vanished => (None, Some(VANISHED.to_string()), true),
+        };
+        let name = self.slots[idx].name().to_string();
+        tracing::info!(task = %self.task_id, container = %name, ?code, ?reason, "container ended");
+        self.shared.runtime.release(&self.task_id, &name);
+        self.slots[idx].state = State::Exited {
+            code,
+            reason: reason.clone(),
+            started,
+        };
+        if !started {
+            self.fail(reason.unwrap_or_else(|| format!("{CANNOT_START}: {name}")));
+            return;
+        }
+        if self.wants_stop() {
+            return;
+        }
+        if self.slots[idx].definition.is_essential() {
+            let reason = match &reason {
+                Some(why) => format!("Essential container {name} ended: {why}"),
+                None => ESSENTIAL_EXITED.to_string(),
+            };
+            self.cause = Some(StopCause {
+                code: StopCode::EssentialContainerExited,
+                reason,
+            });
+        } else {
+            self.reporter
+                .send(Report::Container(SubmitContainerStateChangeRequest {
+                    cluster: Some(self.shared.cluster.clone()),
+                    task: self.record.task_arn.clone(),
+                    container_name: name,
+                    runtime_id: None,
+                    status: Some("STOPPED".into()),
+                    exit_code: code,
+                    reason,
+                    network_bindings: Vec::new(),
+                }));
+        }
+    }
+
+    fn stop_timeout(&self, idx: usize) -> Duration {
+        self.slots[idx]
+            .definition
+            .stop_timeout
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(s.unsigned_abs()))
+            .unwrap_or(self.shared.default_stop_timeout)
+    }
+
+    /// Does whatever the state calls for next.
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        match self.load {
+            Load::NotLoaded => return self.start_loading(ctx),
+            Load::Loading => return,
+            Load::Loaded => {}
+        }
+        if self.reported_stopped {
+            return self.maybe_finish(ctx);
+        }
+        if self.wants_stop() {
+            for idx in 0..self.slots.len() {
+                match &self.slots[idx].state {
+                    State::Pending => {
+                        self.slots[idx].state = State::Exited {
+                            code: None,
+                            reason: None,
+                            started: false,
+                        }
+                    }
+                    State::Running(state) if !self.slots[idx].term_sent => {
+                        let pgid = state.pid;
+                        tracing::info!(task = %self.task_id, container = %self.slots[idx].name(), pgid, "stopping container (SIGTERM)");
+                        runtime::signal_group(pgid, nix::sys::signal::Signal::SIGTERM);
+                        self.slots[idx].term_sent = true;
+                        let grace = self.stop_timeout(idx);
+                        ctx.run_later(grace, move |act, _| act.kill(idx));
+                    }
+                    _ => {}
+                }
+            }
+            if self.slots.iter().all(Slot::is_exited) {
+                self.report_stopped();
+                self.maybe_finish(ctx);
+            }
+            return;
+        }
+        for idx in 0..self.slots.len() {
+            if self.slots[idx].state != State::Pending {
+                continue;
+            }
+            match readiness(&self.slots[idx].definition.depends_on, |name| {
+                self.slots
+                    .iter()
+                    .find(|s| s.name() == name)
+                    .map(|s| s.state.clone())
+            }) {
+                Readiness::Ready => {
+                    if let Err(reason) = self.start_container(idx, ctx) {
+                        let name = self.slots[idx].name().to_string();
+                        tracing::info!(task = %self.task_id, container = %name, %reason, "container cannot start");
+                        self.slots[idx].state = State::Exited {
+                            code: None,
+                            reason: Some(reason.clone()),
+                            started: false,
+                        };
+                        self.fail(reason);
+                        return self.drive(ctx);
+                    }
+                }
+                Readiness::Wait => {}
+                Readiness::Never(reason) => {
+                    self.slots[idx].state = State::Exited {
+                        code: None,
+                        reason: Some(reason.clone()),
+                        started: false,
+                    };
+                    self.fail(reason);
+                    return self.drive(ctx);
+                }
+            }
+        }
+        let any_active = self.slots.iter().any(Slot::is_active);
+        let waiting: Vec<&str> = self
+            .slots
+            .iter()
+            .filter(|s| s.state == State::Pending)
+            .map(Slot::name)
+            .collect();
+        if !any_active && !waiting.is_empty() {
+            let reason = format!(
+                "{CANNOT_START}: the dependsOn conditions of {} can never be met",
+                waiting.join(", ")
+            );
+            self.fail(reason);
+            return self.drive(ctx);
+        }
+        if !self.slots.is_empty() && self.slots.iter().all(Slot::is_exited) {
+            // Only non-essential containers, all ended.
+            self.cause = Some(StopCause {
+                code: StopCode::EssentialContainerExited,
+                reason: "All containers in task exited".into(),
+            });
+            return self.drive(ctx);
+        }
+        if !self.reported_running && self.slots.iter().all(Slot::has_started) {
+            self.report_running();
+        }
+    }
+
+    fn kill(&mut self, idx: usize) {
+        if let State::Running(state) = &self.slots[idx].state {
+            tracing::info!(task = %self.task_id, container = %self.slots[idx].name(), pgid = state.pid, "stop timeout passed (SIGKILL)");
+            runtime::signal_group(state.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    fn container_changes(&self) -> Vec<ContainerStateChange> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let bindings = self
+                    .record
+                    .containers
+                    .iter()
+                    .find(|c| c.name == s.name())
+                    .map(|c| c.network_bindings.clone())
+                    .unwrap_or_default();
+                let (status, runtime_id, exit_code, reason) = match &s.state {
+                    State::Running(state) => ("RUNNING", Some(state.pid.to_string()), None, None),
+                    State::Exited { code, reason, .. } => {
+                        ("STOPPED", None, *code, reason.clone())
+                    }
+                    State::Pending | State::Starting => ("PENDING", None, None, None),
+                };
+                ContainerStateChange {
+                    container_name: Some(s.name().to_string()),
+                    runtime_id,
+                    exit_code,
+                    network_bindings: bindings,
+                    reason,
+                    status: Some(status.into()),
+                }
+            })
+            .collect()
+    }
+
+    fn report_running(&mut self) {
+        self.reported_running = true;
+        tracing::info!(task = %self.task_id, "task running");
+        self.reporter
+            .send(Report::Task(SubmitTaskStateChangeRequest {
+                cluster: Some(self.shared.cluster.clone()),
+                task: self.record.task_arn.clone(),
+                status: Some(TaskStatus::Running),
+                containers: self.container_changes(),
+                ..Default::default()
+            }));
+    }
+
+    fn report_stopped(&mut self) {
+        self.reported_stopped = true;
+        tracing::info!(task = %self.task_id, cause = ?self.cause, "task stopped");
+        let now = berth_messages::now_epoch_seconds();
+        self.reporter
+            .send(Report::Task(SubmitTaskStateChangeRequest {
+                cluster: Some(self.shared.cluster.clone()),
+                task: self.record.task_arn.clone(),
+                status: Some(TaskStatus::Stopped),
+                reason: self.cause.as_ref().map(|c| c.reason.clone()),
+                stop_code: self.cause.as_ref().map(|c| c.code),
+                containers: self.container_changes(),
+                execution_stopped_at: Some(now),
+                ..Default::default()
+            }));
+        for waiter in self.stopped_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    fn maybe_finish(&mut self, ctx: &mut Context<Self>) {
+        let done = self.record.last_status == TaskStatus::Stopped
+            && !self.slots.iter().any(Slot::is_active);
+        if done && self.reported_stopped {
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for TaskActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.drive(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        let me = self.actor_id;
+        self.shared
+            .tasks
+            .remove_if(&self.task_id, |_, (id, _)| *id == me);
+        for waiter in self.stopped_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+impl Handler<Record> for TaskActor {
+    type Result = ();
+
+    fn handle(&mut self, Record(task): Record, ctx: &mut Context<Self>) {
+        if task.last_status >= TaskStatus::Running {
+            self.reported_running = true;
+        }
+        self.record = *task;
+        self.drive(ctx);
+        if self.load == Load::Loaded {
+            self.maybe_finish(ctx);
+        }
+    }
+}
+
+impl Handler<Shutdown> for TaskActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        if !msg.stop_tasks {
+            return Box::pin(async {});
+        }
+        if self.cause.is_none() && self.record.desired_status != TaskStatus::Stopped {
+            self.cause = Some(StopCause {
+                code: StopCode::UserInitiated,
+                reason: "The host's agent stopped with --stop-tasks-on-exit".into(),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.reported_stopped {
+            let _ = tx.send(());
+        } else {
+            self.stopped_waiters.push(tx);
+        }
+        self.drive(ctx);
+        let flush = self.reporter.flush();
+        Box::pin(async move {
+            let _ = rx.await;
+            flush.await;
+        })
+    }
+}
+
+/// Whether a container may start, given how its dependencies stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    Wait,
+    Never(String),
+}
+
+fn readiness(deps: &[ContainerDependency], state_of: impl Fn(&str) -> Option<State>) -> Readiness {
+    let mut wait = false;
+    for dep in deps {
+        let name = dep.container_name.as_str();
+        let Some(state) = state_of(name) else {
+            return Readiness::Never(format!(
+                "{CANNOT_START}: dependsOn names an unknown container {name}"
+            ));
+        };
+        let never = |why: String| {
+            Readiness::Never(format!(
+                "{CANNOT_START}: dependency {name} ({} condition) {why}",
+                dep.condition
+            ))
+        };
+        match (dep.condition.as_str(), &state) {
+            (_, State::Exited { started: false, .. }) => return never("never started".into()),
+            // HEALTHY is treated as START: the process runtime runs no health checks.
+            ("START" | "HEALTHY", State::Running(_) | State::Exited { .. }) => {}
+            ("COMPLETE", State::Exited { .. }) => {}
+            ("SUCCESS", State::Exited { code: Some(0), .. }) => {}
+            ("SUCCESS", State::Exited { code, .. }) => {
+                let how = code.map_or("without an exit code".to_string(), |c| format!("with code {c}"));
+                return never(format!("exited {how}"));
+            }
+            _ => wait = true,
+        }
+    }
+    if wait {
+        Readiness::Wait
+    } else {
+        Readiness::Ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dep(name: &str, condition: &str) -> ContainerDependency {
+        ContainerDependency {
+            container_name: name.into(),
+            condition: condition.into(),
+        }
+    }
+
+    fn running() -> State {
+        State::Running(StateRecord { shim_pid: 1, pid: 2 })
+    }
+
+    fn exited(code: i32) -> State {
+        State::Exited {
+            code: Some(code),
+            reason: None,
+            started: true,
+        }
+    }
+
+    #[test]
+    fn dependencies_gate_starts() {
+        let of = |s: State| move |_: &str| Some(s.clone());
+        assert_eq!(readiness(&[], of(State::Pending)), Readiness::Ready);
+        assert_eq!(
+            readiness(&[dep("a", "START")], of(State::Pending)),
+            Readiness::Wait
+        );
+        assert_eq!(
+            readiness(&[dep("a", "START")], of(State::Starting)),
+            Readiness::Wait
+        );
+        assert_eq!(readiness(&[dep("a", "START")], of(running())), Readiness::Ready);
+        assert_eq!(
+            readiness(&[dep("a", "HEALTHY")], of(running())),
+            Readiness::Ready
+        );
+        assert_eq!(
+            readiness(&[dep("a", "COMPLETE")], of(running())),
+            Readiness::Wait
+        );
+        assert_eq!(
+            readiness(&[dep("a", "COMPLETE")], of(exited(1))),
+            Readiness::Ready
+        );
+        assert_eq!(
+            readiness(&[dep("a", "SUCCESS")], of(exited(0))),
+            Readiness::Ready
+        );
+        match readiness(&[dep("a", "SUCCESS")], of(exited(2))) {
+            Readiness::Never(why) => assert!(why.contains("exited with code 2"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let failed = State::Exited {
+            code: None,
+            reason: None,
+            started: false,
+        };
+        assert!(matches!(
+            readiness(&[dep("a", "START")], of(failed)),
+            Readiness::Never(_)
+        ));
+        assert!(matches!(
+            readiness(&[dep("zz", "START")], |_| None),
+            Readiness::Never(_)
+        ));
+    }
+}

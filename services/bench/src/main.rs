@@ -1,0 +1,129 @@
+//! `berth-bench`: Berth's benchmark (issue 5). It starts its own nats-server(s), its own
+//! `berth-control` process and hollow hosts (berth-sim, in this process), drives the real
+//! API over NATS, and prints a table of every figure beside the journal ceiling measured
+//! in the same run. Afterwards it audits the journal and exits non-zero on a violation or
+//! on a measurement that could not run. `--quick` runs everything at small sizes.
+
+mod api;
+mod ceiling;
+mod criterion;
+mod placement;
+mod processes;
+mod procfs;
+mod profile;
+mod reads;
+mod report;
+mod results;
+mod run;
+mod runtime;
+mod seed;
+mod stats;
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags of `berth-bench`. Sizes default to the full run, or to small ones with --quick.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "berth-bench", version, about = "Berth benchmark: placement throughput, read latency under churn, recovery, memory, task start")]
+pub struct Args {
+    /// Small sizes everywhere (CI): completes in under two minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// The berth-control binary (default: next to this one).
+    #[arg(long)]
+    pub control_bin: Option<PathBuf>,
+    /// The berth-agent binary (default: next to this one).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Output of the placement library's criterion benchmark in bencher format, to include.
+    #[arg(long)]
+    pub placement_bench: Option<PathBuf>,
+    /// Also write the report (markdown) to this file.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Where logs and profiles go (default: a fresh temporary directory, kept).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Skip the 3-node (R3) phase.
+    #[arg(long)]
+    pub skip_r3: bool,
+    /// Skip the process-runtime task start measurement.
+    #[arg(long)]
+    pub skip_runtime: bool,
+    /// Do not profile the control plane with perf.
+    #[arg(long)]
+    pub no_perf: bool,
+    /// Hollow instances of the main placement run.
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// Hollow instances of the second (smaller) placement run.
+    #[arg(long)]
+    pub instances_small: Option<usize>,
+    /// Tasks placed in each placement run.
+    #[arg(long)]
+    pub place_tasks: Option<usize>,
+    /// RunTask requests in flight during placement runs.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Seeded task counts at which reads are measured (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub read_sizes: Option<Vec<usize>>,
+    /// Seeded task counts at which recovery and memory are measured (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub recovery_sizes: Option<Vec<usize>>,
+    /// Timed requests per read kind and size.
+    #[arg(long)]
+    pub read_samples: Option<usize>,
+    /// Hollow instances of the read cluster.
+    #[arg(long)]
+    pub read_instances: Option<usize>,
+    /// Tasks started through the process runtime.
+    #[arg(long)]
+    pub start_tasks: Option<usize>,
+    /// Hollow instances of the R3 placement run.
+    #[arg(long)]
+    pub r3_instances: Option<usize>,
+    /// Tasks placed in the R3 placement run.
+    #[arg(long)]
+    pub r3_tasks: Option<usize>,
+    /// Seeded tasks for the R3 read measurement.
+    #[arg(long)]
+    pub r3_read_size: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,berth_bench=info")),
+        )
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berth-bench")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth-bench: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run::run(args)) {
+        Ok(results) => {
+            if results.failed() {
+                eprintln!("berth-bench: FAILED (see the errors and the audit above)");
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("berth-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

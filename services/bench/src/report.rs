@@ -1,0 +1,576 @@
+//! The printed report: one markdown table of every figure beside the journal ceiling
+//! measured in the same run (and their ratio), where the time goes in each placement run,
+//! and the issue's goals with where the run stands.
+
+use crate::ceiling::Ceiling;
+use crate::results::{Phase, Placement, Results};
+use crate::stats::{human, rate, thousands};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+fn percent(value: f64, of: f64) -> String {
+    if of > 0.0 {
+        format!("{:.1}%", value * 100.0 / of)
+    } else {
+        "—".into()
+    }
+}
+
+fn times(value: Duration, of: Duration) -> String {
+    if of.is_zero() {
+        "—".into()
+    } else {
+        format!("{:.1}×", value.as_secs_f64() / of.as_secs_f64())
+    }
+}
+
+fn size(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => thousands(n as u64),
+    }
+}
+
+struct Table {
+    out: String,
+}
+
+impl Table {
+    fn new() -> Self {
+        let mut out = String::new();
+        out.push_str("| phase | figure | value | journal ceiling (same run) | ratio |\n");
+        out.push_str("|---|---|---|---|---|\n");
+        Self { out }
+    }
+    fn row(&mut self, phase: &str, figure: &str, value: String, ceiling: String, ratio: String) {
+        let _ = writeln!(self.out, "| {phase} | {figure} | {value} | {ceiling} | {ratio} |");
+    }
+}
+
+/// The whole report as markdown.
+pub fn render(results: &Results) -> String {
+    let mut out = String::new();
+    let m = &results.machine;
+    let _ = writeln!(
+        out,
+        "## Berth benchmark ({})\n",
+        if results.quick { "quick sizes" } else { "full sizes" }
+    );
+    let _ = writeln!(out, "- command: `{}`", results.command);
+    let _ = writeln!(
+        out,
+        "- machine: {} cores ({}), {} MiB memory, {}, load average at start {}",
+        m.cores,
+        m.cpu_model,
+        thousands(m.memory_mib),
+        m.nats_version,
+        m.load_average
+    );
+    let _ = writeln!(out, "- wall time: {}\n", human(results.total));
+
+    let mut table = Table::new();
+    for phase in &results.phases {
+        phase_rows(&mut table, phase);
+    }
+    for figure in &results.criterion {
+        table.row(
+            "library",
+            &format!("placement decision `{}` (criterion)", figure.name),
+            human(figure.per_iteration),
+            "—".into(),
+            "—".into(),
+        );
+    }
+    out.push_str(&table.out);
+
+    for phase in &results.phases {
+        for placement in &phase.placements {
+            where_time_goes(&mut out, phase, placement);
+        }
+    }
+    goals(&mut out, results);
+    for phase in &results.phases {
+        if let Some(audit) = &phase.audit {
+            let _ = writeln!(
+                out,
+                "\nAudit {}: {} journal messages, {} instances, {} tasks replayed in {}: {} violation(s).",
+                phase.label,
+                thousands(audit.messages),
+                thousands(audit.instances as u64),
+                thousands(audit.tasks as u64),
+                human(audit.elapsed),
+                audit.violations
+            );
+            for v in &audit.first_violations {
+                let _ = writeln!(out, "  - {v}");
+            }
+        }
+        for e in &phase.errors {
+            let _ = writeln!(out, "\n**{} failed:** {e}", phase.label);
+        }
+    }
+    out
+}
+
+fn phase_rows(t: &mut Table, phase: &Phase) {
+    let p = phase.label.as_str();
+    let Some(c) = &phase.ceiling else {
+        t.row(p, "journal ceiling", "not measured".into(), "—".into(), "—".into());
+        return;
+    };
+    let pipelined = rate(c.pipelined_rate);
+    let serial_p99 = c.serial.p99;
+    t.row(
+        p,
+        "journal ceiling: pipelined conditional writes (10,000 subjects, 200 B)",
+        pipelined.clone(),
+        pipelined.clone(),
+        "100%".into(),
+    );
+    t.row(
+        p,
+        "journal ceiling: one conditional write waited for, p50 / p99",
+        format!("{} / {}", human(c.serial.p50), human(c.serial.p99)),
+        format!("{} serially", rate(c.serial_rate)),
+        "1×".into(),
+    );
+    for placement in &phase.placements {
+        placement_rows(t, p, c, placement);
+    }
+    for (tasks, seed) in &phase.seeding {
+        t.row(
+            p,
+            &format!("seeding to {} tasks (pipelined conditional writes)", size(*tasks)),
+            format!(
+                "{} tasks + {} instances in {}",
+                thousands(seed.tasks_written as u64),
+                thousands(seed.instances_written as u64),
+                human(seed.elapsed)
+            ),
+            pipelined.clone(),
+            percent(
+                crate::stats::per_second(
+                    (seed.tasks_written + seed.instances_written) as u64,
+                    seed.elapsed,
+                ),
+                c.pipelined_rate,
+            ),
+        );
+    }
+    for read in &phase.reads {
+        let s = size(read.seeded_tasks);
+        let dt = read.describe_tasks;
+        let dci = read.describe_instances;
+        t.row(
+            p,
+            &format!("DescribeTasks (10 tasks) at {s} tasks, p50 / p99 / p99.9"),
+            format!("{} / {} / {}", human(dt.p50), human(dt.p99), human(dt.p999)),
+            format!("p99 {}", human(serial_p99)),
+            times(dt.p99, serial_p99),
+        );
+        t.row(
+            p,
+            &format!("DescribeContainerInstances (10) at {s} tasks, p50 / p99 / p99.9"),
+            format!("{} / {} / {}", human(dci.p50), human(dci.p99), human(dci.p999)),
+            format!("p99 {}", human(serial_p99)),
+            times(dci.p99, serial_p99),
+        );
+        t.row(
+            p,
+            &format!("  churn during reads at {s}"),
+            format!(
+                "{:.1} joins/s, {:.1} leaves/s, {} background tasks placed, {} samples per read kind, {} errors",
+                read.joins_per_second(),
+                read.leaves_per_second(),
+                thousands(read.background_tasks),
+                thousands(dt.count as u64),
+                read.read_errors + read.churn_errors + read.background_errors
+            ),
+            "—".into(),
+            "—".into(),
+        );
+    }
+    if let (Some(first), Some(last)) = (phase.reads.first(), phase.reads.last()) {
+        if phase.reads.len() > 1 && !first.describe_tasks.p99.is_zero() {
+            t.row(
+                p,
+                &format!(
+                    "DescribeTasks flatness: p99 at {} / p99 at {}",
+                    size(last.seeded_tasks),
+                    size(first.seeded_tasks)
+                ),
+                format!(
+                    "{:.2}",
+                    last.describe_tasks.p99.as_secs_f64() / first.describe_tasks.p99.as_secs_f64()
+                ),
+                "—".into(),
+                "—".into(),
+            );
+        }
+    }
+    for r in &phase.recoveries {
+        let replay = crate::stats::per_second(r.journal_sequence, r.elapsed);
+        t.row(
+            p,
+            &format!("recovery: fresh berth-control serving reads at {} tasks", size(r.seeded_tasks)),
+            format!(
+                "{} ({} tasks in view, {} journal messages)",
+                human(r.elapsed),
+                r.tasks_in_view.map_or("?".into(), thousands),
+                thousands(r.journal_sequence)
+            ),
+            pipelined.clone(),
+            format!("replay {} = {}", rate(replay), percent(replay, c.pipelined_rate)),
+        );
+        if let (Some(rss), Some(tasks)) = (r.rss_kib, r.tasks_in_view) {
+            t.row(
+                p,
+                &format!("memory: berth-control RSS after recovery at {}", size(r.seeded_tasks)),
+                format!(
+                    "{} MiB ({} bytes per task in view, fixed costs included)",
+                    thousands(rss / 1024),
+                    thousands((rss * 1024).checked_div(tasks).unwrap_or(0))
+                ),
+                "—".into(),
+                "—".into(),
+            );
+        }
+    }
+    if let Some(per_task) = phase.bytes_per_task() {
+        t.row(
+            p,
+            "memory: berth-control RSS per 100,000 tasks in view (slope between recoveries)",
+            format!(
+                "{:.1} MiB ({:.0} bytes per task)",
+                per_task * 100_000.0 / 1_048_576.0,
+                per_task
+            ),
+            "—".into(),
+            "—".into(),
+        );
+    }
+    if let Some(s) = &phase.start {
+        t.row(
+            p,
+            "task start, process runtime: RunTask to RUNNING in the journal, p50 / p99",
+            format!(
+                "{} / {} ({} of {} seen RUNNING, {} errors)",
+                human(s.latency.p50),
+                human(s.latency.p99),
+                s.observed,
+                s.requested,
+                s.errors
+            ),
+            format!("p99 {}", human(serial_p99)),
+            times(s.latency.p99, serial_p99),
+        );
+    }
+}
+
+fn placement_rows(t: &mut Table, p: &str, c: &Ceiling, placement: &Placement) {
+    let run = &placement.run;
+    let n = size(placement.instances);
+    t.row(
+        p,
+        &format!("placement throughput on {n} hollow instances (RunTask count 10, {} in flight)", run.concurrency),
+        format!(
+            "{} ({} tasks in {})",
+            rate(run.rate),
+            thousands(run.placed),
+            human(run.elapsed)
+        ),
+        rate(c.pipelined_rate),
+        percent(run.rate, c.pipelined_rate),
+    );
+    t.row(
+        p,
+        &format!("  conflicts per 1,000 placements on {n}"),
+        format!(
+            "{:.2} ({} conflicts, {} retries, {} group commits for {} placements)",
+            run.conflicts_per_1000(),
+            run.stats.conflicts,
+            run.stats.retries,
+            thousands(run.stats.group_commits),
+            thousands(run.stats.placements)
+        ),
+        "—".into(),
+        "—".into(),
+    );
+    t.row(
+        p,
+        &format!("  RunTask round trip on {n}, p50 / p99"),
+        format!("{} / {}", human(run.latency.p50), human(run.latency.p99)),
+        format!("p99 {}", human(c.serial.p99)),
+        times(run.latency.p99, c.serial.p99),
+    );
+    if run.failures + run.errors > 0 {
+        t.row(
+            p,
+            &format!("  unplaced on {n}"),
+            format!(
+                "{} failures, {} errors{}",
+                run.failures,
+                run.errors,
+                run.first_error
+                    .as_deref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default()
+            ),
+            "—".into(),
+            "—".into(),
+        );
+    }
+}
+
+fn where_time_goes(out: &mut String, phase: &Phase, placement: &Placement) {
+    let run = &placement.run;
+    let _ = writeln!(
+        out,
+        "\n### Where the time goes: placement on {} instances ({})\n",
+        size(placement.instances),
+        phase.label
+    );
+    let ceiling = phase.ceiling.as_ref().map_or(0.0, |c| c.pipelined_rate);
+    let per_task = run.writes_per_task();
+    let _ = writeln!(
+        out,
+        "- journal traffic per task placed: {:.2} messages ({:.2} BERTH_STATE writes, {:.3} commands, {:.3} outcomes); \
+         at the measured ceiling that bounds placement at {} if the journal were the only limit",
+        per_task,
+        run.state_writes as f64 / run.placed.max(1) as f64,
+        run.commands as f64 / run.placed.max(1) as f64,
+        run.outcomes as f64 / run.placed.max(1) as f64,
+        if per_task > 0.0 { rate(ceiling / per_task) } else { "—".into() }
+    );
+    let _ = writeln!(
+        out,
+        "- instance writes: {} group commits for {} placements ({:.2} placements per instance write)",
+        thousands(run.stats.group_commits),
+        thousands(run.stats.placements),
+        run.stats.placements as f64 / run.stats.group_commits.max(1) as f64
+    );
+    let elapsed = run.cpu.elapsed.as_secs_f64().max(1e-9);
+    let per_1000 = |d: Duration| d.as_secs_f64() * 1000.0 * 1000.0 / run.placed.max(1) as f64;
+    let mut cpu = String::new();
+    for (name, used) in &run.cpu.by_process {
+        let _ = write!(
+            cpu,
+            "{name} {:.2} cores ({:.0} ms per 1,000 tasks); ",
+            used.as_secs_f64() / elapsed,
+            per_1000(*used)
+        );
+    }
+    if let Some(others) = run.cpu.others() {
+        let _ = write!(
+            cpu,
+            "everything else on the machine {:.2} cores",
+            others.as_secs_f64() / elapsed
+        );
+    }
+    let _ = writeln!(out, "- CPU during the run (of {} cores): {cpu}", num_cores());
+    match &run.profile {
+        Some(profile) => {
+            let areas: Vec<String> = profile
+                .by_area
+                .iter()
+                .take(10)
+                .map(|(a, p)| format!("{a} {p:.1}%"))
+                .collect();
+            let _ = writeln!(out, "- berth-control profile (perf, self time by crate): {}", areas.join(", "));
+            let _ = writeln!(out, "- hottest symbols:");
+            for (symbol, p) in &profile.top {
+                let short: String = symbol.chars().take(140).collect();
+                let _ = writeln!(out, "  - {p:.1}% `{short}`");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "- no perf profile (perf unavailable or disabled)");
+        }
+    }
+}
+
+fn num_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+enum Verdict {
+    Met,
+    Short,
+    Unmeasured,
+}
+
+impl Verdict {
+    fn of(met: Option<bool>) -> Self {
+        match met {
+            Some(true) => Self::Met,
+            Some(false) => Self::Short,
+            None => Self::Unmeasured,
+        }
+    }
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Met => "met",
+            Self::Short => "short",
+            Self::Unmeasured => "not measured",
+        }
+    }
+}
+
+fn goals(out: &mut String, results: &Results) {
+    let _ = writeln!(out, "\n### Goals (issue 5)\n");
+    let _ = writeln!(out, "| figure | goal | this run | status |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    let r1 = results.phases.iter().find(|p| p.replicas == 1);
+    let r3 = results.phases.iter().find(|p| p.replicas == 3);
+    let mut row = |figure: &str, goal: &str, measured: String, met: Option<bool>| {
+        let _ = writeln!(
+            out,
+            "| {figure} | {goal} | {measured} | {} |",
+            Verdict::of(met).as_str()
+        );
+    };
+
+    let largest = |phase: Option<&Phase>| -> Option<(Placement, f64)> {
+        let phase = phase?;
+        let ceiling = phase.ceiling.as_ref()?.pipelined_rate;
+        phase
+            .placements
+            .iter()
+            .max_by_key(|p| p.instances)
+            .map(|p| (p.clone(), ceiling))
+    };
+    match largest(r1) {
+        Some((p, ceiling)) => row(
+            &format!("placement throughput, R1, {} instances", size(p.instances)),
+            ">= 20,000 tasks/s and >= 15% of the ceiling",
+            format!("{} = {}", rate(p.run.rate), percent(p.run.rate, ceiling)),
+            Some(p.run.rate >= 20_000.0 && p.run.rate >= 0.15 * ceiling),
+        ),
+        None => row("placement throughput, R1", ">= 20,000 tasks/s and >= 15% of the ceiling", "—".into(), None),
+    }
+    match largest(r3) {
+        Some((p, ceiling)) => row(
+            &format!("placement throughput, R3, {} instances", size(p.instances)),
+            ">= 10,000 tasks/s",
+            format!("{} = {}", rate(p.run.rate), percent(p.run.rate, ceiling)),
+            Some(p.run.rate >= 10_000.0),
+        ),
+        None => row("placement throughput, R3", ">= 10,000 tasks/s", "—".into(), None),
+    }
+    match r1.and_then(|p| Some((p.reads.first()?, p.reads.last()?))) {
+        Some((first, last)) => {
+            let flat = last.describe_tasks.p99.as_secs_f64() / first.describe_tasks.p99.as_secs_f64().max(1e-9);
+            row(
+                &format!("DescribeTasks p99, {} tasks, under churn", size(last.seeded_tasks)),
+                "<= 2 ms, and <= 1.5x the p99 at 1,000 tasks",
+                format!("{} ({flat:.2}x the p99 at {})", human(last.describe_tasks.p99), size(first.seeded_tasks)),
+                Some(last.describe_tasks.p99 <= Duration::from_millis(2) && flat <= 1.5),
+            );
+        }
+        None => row("DescribeTasks p99 under churn", "<= 2 ms, and <= 1.5x the p99 at 1,000 tasks", "—".into(), None),
+    }
+    match r1.and_then(|p| p.recoveries.last()) {
+        Some(r) => row(
+            &format!("recovery at {} tasks", size(r.seeded_tasks)),
+            "<= 10 s (at 1,000,000 tasks)",
+            human(r.elapsed),
+            Some(r.elapsed <= Duration::from_secs(10)),
+        ),
+        None => row("recovery at 1,000,000 tasks", "<= 10 s", "—".into(), None),
+    }
+    match r1.and_then(Phase::bytes_per_task) {
+        Some(bytes) => row(
+            "memory",
+            "<= 1 KiB per task in the view",
+            format!("{bytes:.0} bytes per task"),
+            Some(bytes <= 1024.0),
+        ),
+        None => row("memory", "<= 1 KiB per task in the view", "—".into(), None),
+    }
+    match r1.and_then(|p| p.start.as_ref()) {
+        Some(s) => row(
+            "task start, process runtime",
+            "p99 <= 100 ms",
+            format!("p99 {} over {} tasks", human(s.latency.p99), s.observed),
+            Some(s.observed > 0 && s.latency.p99 <= Duration::from_millis(100)),
+        ),
+        None => row("task start, process runtime", "p99 <= 100 ms", "—".into(), None),
+    }
+    if results.criterion.is_empty() {
+        row("one placement decision over 10,000 instances", "<= 50 us", "—".into(), None);
+    }
+    for figure in &results.criterion {
+        row(
+            &format!("one placement decision: `{}`", figure.name),
+            "<= 50 us",
+            human(figure.per_iteration),
+            Some(figure.per_iteration <= Duration::from_micros(50)),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{AuditSummary, Recovery};
+    use crate::stats::Percentiles;
+
+    #[test]
+    fn renders_every_section() {
+        let ceiling = Ceiling {
+            replicas: 1,
+            pipelined_rate: 100_000.0,
+            serial: Percentiles {
+                p50: Duration::from_micros(100),
+                p99: Duration::from_micros(200),
+                ..Default::default()
+            },
+            serial_rate: 9_000.0,
+            ..Default::default()
+        };
+        let mut placement = crate::placement::PlacementRun {
+            placed: 1_000,
+            rate: 20_000.0,
+            elapsed: Duration::from_millis(50),
+            state_writes: 2_000,
+            ..Default::default()
+        };
+        placement.stats.placements = 1_000;
+        placement.stats.conflicts = 3;
+        let results = Results {
+            command: "scripts/bench".into(),
+            phases: vec![Phase {
+                label: "R1".into(),
+                replicas: 1,
+                ceiling: Some(ceiling),
+                placements: vec![Placement {
+                    instances: 10_000,
+                    run: placement,
+                }],
+                recoveries: vec![Recovery {
+                    seeded_tasks: 1_000_000,
+                    elapsed: Duration::from_secs(4),
+                    ..Default::default()
+                }],
+                audit: Some(AuditSummary::default()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(&results);
+        assert!(text.contains("| R1 | placement throughput on 10k hollow instances"));
+        assert!(text.contains("20.0%"));
+        assert!(text.contains("3.00 (3 conflicts"));
+        assert!(text.contains("| recovery at 1M tasks | <= 10 s (at 1,000,000 tasks) | 4.00 s | met |"));
+        assert!(text.contains("Where the time goes: placement on 10k instances"));
+        assert!(text.contains("2.00 messages"));
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(size(1_000_000), "1M");
+        assert_eq!(size(10_000), "10k");
+        assert_eq!(size(1_500), "1,500");
+    }
+}

@@ -1,0 +1,753 @@
+//! The order of a run. Phase R1 (one nats-server, R1 streams): the journal ceiling; a
+//! `berth-control` process; read latency under churn at growing seeded sizes, with a
+//! fresh replica's recovery and memory at the recovery sizes; placement throughput on
+//! the large and the small hollow clusters (before any size above 100,000 tasks, so the
+//! big seeded cluster does not share the machine with it); task start latency with a
+//! real `berth-agent`; then quiescence and the audit. Phase R3 (3-node cluster, R3
+//! streams): ceiling, placement throughput and reads, then the audit.
+
+use crate::api::Api;
+use crate::ceiling;
+use crate::placement::{self, Load};
+use crate::processes::{AgentProcess, ControlProcess, Nats};
+use crate::procfs;
+use crate::reads::{self, ReadLoad};
+use crate::report;
+use crate::results::{AuditSummary, Machine, Phase, Placement, Recovery, Results};
+use crate::runtime::{self, StartLoad};
+use crate::seed::{self, Seeder};
+use crate::Args;
+use anyhow::{bail, Context as _};
+use berth_journal::{Journal, JournalConfig};
+use berth_messages::api::{
+    ClusterResponse, CreateClusterRequest, DescribeTasksRequest, RegisterTaskDefinitionRequest,
+    TaskDefinitionResponse, TasksResponse,
+};
+use berth_messages::command::Action;
+use berth_messages::streams::{self, StreamOptions};
+use berth_sim::{SimConfig, SimHandle};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const READS: &str = "reads";
+const PLACE: &str = "place";
+const PLACE_SMALL: &str = "place-small";
+const PROC: &str = "proc";
+const PLACE_FAMILY: &str = "bench-place";
+const PROC_FAMILY: &str = "bench-proc";
+/// Seeded sizes above this run after the placement measurements.
+const PLACEMENT_BEFORE_SIZE: usize = 100_000;
+const CONTROL_START_TIMEOUT: Duration = Duration::from_secs(600);
+const VIEW_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub ceiling_writes: usize,
+    pub serial_writes: usize,
+    pub instances: usize,
+    pub instances_small: usize,
+    pub place_tasks: usize,
+    pub concurrency: usize,
+    pub read_sizes: Vec<usize>,
+    pub recovery_sizes: Vec<usize>,
+    pub read_samples: usize,
+    pub read_instances: usize,
+    pub background_per_second: u32,
+    pub churn_per_second: u32,
+    pub start_tasks: usize,
+    pub start_per_second: u32,
+    pub r3_instances: usize,
+    pub r3_tasks: usize,
+    pub r3_read_size: usize,
+}
+
+impl Sizes {
+    pub fn from_args(args: &Args) -> Sizes {
+        let base = if args.quick {
+            Sizes {
+                ceiling_writes: 30_000,
+                serial_writes: 1_000,
+                instances: 200,
+                instances_small: 50,
+                place_tasks: 2_000,
+                concurrency: 16,
+                read_sizes: vec![1_000, 10_000],
+                recovery_sizes: vec![1_000, 10_000],
+                read_samples: 1_000,
+                read_instances: 50,
+                background_per_second: 5,
+                churn_per_second: 10,
+                start_tasks: 20,
+                start_per_second: 20,
+                r3_instances: 200,
+                r3_tasks: 2_000,
+                r3_read_size: 10_000,
+            }
+        } else {
+            Sizes {
+                ceiling_writes: 200_000,
+                serial_writes: 5_000,
+                instances: 10_000,
+                instances_small: 1_000,
+                place_tasks: 100_000,
+                concurrency: 64,
+                read_sizes: vec![1_000, 10_000, 100_000, 1_000_000],
+                recovery_sizes: vec![100_000, 1_000_000],
+                read_samples: 20_000,
+                read_instances: 1_000,
+                background_per_second: 10,
+                churn_per_second: 10,
+                start_tasks: 500,
+                start_per_second: 20,
+                r3_instances: 10_000,
+                r3_tasks: 50_000,
+                r3_read_size: 100_000,
+            }
+        };
+        Sizes {
+            instances: args.instances.unwrap_or(base.instances),
+            instances_small: args.instances_small.unwrap_or(base.instances_small),
+            place_tasks: args.place_tasks.unwrap_or(base.place_tasks),
+            concurrency: args.concurrency.unwrap_or(base.concurrency),
+            read_sizes: args.read_sizes.clone().unwrap_or(base.read_sizes.clone()),
+            recovery_sizes: args
+                .recovery_sizes
+                .clone()
+                .unwrap_or(base.recovery_sizes.clone()),
+            read_samples: args.read_samples.unwrap_or(base.read_samples),
+            read_instances: args.read_instances.unwrap_or(base.read_instances),
+            start_tasks: args.start_tasks.unwrap_or(base.start_tasks),
+            r3_instances: args.r3_instances.unwrap_or(base.r3_instances),
+            r3_tasks: args.r3_tasks.unwrap_or(base.r3_tasks),
+            r3_read_size: args.r3_read_size.unwrap_or(base.r3_read_size),
+            ..base
+        }
+    }
+}
+
+/// Binaries the run starts.
+struct Bins {
+    control: PathBuf,
+    agent: PathBuf,
+}
+
+fn next_to_this_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("path of berth-bench")?;
+    let dir = exe.parent().context("directory of berth-bench")?;
+    Ok(dir.join(name))
+}
+
+/// Runs everything and prints the report.
+pub async fn run(args: Args) -> anyhow::Result<Results> {
+    let started = Instant::now();
+    let sizes = Sizes::from_args(&args);
+    let bins = Bins {
+        control: match &args.control_bin {
+            Some(p) => p.clone(),
+            None => next_to_this_binary("berth-control")?,
+        },
+        agent: match &args.agent_bin {
+            Some(p) => p.clone(),
+            None => next_to_this_binary("berth-agent")?,
+        },
+    };
+    if !bins.control.is_file() {
+        bail!(
+            "{} does not exist: build it (cargo build --release -p berth-control) or pass --control-bin",
+            bins.control.display()
+        );
+    }
+    let work_dir = match &args.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => tempfile::Builder::new()
+            .prefix("berth-bench-")
+            .tempdir()
+            .context("creating a work directory")?
+            .keep(),
+    };
+    tracing::info!(work_dir = %work_dir.display(), ?sizes, "berth-bench starting");
+    let mut results = Results {
+        quick: args.quick,
+        command: std::iter::once("scripts/bench".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        machine: machine(),
+        ..Default::default()
+    };
+    if let Some(path) = &args.placement_bench {
+        results.criterion = crate::criterion::read(path);
+    }
+
+    results
+        .phases
+        .push(single_node(&args, &sizes, &bins, &work_dir.join("r1")).await);
+    if !args.skip_r3 {
+        results
+            .phases
+            .push(three_nodes(&args, &sizes, &bins, &work_dir.join("r3")).await);
+    }
+    results.total = started.elapsed();
+    let text = report::render(&results);
+    println!("{text}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!("berth-bench: logs and profiles in {}", work_dir.display());
+    Ok(results)
+}
+
+fn machine() -> Machine {
+    let nats_version = std::process::Command::new(berth_testkit::nats_server_bin())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "nats-server (version unknown)".into());
+    Machine {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_mib: procfs::memory_total_mib().unwrap_or(0),
+        cpu_model: procfs::cpu_model().unwrap_or_else(|| "unknown CPU".into()),
+        nats_version,
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+            .unwrap_or_default(),
+    }
+}
+
+/// A nats-server setup with a control plane and the connections the benchmark uses.
+struct Env {
+    dir: PathBuf,
+    urls: Vec<String>,
+    replicas: usize,
+    client: async_nats::Client,
+    /// Setup calls, placement load, recovery probes.
+    api: Api,
+    /// Churn and background placements during reads.
+    load_api: Api,
+    /// Timed reads (own connection).
+    read_api: Api,
+    journal: Journal,
+    control_bin: PathBuf,
+    control: Option<ControlProcess>,
+    controls_started: usize,
+    nats_pids: Vec<u32>,
+    sims: Vec<SimHandle>,
+}
+
+impl Env {
+    async fn connect(nats: &Nats, control_bin: &Path, dir: &Path) -> anyhow::Result<Env> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let client = nats.connect("berth-bench").await?;
+        let load_client = nats.connect("berth-bench-load").await?;
+        let read_client = nats.connect("berth-bench-reads").await?;
+        let replicas = nats.replicas();
+        let journal = Journal::with_client(
+            client.clone(),
+            &JournalConfig {
+                servers: nats.urls(),
+                streams: StreamOptions {
+                    replicas,
+                    ..StreamOptions::default()
+                },
+                name: "berth-bench".into(),
+                ..JournalConfig::default()
+            },
+        )
+        .await
+        .context("opening the journal")?;
+        let timeout = Duration::from_secs(60);
+        Ok(Env {
+            dir: dir.to_path_buf(),
+            urls: nats.urls(),
+            replicas,
+            api: Api::new(client.clone(), timeout),
+            load_api: Api::new(load_client, timeout),
+            read_api: Api::new(read_client, timeout),
+            client,
+            journal,
+            control_bin: control_bin.to_path_buf(),
+            control: None,
+            controls_started: 0,
+            nats_pids: nats.pids(),
+            sims: Vec::new(),
+        })
+    }
+
+    /// Starts a replica and waits until it serves the API.
+    async fn start_control(&mut self) -> anyhow::Result<()> {
+        self.controls_started += 1;
+        let log = self
+            .dir
+            .join(format!("berth-control-{}.log", self.controls_started));
+        let mut control = ControlProcess::spawn(&self.control_bin, &self.urls, self.replicas, &log)?;
+        control
+            .wait_serving(&self.api, CONTROL_START_TIMEOUT)
+            .await?;
+        self.control = Some(control);
+        Ok(())
+    }
+
+    fn control_pid(&self) -> Option<u32> {
+        self.control.as_ref().map(ControlProcess::pid)
+    }
+
+    fn cpu_groups(&self) -> Vec<(String, Vec<u32>)> {
+        vec![
+            ("berth-control".into(), self.control_pid().into_iter().collect()),
+            ("nats-server".into(), self.nats_pids.clone()),
+            (
+                "berth-bench (load and hollow hosts)".into(),
+                vec![std::process::id()],
+            ),
+        ]
+    }
+
+    async fn create_cluster(&self, name: &str) -> anyhow::Result<()> {
+        let request = CreateClusterRequest {
+            cluster_name: Some(name.into()),
+            ..Default::default()
+        };
+        self.api
+            .call::<_, ClusterResponse>(Action::CreateCluster, &request)
+            .await
+            .with_context(|| format!("creating cluster {name}"))?;
+        Ok(())
+    }
+
+    async fn register(&self, request: &RegisterTaskDefinitionRequest) -> anyhow::Result<String> {
+        let r: TaskDefinitionResponse = self
+            .api
+            .call(Action::RegisterTaskDefinition, request)
+            .await
+            .with_context(|| format!("registering task definition {}", request.family))?;
+        Ok(r.task_definition.task_definition_arn)
+    }
+
+    /// Starts hollow instances; returns their ARNs and how long registering them took.
+    async fn start_sim(
+        &mut self,
+        cluster: &str,
+        instances: usize,
+        start_delay: Duration,
+        run_time: Duration,
+    ) -> anyhow::Result<(Vec<String>, Duration)> {
+        let started = Instant::now();
+        let sim = berth_sim::start(SimConfig {
+            cluster: cluster.into(),
+            nats: self.urls.clone(),
+            instances,
+            cpu: 4096,
+            memory: 16384,
+            start_delay,
+            run_time,
+            exit_code: 0,
+            heartbeat_interval: Duration::from_secs(5),
+            data_dir: None,
+        })
+        .await
+        .with_context(|| format!("starting {instances} hollow instances in {cluster}"))?;
+        let arns = sim.instance_arns().to_vec();
+        self.sims.push(sim);
+        Ok((arns, started.elapsed()))
+    }
+
+    async fn stop_sims(&mut self) {
+        for sim in self.sims.drain(..) {
+            sim.stop().await;
+        }
+    }
+
+    /// Waits until the serving replica's view has applied `sequence`.
+    async fn wait_view(&self, sequence: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let api = self.api.with_timeout(Duration::from_secs(5));
+        loop {
+            if let Ok(applied) = api.applied_sequence().await {
+                if applied >= sequence {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("the control plane's view did not reach sequence {sequence} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn control_rss_kib(&self) -> Option<u64> {
+        self.control.as_ref().and_then(ControlProcess::rss_kib)
+    }
+
+    /// Stops the replica, starts a fresh one and times it until a read reflects the whole
+    /// journal; then reads its memory.
+    async fn recover(&mut self, seeder: &Seeder) -> anyhow::Result<Recovery> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let last = placement::last_sequence(&js, streams::STATE).await;
+        if let Some(old) = self.control.take() {
+            old.stop().await?;
+        }
+        self.controls_started += 1;
+        let log = self
+            .dir
+            .join(format!("berth-control-{}.log", self.controls_started));
+        let mut control = ControlProcess::spawn(&self.control_bin, &self.urls, self.replicas, &log)?;
+        let probe = self.api.with_timeout(Duration::from_millis(500));
+        let deadline = Instant::now() + CONTROL_START_TIMEOUT;
+        loop {
+            control.check_alive()?;
+            if probe.applied_sequence().await.is_ok_and(|applied| applied >= last) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("a fresh berth-control did not catch up within {CONTROL_START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let elapsed = control.started.elapsed();
+        let last_task = seeder.task_arn(seeder.tasks().saturating_sub(1));
+        let found: TasksResponse = self
+            .api
+            .call(
+                Action::DescribeTasks,
+                &DescribeTasksRequest {
+                    cluster: Some(READS.into()),
+                    tasks: vec![last_task.clone()],
+                    include: Vec::new(),
+                },
+            )
+            .await
+            .context("reading from the recovered replica")?;
+        if found.tasks.len() != 1 {
+            bail!("the recovered replica does not know {last_task}");
+        }
+        let recovery = Recovery {
+            seeded_tasks: seeder.tasks(),
+            tasks_in_view: control.view_ready_tasks(),
+            journal_sequence: last,
+            elapsed,
+            rss_kib: control.rss_kib(),
+        };
+        self.control = Some(control);
+        Ok(recovery)
+    }
+
+    /// Waits until every command has been processed (the work-queue stream is empty).
+    async fn quiesce(&self, timeout: Duration) -> anyhow::Result<()> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pending = match js.get_stream(streams::CMD).await {
+                Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(u64::MAX),
+                Err(_) => u64::MAX,
+            };
+            if pending == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{pending} command(s) still unprocessed after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn audit(&self) -> anyhow::Result<AuditSummary> {
+        let started = Instant::now();
+        let report = berth_audit::audit(&self.client)
+            .await
+            .context("auditing the journal")?;
+        Ok(AuditSummary {
+            messages: report.messages,
+            instances: report.instances,
+            tasks: report.tasks,
+            violations: report.violations.len(),
+            first_violations: report.violations.iter().take(10).map(|v| v.to_string()).collect(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Stops hollow hosts, waits for quiescence, audits, and stops the control plane.
+    async fn finish(mut self, phase: &mut Phase) {
+        self.stop_sims().await;
+        if self.control.is_some() {
+            if let Err(e) = self.quiesce(Duration::from_secs(120)).await {
+                phase.errors.push(format!("{e:#}"));
+            }
+        }
+        match self.audit().await {
+            Ok(audit) => phase.audit = Some(audit),
+            Err(e) => phase.errors.push(format!("{e:#}")),
+        }
+        if let Some(control) = self.control.take() {
+            if let Err(e) = control.stop().await {
+                phase.errors.push(format!("stopping berth-control: {e:#}"));
+            }
+        }
+    }
+}
+
+async fn single_node(args: &Args, sizes: &Sizes, bins: &Bins, dir: &Path) -> Phase {
+    let mut phase = Phase {
+        label: "R1 (1 node)".into(),
+        replicas: 1,
+        read_instances: sizes.read_instances,
+        background_per_second: sizes.background_per_second,
+        churn_per_second: sizes.churn_per_second,
+        ..Default::default()
+    };
+    let nats = match Nats::start(1).await {
+        Ok(n) => n,
+        Err(e) => {
+            phase.errors.push(format!("{e:#}"));
+            return phase;
+        }
+    };
+    match Env::connect(&nats, &bins.control, dir).await {
+        Ok(mut env) => {
+            if let Err(e) = measure_single_node(&mut env, &mut phase, args, sizes, bins).await {
+                phase.errors.push(format!("{e:#}"));
+            }
+            env.finish(&mut phase).await;
+        }
+        Err(e) => phase.errors.push(format!("{e:#}")),
+    }
+    nats.stop().await;
+    phase
+}
+
+async fn measure_single_node(
+    env: &mut Env,
+    phase: &mut Phase,
+    args: &Args,
+    sizes: &Sizes,
+    bins: &Bins,
+) -> anyhow::Result<()> {
+    tracing::info!("R1: journal ceiling");
+    phase.ceiling = Some(
+        ceiling::measure(&env.client, 1, sizes.ceiling_writes, sizes.serial_writes).await?,
+    );
+    env.start_control().await?;
+    for cluster in [READS, PLACE, PLACE_SMALL, PROC] {
+        env.create_cluster(cluster).await?;
+    }
+    let seed_definition = env.register(&seed::task_definition_request()).await?;
+    env.register(&seed::definition(PLACE_FAMILY, 16, 32, Vec::new()))
+        .await?;
+    env.register(&seed::definition(
+        PROC_FAMILY,
+        1,
+        8,
+        vec!["sleep".into(), "0.2".into()],
+    ))
+    .await?;
+
+    tracing::info!(instances = sizes.read_instances, "R1: hollow instances of the read cluster");
+    let (hollow, _) = env
+        .start_sim(
+            READS,
+            sizes.read_instances,
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+        )
+        .await?;
+    let mut seeder = Seeder::new(env.journal.clone(), &env.client, READS, &seed_definition);
+    let read_load = ReadLoad {
+        cluster: READS.into(),
+        family: PLACE_FAMILY.into(),
+        samples: sizes.read_samples,
+        churn_per_second: sizes.churn_per_second,
+        background_per_second: sizes.background_per_second,
+    };
+    let mut placed = false;
+    for &size in &sizes.read_sizes {
+        if !placed && size > PLACEMENT_BEFORE_SIZE {
+            placements(env, phase, args, sizes).await?;
+            placed = true;
+        }
+        tracing::info!(size, "R1: seeding");
+        let seeding = seeder.seed_to(size).await?;
+        env.wait_view(seeding.last_sequence, VIEW_TIMEOUT).await?;
+        phase.seeding.push((size, seeding));
+        if sizes.recovery_sizes.contains(&size) {
+            tracing::info!(size, "R1: recovery");
+            phase.recoveries.push(env.recover(&seeder).await?);
+        }
+        tracing::info!(size, "R1: reads under churn");
+        let mut read = reads::measure(&env.read_api, &env.load_api, &read_load, &seeder, &hollow).await;
+        read.control_rss_kib = env.control_rss_kib();
+        phase.reads.push(read);
+    }
+    if !placed {
+        placements(env, phase, args, sizes).await?;
+    }
+
+    if !args.skip_runtime {
+        tracing::info!(tasks = sizes.start_tasks, "R1: task start with the process runtime");
+        phase.start = Some(task_start(env, sizes, bins).await?);
+    }
+    Ok(())
+}
+
+/// Placement throughput on the large and the small hollow clusters.
+async fn placements(
+    env: &mut Env,
+    phase: &mut Phase,
+    args: &Args,
+    sizes: &Sizes,
+) -> anyhow::Result<()> {
+    for (cluster, instances) in [(PLACE, sizes.instances), (PLACE_SMALL, sizes.instances_small)] {
+        if instances == 0 {
+            continue;
+        }
+        phase
+            .placements
+            .push(placement_run(env, args, sizes, cluster, instances, sizes.place_tasks).await?);
+    }
+    Ok(())
+}
+
+async fn placement_run(
+    env: &mut Env,
+    args: &Args,
+    sizes: &Sizes,
+    cluster: &str,
+    instances: usize,
+    tasks: usize,
+) -> anyhow::Result<Placement> {
+    tracing::info!(cluster, instances, "hollow instances for placement");
+    // Hollow hosts that never start their tasks: the run measures placement alone.
+    let hour = Duration::from_secs(3600);
+    let (_, registration) = env.start_sim(cluster, instances, hour, hour).await?;
+    tracing::info!(cluster, instances, tasks, ?registration, "placement throughput");
+    let profile_dir = env.dir.join(format!("profile-{cluster}"));
+    let profile_target = match (args.no_perf, env.control_pid()) {
+        (false, Some(pid)) if std::fs::create_dir_all(&profile_dir).is_ok() => {
+            Some((pid, profile_dir.as_path()))
+        }
+        _ => None,
+    };
+    let load = Load {
+        cluster: cluster.into(),
+        family: PLACE_FAMILY.into(),
+        tasks,
+        concurrency: sizes.concurrency,
+    };
+    let mut run = placement::run(&env.api, &load, env.cpu_groups(), profile_target).await;
+    run.instances = instances;
+    run.registration = registration;
+    if let Some(sim) = env.sims.pop() {
+        sim.stop().await;
+    }
+    Ok(Placement { instances, run })
+}
+
+async fn task_start(env: &mut Env, sizes: &Sizes, bins: &Bins) -> anyhow::Result<crate::runtime::StartRun> {
+    if !bins.agent.is_file() {
+        bail!(
+            "{} does not exist: build it (cargo build --release -p berth-agent) or pass --agent-bin / --skip-runtime",
+            bins.agent.display()
+        );
+    }
+    let data_dir = env.dir.join("agent-data");
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let agent = AgentProcess::spawn(
+        &bins.agent,
+        &env.urls,
+        PROC,
+        &data_dir,
+        &env.dir.join("berth-agent.log"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let load = StartLoad {
+        cluster: PROC.into(),
+        family: PROC_FAMILY.into(),
+        instance_arn: agent.instance_arn.clone(),
+        tasks: sizes.start_tasks,
+        per_second: sizes.start_per_second,
+    };
+    let result = runtime::measure(&env.api, &load, Duration::from_secs(120)).await;
+    agent.stop().await?;
+    result
+}
+
+async fn three_nodes(args: &Args, sizes: &Sizes, bins: &Bins, dir: &Path) -> Phase {
+    let mut phase = Phase {
+        label: "R3 (3 nodes)".into(),
+        replicas: 3,
+        read_instances: sizes.read_instances,
+        background_per_second: sizes.background_per_second,
+        churn_per_second: sizes.churn_per_second,
+        ..Default::default()
+    };
+    let nats = match Nats::start(3).await {
+        Ok(n) => n,
+        Err(e) => {
+            phase.errors.push(format!("{e:#}"));
+            return phase;
+        }
+    };
+    match Env::connect(&nats, &bins.control, dir).await {
+        Ok(mut env) => {
+            if let Err(e) = measure_three_nodes(&mut env, &mut phase, args, sizes).await {
+                phase.errors.push(format!("{e:#}"));
+            }
+            env.finish(&mut phase).await;
+        }
+        Err(e) => phase.errors.push(format!("{e:#}")),
+    }
+    nats.stop().await;
+    phase
+}
+
+async fn measure_three_nodes(
+    env: &mut Env,
+    phase: &mut Phase,
+    args: &Args,
+    sizes: &Sizes,
+) -> anyhow::Result<()> {
+    tracing::info!("R3: journal ceiling");
+    phase.ceiling = Some(
+        ceiling::measure(&env.client, 3, sizes.ceiling_writes, sizes.serial_writes).await?,
+    );
+    env.start_control().await?;
+    for cluster in [READS, PLACE] {
+        env.create_cluster(cluster).await?;
+    }
+    let seed_definition = env.register(&seed::task_definition_request()).await?;
+    env.register(&seed::definition(PLACE_FAMILY, 16, 32, Vec::new()))
+        .await?;
+    phase.placements.push(
+        placement_run(env, args, sizes, PLACE, sizes.r3_instances, sizes.r3_tasks).await?,
+    );
+
+    let (hollow, _) = env
+        .start_sim(
+            READS,
+            sizes.read_instances,
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+        )
+        .await?;
+    let mut seeder = Seeder::new(env.journal.clone(), &env.client, READS, &seed_definition);
+    tracing::info!(size = sizes.r3_read_size, "R3: seeding");
+    let seeding = seeder.seed_to(sizes.r3_read_size).await?;
+    env.wait_view(seeding.last_sequence, VIEW_TIMEOUT).await?;
+    phase.seeding.push((sizes.r3_read_size, seeding));
+    tracing::info!("R3: reads under churn");
+    let read_load = ReadLoad {
+        cluster: READS.into(),
+        family: PLACE_FAMILY.into(),
+        samples: sizes.read_samples,
+        churn_per_second: sizes.churn_per_second,
+        background_per_second: sizes.background_per_second,
+    };
+    let mut read = reads::measure(&env.read_api, &env.load_api, &read_load, &seeder, &hollow).await;
+    read.control_rss_kib = env.control_rss_kib();
+    phase.reads.push(read);
+    Ok(())
+}

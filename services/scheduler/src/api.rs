@@ -1,0 +1,164 @@
+//! The scheduler's client of Berth's public API: JSON request/reply on
+//! `berth.api.<Action>`, ECS error replies recognised by `Nats-Service-Error-Code`. A
+//! refusal (4xx) is definitive; anything else (no reply, a 5xx, an undecodable reply)
+//! leaves the outcome of a mutation unknown.
+
+use async_nats::HeaderMap;
+use berth_messages::api::{
+    DescribeTasksRequest, ListTasksRequest, ListTasksResponse, StartTaskRequest,
+    TaskDefinitionRefRequest, TaskDefinitionResponse, TasksResponse,
+};
+use berth_messages::model::{Task, TaskDefinition};
+use berth_messages::{api::DesiredStatusFilter, headers, subjects, ApiError, ErrorType};
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+
+/// Why a call did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// A definitive answer: retrying the same request cannot help.
+    #[error(transparent)]
+    Refused(ApiError),
+    /// No answer or a server-side failure: a mutation may or may not have happened.
+    #[error("{0}")]
+    Unknown(String),
+}
+
+/// A connection to Berth's API.
+#[derive(Clone)]
+pub struct Api {
+    client: async_nats::Client,
+    cluster: String,
+    timeout: Duration,
+}
+
+impl Api {
+    pub fn new(client: async_nats::Client, cluster: &str, timeout: Duration) -> Self {
+        Self {
+            client,
+            cluster: cluster.to_string(),
+            timeout,
+        }
+    }
+
+    /// Calls `action` once with a JSON body.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        action: &str,
+        request: &Req,
+    ) -> Result<Resp, CallError> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| CallError::Refused(ApiError::invalid(e.to_string())))?;
+        let mut h = HeaderMap::new();
+        h.insert(headers::CONTENT_TYPE, headers::JSON);
+        let reply = self
+            .client
+            .send_request(
+                subjects::api(action),
+                async_nats::Request::new()
+                    .headers(h)
+                    .payload(body.into())
+                    .timeout(Some(self.timeout)),
+            )
+            .await
+            .map_err(|e| CallError::Unknown(format!("{action}: {e}")))?;
+        let code = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::SERVICE_ERROR_CODE))
+            .map(|v| v.as_str().trim().parse::<u16>().unwrap_or(500));
+        if let Some(code) = code {
+            let error = serde_json::from_slice::<ApiError>(&reply.payload).unwrap_or_else(|_| {
+                ApiError::server(String::from_utf8_lossy(&reply.payload).into_owned())
+            });
+            return Err(
+                if code >= 500 || error.error_type == ErrorType::ServerException {
+                    CallError::Unknown(format!("{action}: {error}"))
+                } else {
+                    CallError::Refused(error)
+                },
+            );
+        }
+        serde_json::from_slice(&reply.payload)
+            .map_err(|e| CallError::Unknown(format!("{action}: undecodable reply: {e}")))
+    }
+
+    /// The task definition a reference names now (`family` means its latest ACTIVE
+    /// revision).
+    pub async fn describe_task_definition(
+        &self,
+        reference: &str,
+    ) -> Result<TaskDefinition, CallError> {
+        let reply: TaskDefinitionResponse = self
+            .call(
+                "DescribeTaskDefinition",
+                &TaskDefinitionRefRequest {
+                    task_definition: reference.to_string(),
+                    include: Vec::new(),
+                },
+            )
+            .await?;
+        Ok(reply.task_definition)
+    }
+
+    /// StartTask: one task on each listed instance (an instance may be listed twice).
+    pub async fn start_task(&self, request: StartTaskRequest) -> Result<TasksResponse, CallError> {
+        let request = StartTaskRequest {
+            cluster: Some(self.cluster.clone()),
+            ..request
+        };
+        self.call("StartTask", &request).await
+    }
+
+    /// Every task (running or stopped) with this `startedBy` that carries `tag = value`.
+    pub async fn tasks_tagged(
+        &self,
+        started_by: &str,
+        tag: &str,
+        value: &str,
+    ) -> Result<Vec<Task>, CallError> {
+        let mut found = Vec::new();
+        for desired in [DesiredStatusFilter::Running, DesiredStatusFilter::Stopped] {
+            let mut next_token = None;
+            loop {
+                let page: ListTasksResponse = self
+                    .call(
+                        "ListTasks",
+                        &ListTasksRequest {
+                            cluster: Some(self.cluster.clone()),
+                            started_by: Some(started_by.to_string()),
+                            desired_status: Some(desired),
+                            next_token: next_token.take(),
+                            max_results: Some(100),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                if !page.task_arns.is_empty() {
+                    let described: TasksResponse = self
+                        .call(
+                            "DescribeTasks",
+                            &DescribeTasksRequest {
+                                cluster: Some(self.cluster.clone()),
+                                tasks: page.task_arns,
+                                include: vec!["TAGS".into()],
+                            },
+                        )
+                        .await?;
+                    found.extend(described.tasks.into_iter().filter(|t| {
+                        t.tags.iter().any(|g| {
+                            g.key.as_deref() == Some(tag) && g.value.as_deref() == Some(value)
+                        })
+                    }));
+                }
+                match page.next_token {
+                    Some(token) => next_token = Some(token),
+                    None => break,
+                }
+            }
+        }
+        found.sort_by(|a, b| a.task_arn.cmp(&b.task_arn));
+        found.dedup_by(|a, b| a.task_arn == b.task_arn);
+        Ok(found)
+    }
+}
