@@ -69,17 +69,8 @@ pub fn request(req: &CommandRequest) -> Result<(), ApiError> {
             if let Some(token) = &r.client_token {
                 v::command_id("clientToken", token)?;
             }
-            if r.placement_constraints.len() > 10 {
-                return Err(ApiError::invalid("at most 10 placementConstraints"));
-            }
-            if r.placement_strategy.len() > 5 {
-                return Err(ApiError::invalid("at most 5 placementStrategy entries"));
-            }
-            if !r.placement_constraints.is_empty() || !r.placement_strategy.is_empty() {
-                return Err(ApiError::invalid(
-                    "placementConstraints and placementStrategy are not supported yet",
-                ));
-            }
+            berth_placement::constraints_from(&r.placement_constraints)?;
+            berth_placement::strategies_from(&r.placement_strategy)?;
             if let Some(lt) = &r.launch_type {
                 if lt != "EC2" && lt != "EXTERNAL" {
                     return Err(ApiError::invalid(format!(
@@ -302,6 +293,7 @@ fn register_task_definition(r: &RegisterTaskDefinitionRequest) -> Result<(), Api
             ));
         }
     }
+    berth_placement::constraints_from(&r.placement_constraints)?;
     let size = berth_messages::codec::encode(berth_messages::codec::Encoding::Json, r)
         .map(|b| b.len())
         .unwrap_or(usize::MAX);

@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 /// [`Shortfall`] for the order) and a sentence naming that instance and what it lacked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacementFailure {
+    /// The closest instance's ARN (ECS puts it in the failure's `arn`).
+    pub arn: Option<String>,
     pub reason: &'static str,
     pub detail: String,
 }
@@ -24,6 +26,7 @@ pub struct PlacementFailure {
 impl PlacementFailure {
     pub(crate) fn no_instances() -> Self {
         Self {
+            arn: None,
             reason: reason::MISSING,
             detail: "No Container Instances were found in your cluster.".into(),
         }
@@ -40,6 +43,7 @@ impl PlacementFailure {
             Shortfall::PortsUdp => "is already using a UDP port required by your task".to_string(),
         };
         Self {
+            arn: Some(arn.clone()),
             reason: shortfall.reason(),
             detail: format!("closest matching container-instance {arn} {what}"),
         }
@@ -323,6 +327,7 @@ mod tests {
     fn no_instances_is_missing() {
         let r = RandomFitPlacer::with_seed(1).place(&[], &demand(1, 1), 2);
         let failure = PlacementFailure {
+            arn: None,
             reason: "MISSING",
             detail: "No Container Instances were found in your cluster.".into(),
         };

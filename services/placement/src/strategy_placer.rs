@@ -27,7 +27,7 @@ use crate::rules::{BinpackField, Constraint, SpreadField, Strategy, MAX_STRATEGI
 use berth_messages::model::{reason, Allocation};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, HashMap};
 
 /// One placement decision's input besides the candidates.
@@ -125,6 +125,8 @@ struct Slot {
     /// The first memberOf constraint (index into the request's constraints) not met;
     /// evaluated only for instances with the resources.
     unmet: Option<u16>,
+    /// ACTIVE, connected and meeting every constraint: the scan's first test.
+    open: bool,
 }
 
 /// A spread over an attribute: each candidate's bucket (its value of the attribute) and
@@ -190,7 +192,7 @@ impl<'r> Round<'r> {
                 // Resources only shrink during a batch, so an instance without them now
                 // never reaches the constraints.
                 let fits = eligible.is_ok() && cpu >= need_cpu && memory >= need_memory;
-                Slot {
+                let mut slot = Slot {
                     eligible,
                     cpu,
                     memory,
@@ -201,7 +203,10 @@ impl<'r> Round<'r> {
                     } else {
                         None
                     },
-                }
+                    open: false,
+                };
+                slot.open = slot.eligible.is_ok() && unmet(&slot, distinct).is_none();
+                slot
             })
             .collect();
         let mut scores = Vec::new();
@@ -245,40 +250,42 @@ impl<'r> Round<'r> {
             || demand.dynamic_ports > 0
             || demand.dynamic_ports_udp > 0;
         let by_memory = self.request.strategies.is_empty();
-        let n = self.slots.len();
         self.ties.clear();
         self.best.clear();
-        let mut best_key: Option<Key> = None;
-        // Without strategies ties of memory go to the earliest in a scan from a random
-        // start; with them every tie is kept and one is drawn.
-        let start = if by_memory { rng.gen_range(0..n) } else { 0 };
-        for (rank, index) in (start..n).chain(0..start).enumerate() {
-            let slot = self.slots[index];
-            if slot.eligible.is_err()
-                || slot.cpu < cpu
-                || slot.memory < memory
-                || self.unmet(&slot).is_some()
-            {
-                continue;
-            }
-            if by_memory {
+        if by_memory {
+            // Ties of memory go to the earliest in a scan from a random start.
+            let n = self.slots.len();
+            let start = rng.gen_range(0..n);
+            for (rank, index) in (start..n).chain(0..start).enumerate() {
+                let slot = &self.slots[index];
+                if !slot.open || slot.cpu < cpu || slot.memory < memory {
+                    continue;
+                }
                 let enters = self.best.len() < self.k
                     || self.best.last().is_some_and(|(m, _, _)| slot.memory > *m);
                 if !enters || (needs_ports && !self.ports_free(index)) {
                     continue;
                 }
-                self.insert_best((slot.memory, Reverse(rank), index));
-            } else {
-                let key = self.key(index, &slot, cpu, memory);
-                let better = match best_key {
-                    Some(best) if key > best => continue,
-                    Some(best) => key < best,
-                    None => true,
-                };
-                if needs_ports && !self.ports_free(index) {
+                let entry = (slot.memory, Reverse(rank), index);
+                self.insert_best(entry);
+            }
+        } else {
+            // Every candidate tied for the best key is kept; one is drawn below.
+            let width = self.scores.len();
+            let mut best_key: Option<Key> = None;
+            for (index, slot) in self.slots.iter().enumerate() {
+                if !slot.open || slot.cpu < cpu || slot.memory < memory {
                     continue;
                 }
-                if better {
+                let key = self.key(index, slot, cpu, memory);
+                let ordering = match &best_key {
+                    Some(best) => key[..width].cmp(&best[..width]),
+                    None => Ordering::Less,
+                };
+                if ordering == Ordering::Greater || (needs_ports && !self.ports_free(index)) {
+                    continue;
+                }
+                if ordering == Ordering::Less {
                     self.ties.clear();
                     best_key = Some(key);
                 }
@@ -320,15 +327,6 @@ impl<'r> Round<'r> {
                 instance_index: index,
                 allocation,
             });
-        }
-    }
-
-    /// The first constraint the candidate breaks, by index.
-    fn unmet(&self, slot: &Slot) -> Option<u16> {
-        let distinct = self.distinct.filter(|_| slot.group > 0);
-        match (slot.unmet, distinct) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
         }
     }
 
@@ -409,6 +407,8 @@ impl<'r> Round<'r> {
             let placed = Some((self.request.group, placed));
             self.slots[index].unmet = first_unmet(&self.member_of, &self.candidates[index], placed);
         }
+        let slot = &mut self.slots[index];
+        slot.open = slot.eligible.is_ok() && unmet(slot, self.distinct).is_none();
     }
 
     /// Why nothing fits: the closest candidate and what it lacks, checked in ECS order
@@ -428,7 +428,7 @@ impl<'r> Round<'r> {
                 let (tcp, udp) = self.promised(index);
                 match ports_available(self.candidates[index].instance, tcp, udp, demand) {
                     Err(s) => (Lack::Resource(s), 0),
-                    Ok(()) => match self.unmet(slot) {
+                    Ok(()) => match unmet(slot, self.distinct) {
                         Some(k) => (Lack::Constraint(k), 0),
                         None => continue,
                     },
@@ -456,6 +456,7 @@ impl<'r> Round<'r> {
                     ),
                 };
                 PlacementFailure {
+                    arn: Some(arn.clone()),
                     reason: reason::ATTRIBUTE,
                     detail: format!(
                         "closest matching container-instance {arn} encountered error \"{why}\""
@@ -500,6 +501,16 @@ impl Buckets {
             of.push(bucket);
         }
         Self { of, tasks }
+    }
+}
+
+/// The first constraint the slot breaks, by index: its memberOf verdict, or
+/// distinctInstance (`distinct`) once it holds a task of the group.
+fn unmet(slot: &Slot, distinct: Option<u16>) -> Option<u16> {
+    let distinct = distinct.filter(|_| slot.group > 0);
+    match (slot.unmet, distinct) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

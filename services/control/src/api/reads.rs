@@ -208,18 +208,43 @@ async fn list_instances(
 ) -> Result<ListContainerInstancesResponse, ApiError> {
     let cluster = require_cluster(shared, r.cluster.as_deref()).await?;
     let limit = validate::max_results(r.max_results)?;
-    if r.filter.as_deref().is_some_and(|f| !f.trim().is_empty()) {
-        return Err(ApiError::invalid(
-            "filter expressions (cluster query language) are not supported yet",
-        ));
-    }
+    let filter = match r.filter.as_deref().map(str::trim) {
+        Some(f) if !f.is_empty() => Some(berth_placement::parse(f)?),
+        _ => None,
+    };
+    // Task groups and running counts per instance, only when the filter needs them.
+    let entries: std::collections::HashMap<String, berth_journal::view::PlacementEntry> =
+        match &filter {
+            Some(_) => shared
+                .view
+                .placement_entries(&cluster)
+                .into_iter()
+                .map(|e| (e.instance.value.container_instance_arn.clone(), e))
+                .collect(),
+            None => Default::default(),
+        };
+    let no_groups = std::collections::BTreeMap::new();
+    let matches = |ci: &ContainerInstance| match &filter {
+        None => true,
+        Some(expr) => {
+            let entry = entries.get(&ci.container_instance_arn);
+            let candidate = berth_placement::Candidate {
+                instance: ci,
+                groups: entry.map_or(&no_groups, |e| e.groups.as_ref()),
+                running_tasks: entry.map_or(0, |e| e.running_tasks),
+            };
+            berth_placement::evaluate(expr, &candidate)
+        }
+    };
     let after = key_of(r.next_token.as_deref())?;
     let status = r.status;
     let (items, next) = filtered_page(
         limit,
         after,
         |a, l| shared.view.page_instances(&cluster, status, a, l),
-        |ci| status.is_some() || ci.value.status != InstanceStatus::Inactive,
+        |ci| {
+            (status.is_some() || ci.value.status != InstanceStatus::Inactive) && matches(&ci.value)
+        },
         |ci| {
             arn::container_instance_id(&ci.value.container_instance_arn)
                 .1

@@ -14,7 +14,10 @@ use berth_messages::api::*;
 use berth_messages::command::{CommandRequest, CommandResponse};
 use berth_messages::model::*;
 use berth_messages::{arn, ApiError};
-use berth_placement::{Demand, Placer, RandomFitPlacer};
+use berth_placement::{
+    constraints_from, strategies_from, Candidate, Demand, PlacementRequest, StrategyPlacer,
+    MAX_CONSTRAINTS,
+};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,6 +214,22 @@ pub async fn run(
     super::active_cluster(shared, &cluster).await?;
     let definition = resolve_for_launch(shared, &r.task_definition).await?;
     let count = usize::try_from(r.count.unwrap_or(1)).unwrap_or(1);
+    let combined: Vec<PlacementConstraint> = definition
+        .value
+        .placement_constraints
+        .iter()
+        .chain(&r.placement_constraints)
+        .cloned()
+        .collect();
+    if combined.len() > MAX_CONSTRAINTS {
+        return Err(ApiError::invalid(format!(
+            "the task definition and the request have {} placement constraints together; at most {MAX_CONSTRAINTS}",
+            combined.len()
+        ))
+        .into());
+    }
+    let constraints = constraints_from(&combined).map_err(ApiError::from)?;
+    let strategies = strategies_from(&r.placement_strategy).map_err(ApiError::from)?;
     let launch = launch_for(
         cluster.clone(),
         d,
@@ -263,24 +282,44 @@ pub async fn run(
 
     let mut pending: Vec<usize> = (0..count).filter(|i| done[*i].is_none()).collect();
     let mut refused: HashSet<String> = HashSet::new();
-    let mut placer = RandomFitPlacer::new();
+    let mut placer = StrategyPlacer::new();
     for round in 0..PLACEMENT_ROUNDS {
         if pending.is_empty() {
             break;
         }
-        let instances: Vec<ContainerInstance> = shared
+        let entries: Vec<_> = shared
             .view
-            .instances(&cluster)
-            .iter()
-            .filter(|i| !refused.contains(&i.value.container_instance_arn))
-            .map(|i| i.value.clone())
+            .placement_entries(&cluster)
+            .into_iter()
+            .filter(|e| !refused.contains(&e.instance.value.container_instance_arn))
             .collect();
-        if instances.is_empty() && round == 0 && refused.is_empty() {
+        if entries.is_empty() && round == 0 && refused.is_empty() {
             return Err(
                 ApiError::invalid("No Container Instances were found in your cluster.").into(),
             );
         }
-        let placements = placer.place(&instances, &launch.demand, pending.len());
+        let placements = {
+            let candidates: Vec<Candidate<'_>> = entries
+                .iter()
+                .map(|e| Candidate {
+                    instance: &e.instance.value,
+                    groups: &e.groups,
+                    running_tasks: e.running_tasks,
+                })
+                .collect();
+            placer.place(
+                &candidates,
+                &PlacementRequest {
+                    demand: &launch.demand,
+                    count: pending.len(),
+                    group: &launch.group,
+                    constraints: &constraints,
+                    strategies: &strategies,
+                },
+            )
+        };
+        let instances: Vec<&ContainerInstance> =
+            entries.iter().map(|e| &e.instance.value).collect();
         let attempts = pending.iter().zip(placements).map(|(&i, placement)| {
             let launch = &launch;
             let task_id = &task_ids[i];
@@ -292,7 +331,7 @@ pub async fn run(
                         return (
                             i,
                             Attempt::Failed(Failure {
-                                arn: None,
+                                arn: f.arn,
                                 reason: Some(f.reason.to_string()),
                                 detail: Some(f.detail),
                             }),
