@@ -89,6 +89,7 @@ struct Agent {
     child: Child,
     output: Arc<Mutex<String>>,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -115,7 +116,7 @@ impl Agent {
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
         let kept = output.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[agent] {line}");
                 if let Ok(mut all) = kept.lock() {
@@ -129,6 +130,7 @@ impl Agent {
             child,
             output,
             lines,
+            reader: Some(reader),
         }
     }
 
@@ -151,14 +153,21 @@ impl Agent {
         self.output.lock().map(|o| o.clone()).unwrap_or_default()
     }
 
-    /// Waits for the process to exit by itself.
+    /// Waits for the process to exit by itself, and for the last of its output.
     async fn exited(&mut self) -> ExitStatus {
         let child = &mut self.child;
-        wait_for("berth-agent to exit", PATIENCE, || {
+        let status = wait_for("berth-agent to exit", PATIENCE, || {
             let status = child.try_wait().expect("try_wait");
             async move { status }
         })
-        .await
+        .await;
+        if let Some(reader) = self.reader.take() {
+            tokio::task::spawn_blocking(move || reader.join())
+                .await
+                .expect("join")
+                .expect("stderr reader");
+        }
+        status
     }
 
     /// SIGTERM, then waits for the exit.
@@ -262,7 +271,13 @@ async fn all_output(api: &Api, cluster: &str, instance_arn: &str, task: &str) ->
     let mut offset = 0u64;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let chunk = logs(api, cluster, instance_arn, json!({"task": task, "offset": offset})).await;
+        let chunk = logs(
+            api,
+            cluster,
+            instance_arn,
+            json!({"task": task, "offset": offset}),
+        )
+        .await;
         text.push_str(chunk["data"].as_str().unwrap_or_default());
         offset = chunk["nextOffset"].as_u64().unwrap_or(offset);
         if chunk["complete"] == true {
@@ -347,7 +362,10 @@ async fn a_process_task_runs_through_the_whole_path() {
     let app = container(&stopped, "app");
     assert_eq!(app["exitCode"], 0, "{stopped}");
     assert_eq!(stopped["stopCode"], "EssentialContainerExited", "{stopped}");
-    assert!(stopped["startedAt"].is_number(), "reported RUNNING first: {stopped}");
+    assert!(
+        stopped["startedAt"].is_number(),
+        "reported RUNNING first: {stopped}"
+    );
     let host_port = app["networkBindings"][0]["hostPort"]
         .as_i64()
         .expect("host port");
@@ -366,6 +384,25 @@ async fn a_process_task_runs_through_the_whole_path() {
     .await;
     assert_eq!(by_name["data"], "rride\n");
     assert_eq!(by_name["complete"], true);
+    // MessagePack without a Content-Type, like the API.
+    let request = berth_messages::agent::LogsRequest {
+        task: task.clone(),
+        max_bytes: Some(5),
+        ..Default::default()
+    };
+    let body = berth_messages::codec::encode_record(&request).expect("encode");
+    let reply = api
+        .client
+        .request(
+            subjects::host_logs("c1", &id_of(&instance_arn)),
+            body.into(),
+        )
+        .await
+        .expect("log service answers");
+    let chunk: berth_messages::agent::LogsResponse =
+        berth_messages::codec::decode_record(&reply.payload).expect("MessagePack reply");
+    assert_eq!((chunk.data.as_str(), chunk.next_offset), ("hello", 5));
+    assert!(!chunk.complete, "more to read");
     let unknown = logs(
         api,
         "c1",
@@ -412,7 +449,10 @@ async fn essential_exit_stops_the_task_and_non_essential_exit_does_not() {
     let task = run_one(api, "c1", &td, None).await;
     let stopped = wait_status(api, "c1", &task, "STOPPED").await;
     assert_eq!(stopped["stopCode"], "EssentialContainerExited", "{stopped}");
-    assert_eq!(stopped["stoppedReason"], "Essential container in task exited");
+    assert_eq!(
+        stopped["stoppedReason"],
+        "Essential container in task exited"
+    );
     assert_eq!(container(&stopped, "app")["exitCode"], 3, "{stopped}");
     // The helper was stopped by the agent (SIGTERM: 128 + 15).
     assert_eq!(container(&stopped, "helper")["exitCode"], 143, "{stopped}");
@@ -613,8 +653,7 @@ async fn agent_connected_follows_the_agent_and_run_task_refuses_without_it() {
 
     assert!(agent.terminate().await.success(), "{}", agent.output());
     wait_for("agentConnected false", PATIENCE, || async {
-        (describe_instance(api, "c1", &instance_arn).await["agentConnected"] == false)
-            .then_some(())
+        (describe_instance(api, "c1", &instance_arn).await["agentConnected"] == false).then_some(())
     })
     .await;
     let refused = run_task(api, "c1", &td, None).await;
@@ -624,8 +663,7 @@ async fn agent_connected_follows_the_agent_and_run_task_refuses_without_it() {
     let mut agent = Agent::start(&berth.url(), "c1", &scratch.data_dir(), &[]);
     assert_eq!(agent.ready().await, instance_arn);
     wait_for("agentConnected true", PATIENCE, || async {
-        (describe_instance(api, "c1", &instance_arn).await["agentConnected"] == true)
-            .then_some(())
+        (describe_instance(api, "c1", &instance_arn).await["agentConnected"] == true).then_some(())
     })
     .await;
     let task = run_one(api, "c1", &td, None).await;
@@ -742,4 +780,44 @@ async fn an_agent_for_a_missing_cluster_exits_with_a_clear_message() {
         !scratch.data_dir().join("identity.json").exists(),
         "no identity kept"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_tasks_on_exit_stops_and_reports_tasks_before_the_agent_exits() {
+    let berth = Berth::start().await;
+    let api = &berth.api;
+    create_cluster(api, "c1").await;
+    let scratch = Scratch::new("stoponexit");
+    let mut agent = Agent::start(
+        &berth.url(),
+        "c1",
+        &scratch.data_dir(),
+        &[
+            ("BERTH_STOP_TASKS_ON_EXIT", "true"),
+            ("BERTH_STOP_TIMEOUT", "2"),
+        ],
+    );
+    agent.ready().await;
+    let td = register_td(
+        api,
+        json!({"family": "sleeper", "containerDefinitions": [{
+            "name": "app", "cpu": 64, "memory": 32,
+            "command": ["sh", "-c", "trap '' TERM; sleep 1000"]
+        }]}),
+    )
+    .await;
+    let task = run_one(api, "c1", &td, None).await;
+    wait_status(api, "c1", &task, "RUNNING").await;
+    assert!(agent.terminate().await.success(), "{}", agent.output());
+    // Reported before the agent exited: no agent is left to report it later.
+    let reply = api
+        .call_json("DescribeTasks", json!({"cluster": "c1", "tasks": [task]}))
+        .await
+        .expect("DescribeTasks");
+    let stopped = &reply["tasks"][0];
+    assert_eq!(stopped["lastStatus"], "STOPPED", "{stopped}");
+    assert_eq!(stopped["stopCode"], "UserInitiated", "{stopped}");
+    // BERTH_STOP_TIMEOUT bounds the wait for a container that ignores SIGTERM.
+    assert_eq!(container(stopped, "app")["exitCode"], 137, "{stopped}");
+    assert_audit_clean(&berth.url()).await;
 }

@@ -23,11 +23,14 @@ struct Scheduler {
 
 impl Scheduler {
     fn start(url: &str, cluster: &str) -> Scheduler {
-        let config = Config {
+        Self::with(Config {
             nats: vec![url.to_string()],
             cluster: cluster.to_string(),
             ..Config::default()
-        };
+        })
+    }
+
+    fn with(config: Config) -> Scheduler {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(berth_scheduler::run(config, async move {
             let _ = stopped.await;
@@ -352,8 +355,15 @@ async fn two_schedulers_and_run_task_share_a_pool_without_over_commit() {
         .await
         .expect("subscribe to outcomes");
     api.client.flush().await.expect("flush");
-    let first = Scheduler::start(&berth.url(), CLUSTER);
-    let second = Scheduler::start(&berth.url(), CLUSTER);
+    // Choosing among the two best fits steers the two schedulers apart.
+    let config = Config {
+        nats: vec![berth.url()],
+        cluster: CLUSTER.into(),
+        candidates: 2,
+        ..Config::default()
+    };
+    let first = Scheduler::with(config.clone());
+    let second = Scheduler::with(config);
     wait_stats(&api.client, CLUSTER, "a scheduler serving", |s| {
         s.instances == 4
     })
@@ -425,4 +435,51 @@ async fn two_schedulers_and_run_task_share_a_pool_without_over_commit() {
     );
     assert_eq!(task_arns(api, CLUSTER).await.len(), SLOTS);
     assert_audit_clean(&berth.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn tmp_scale() {
+    const CLUSTER: &str = "big";
+    let berth = Berth::start().await;
+    let api = &berth.api;
+    create_cluster(api, CLUSTER).await;
+    let mut instances = Vec::new();
+    for _ in 0..50 {
+        instances.push(register_instance(api, CLUSTER, 10240, 2560, json!([])).await);
+    }
+    let _beats = Heartbeats::start(api.client.clone(), CLUSTER, instances);
+    register_task_definition(api, "work", 10, 128, None).await;
+    let js = jetstream_with_jobs(api).await;
+    let mut subscription = api
+        .client
+        .subscribe(jobs::outcomes_of(CLUSTER))
+        .await
+        .unwrap();
+    api.client.flush().await.unwrap();
+    let t0 = std::time::Instant::now();
+    let n = 2000;
+    for i in 0..n {
+        let job = Job {
+            max_wait_seconds: Some(20),
+            ..Job::new(format!("j{i}"), "work:1").with_priority((i % 10) as u8)
+        };
+        jobs::submit(&js, CLUSTER, &job).await.unwrap();
+    }
+    println!("submitted in {:?}", t0.elapsed());
+    let s = Scheduler::start(&berth.url(), CLUSTER);
+    let t1 = std::time::Instant::now();
+    let all = outcomes(&mut subscription, 1000).await;
+    println!("1000 placed outcomes in {:?}", t1.elapsed());
+    let placed_prios: Vec<u8> = all.iter().map(|o| o.priority).collect();
+    println!("min prio placed {:?}", placed_prios.iter().min());
+    let rest = outcomes(&mut subscription, n - 1000).await;
+    println!("all outcomes in {:?}", t1.elapsed());
+    let stats = s.stop().await;
+    println!(
+        "{stats:?} {}",
+        rest.iter()
+            .filter(|o| o.status == JobStatus::Placed)
+            .count()
+    );
 }

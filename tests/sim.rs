@@ -80,6 +80,17 @@ async fn cluster_counts(api: &Api, cluster: &str) -> (i64, i64, i64) {
     )
 }
 
+/// The control plane's counters (`$SRV.STATS` data), for the timings this test prints.
+async fn control_metrics(api: &Api) -> serde_json::Value {
+    let reply = api
+        .client
+        .request("$SRV.STATS.berth", "".into())
+        .await
+        .expect("$SRV.STATS");
+    let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("stats JSON");
+    stats["endpoints"][0]["data"].clone()
+}
+
 async fn stopped_task_arns(api: &Api, cluster: &str) -> Vec<String> {
     let mut arns = Vec::new();
     let mut next_token = None;
@@ -145,6 +156,10 @@ async fn sim_2000_instances_run_20000_tasks_to_completion() {
         .collect()
         .await;
     let submitted = t1.elapsed();
+    eprintln!(
+        "sim: control plane after RunTask: {}",
+        control_metrics(&api).await
+    );
     let placed: usize = results.iter().map(|r| r.tasks.len()).sum();
     let failures: Vec<_> = results.iter().flat_map(|r| r.failures.iter()).collect();
     assert!(
@@ -183,6 +198,10 @@ async fn sim_2000_instances_run_20000_tasks_to_completion() {
     eprintln!(
         "sim: all {TASKS} tasks STOPPED {completed:?} after the first RunTask ({:.0} tasks/s end to end)",
         TASKS as f64 / completed.as_secs_f64()
+    );
+    eprintln!(
+        "sim: control plane after completion: {}",
+        control_metrics(&api).await
     );
     let stopped = stopped_task_arns(&api, "scale").await;
     assert_eq!(stopped.len(), TASKS);

@@ -52,7 +52,8 @@ impl ApiClient {
             action: action.to_string(),
             reason,
         };
-        let body = codec::encode(Encoding::MsgPack, request).map_err(|e| transport(e.to_string()))?;
+        let body =
+            codec::encode(Encoding::MsgPack, request).map_err(|e| transport(e.to_string()))?;
         let reply = self
             .client
             .request(subjects::api(action), body.into())

@@ -97,14 +97,16 @@ impl DataDir {
     pub fn identity(&self) -> Result<Option<Identity>, AgentError> {
         let path = self.identity_path();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| AgentError::DataDir {
-                    path: path.clone(),
-                    reason: format!(
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| AgentError::DataDir {
+                        path: path.clone(),
+                        reason: format!(
                         "is not a valid identity ({e}): remove it to register as a new instance"
                     ),
-                }),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(AgentError::DataDir {
                 path,

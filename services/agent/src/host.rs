@@ -169,7 +169,9 @@ mod tests {
         assert_eq!(parse_ports("f", "").unwrap(), Vec::<u16>::new());
         assert!(parse_ports("f", "70000").is_err());
         assert!(parse_ports("f", "0").is_err());
-        let e = parse_ports("--reserved-ports", "ssh").unwrap_err().to_string();
+        let e = parse_ports("--reserved-ports", "ssh")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--reserved-ports") && e.contains("ssh"), "{e}");
     }
 

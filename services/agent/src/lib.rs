@@ -60,7 +60,10 @@ pub(crate) struct Shared {
 impl Shared {
     /// A task definition by ARN from the journal. Transient failures are retried; the
     /// error is for definitions that cannot be had at all.
-    pub async fn task_definition(&self, task_definition_arn: &str) -> Result<Arc<TaskDefinition>, String> {
+    pub async fn task_definition(
+        &self,
+        task_definition_arn: &str,
+    ) -> Result<Arc<TaskDefinition>, String> {
         if let Some(found) = self.definitions.get(task_definition_arn) {
             return Ok(found.clone());
         }
@@ -78,7 +81,11 @@ impl Shared {
         let mut wait = Duration::from_millis(100);
         loop {
             use async_nats::jetstream::stream::DirectGetErrorKind;
-            match self.state.direct_get_last_for_subject(subject.as_str()).await {
+            match self
+                .state
+                .direct_get_last_for_subject(subject.as_str())
+                .await
+            {
                 Ok(msg) => {
                     let definition: TaskDefinition = codec::decode_record(&msg.payload)
                         .map_err(|e| unusable(format!("cannot be decoded: {e}")))?;
@@ -292,7 +299,7 @@ pub async fn run(
         .get_stream_no_info(streams::STATE)
         .await
         .map_err(|e| AgentError::Follow(e.to_string()))?;
-    let shim_exe = std::env::current_exe()?;
+    let shim_exe = shim_executable()?;
     let runtime = ProcessRuntime::new(
         data.tasks_dir(),
         shim_exe,
@@ -363,6 +370,17 @@ pub async fn run(
     }
     drop(data);
     Ok(())
+}
+
+/// This executable, which is also the shim. A binary replaced on disk while the agent runs
+/// (an upgrade, a rebuild) shows as "<path> (deleted)": the shim is the new one.
+fn shim_executable() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => exe,
+    })
 }
 
 /// Runs `berth-agent --sim N`: hollow instances from `berth-sim`, until `shutdown`.

@@ -108,10 +108,12 @@ pub(crate) fn read_chunk(
 ) -> Result<LogsResponse, ApiError> {
     let task_id = arn::task_id(&request.task).1;
     berth_messages::validate::id("task", task_id)?;
-    let info = shared
-        .runtime
-        .task_info(task_id)
-        .ok_or_else(|| not_found(format!("task {} has no containers on this host", request.task)))?;
+    let info = shared.runtime.task_info(task_id).ok_or_else(|| {
+        not_found(format!(
+            "task {} has no containers on this host",
+            request.task
+        ))
+    })?;
     let name = match &request.container_name {
         Some(n) => n.clone(),
         None => info

@@ -181,10 +181,7 @@ impl ProcessRuntime {
         definition: &ContainerDefinition,
     ) -> Result<Launch, String> {
         let task_id = berth_messages::arn::task_id(&task.task_arn).1;
-        let record = task
-            .containers
-            .iter()
-            .find(|c| c.name == definition.name);
+        let record = task.containers.iter().find(|c| c.name == definition.name);
         let overrides = task
             .overrides
             .container_overrides
@@ -318,9 +315,12 @@ impl ProcessRuntime {
             .stderr(Stdio::from(shim_err))
             .process_group(0)
             .kill_on_drop(false);
-        let child = command
-            .spawn()
-            .map_err(|e| io(&format!("cannot start the shim {}", self.shim_exe.display()), e))?;
+        let child = command.spawn().map_err(|e| {
+            io(
+                &format!("cannot start the shim {}", self.shim_exe.display()),
+                e,
+            )
+        })?;
         Ok((child, paths))
     }
 

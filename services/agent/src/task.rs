@@ -220,11 +220,9 @@ impl TaskActor {
                     self.slots[idx].state = State::Starting;
                     let paths = self.shared.runtime.paths(&self.task_id, &name);
                     ctx.spawn(
-                        runtime::wait_recorded(paths)
-                            .into_actor(self)
-                            .map(move |recorded, act, ctx| {
-                                act.on_started(idx, recorded, None, ctx)
-                            }),
+                        runtime::wait_recorded(paths).into_actor(self).map(
+                            move |recorded, act, ctx| act.on_started(idx, recorded, None, ctx),
+                        ),
                     );
                 }
                 Observed::Running(state) => {
@@ -484,9 +482,7 @@ impl TaskActor {
                     .unwrap_or_default();
                 let (status, runtime_id, exit_code, reason) = match &s.state {
                     State::Running(state) => ("RUNNING", Some(state.pid.to_string()), None, None),
-                    State::Exited { code, reason, .. } => {
-                        ("STOPPED", None, *code, reason.clone())
-                    }
+                    State::Exited { code, reason, .. } => ("STOPPED", None, *code, reason.clone()),
                     State::Pending | State::Starting => ("PENDING", None, None, None),
                 };
                 ContainerStateChange {
@@ -634,7 +630,9 @@ fn readiness(deps: &[ContainerDependency], state_of: impl Fn(&str) -> Option<Sta
             ("COMPLETE", State::Exited { .. }) => {}
             ("SUCCESS", State::Exited { code: Some(0), .. }) => {}
             ("SUCCESS", State::Exited { code, .. }) => {
-                let how = code.map_or("without an exit code".to_string(), |c| format!("with code {c}"));
+                let how = code.map_or("without an exit code".to_string(), |c| {
+                    format!("with code {c}")
+                });
                 return never(format!("exited {how}"));
             }
             _ => wait = true,
@@ -659,7 +657,10 @@ mod tests {
     }
 
     fn running() -> State {
-        State::Running(StateRecord { shim_pid: 1, pid: 2 })
+        State::Running(StateRecord {
+            shim_pid: 1,
+            pid: 2,
+        })
     }
 
     fn exited(code: i32) -> State {
@@ -682,7 +683,10 @@ mod tests {
             readiness(&[dep("a", "START")], of(State::Starting)),
             Readiness::Wait
         );
-        assert_eq!(readiness(&[dep("a", "START")], of(running())), Readiness::Ready);
+        assert_eq!(
+            readiness(&[dep("a", "START")], of(running())),
+            Readiness::Ready
+        );
         assert_eq!(
             readiness(&[dep("a", "HEALTHY")], of(running())),
             Readiness::Ready

@@ -134,9 +134,9 @@ impl Api {
             self.timeout,
             self.client.request(CONTROL_STATS_SUBJECT, "".into()),
         )
-            .await
-            .map_err(|_| CallError::Transport("$SRV.STATS timed out".into()))?
-            .map_err(|e| CallError::Transport(format!("$SRV.STATS: {e}")))?;
+        .await
+        .map_err(|_| CallError::Transport("$SRV.STATS timed out".into()))?
+        .map_err(|e| CallError::Transport(format!("$SRV.STATS: {e}")))?;
         let stats: serde_json::Value = serde_json::from_slice(&reply.payload)
             .map_err(|e| CallError::Transport(format!("$SRV.STATS is not JSON: {e}")))?;
         Ok(ControlStats::from_stats(&stats))
@@ -214,7 +214,13 @@ mod tests {
             ..parsed
         };
         let delta = later.since(&parsed);
-        assert_eq!((delta.placements, delta.conflicts, delta.commands), (10, 3, 0));
-        assert_eq!(ControlStats::from_stats(&serde_json::json!({})), ControlStats::default());
+        assert_eq!(
+            (delta.placements, delta.conflicts, delta.commands),
+            (10, 3, 0)
+        );
+        assert_eq!(
+            ControlStats::from_stats(&serde_json::json!({})),
+            ControlStats::default()
+        );
     }
 }

@@ -28,7 +28,6 @@ const WINDOW: usize = 4_096;
 /// The ceiling measured in this run.
 #[derive(Debug, Clone, Default)]
 pub struct Ceiling {
-    pub replicas: usize,
     /// Pipelined conditional publishes per second.
     pub pipelined_rate: f64,
     pub pipelined_writes: usize,
@@ -78,7 +77,7 @@ pub async fn measure(
         }
     }
     created.context("cannot create the ceiling stream")?;
-    let result = run(&js, replicas, pipelined_writes, serial_writes).await;
+    let result = run(&js, pipelined_writes, serial_writes).await;
     if let Err(e) = js.delete_stream(STREAM).await {
         tracing::warn!(error = %e, "cannot delete the ceiling stream");
     }
@@ -87,7 +86,6 @@ pub async fn measure(
 
 async fn run(
     js: &jetstream::Context,
-    replicas: usize,
     pipelined_writes: usize,
     serial_writes: usize,
 ) -> anyhow::Result<Ceiling> {
@@ -122,7 +120,6 @@ async fn run(
     }
     let serial_elapsed = serial_started.elapsed();
     Ok(Ceiling {
-        replicas,
         pipelined_rate: crate::stats::per_second(pipelined_writes as u64, pipelined_elapsed),
         pipelined_writes,
         pipelined_elapsed,

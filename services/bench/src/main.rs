@@ -25,7 +25,11 @@ use std::process::ExitCode;
 
 /// Flags of `berth-bench`. Sizes default to the full run, or to small ones with --quick.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "berth-bench", version, about = "Berth benchmark: placement throughput, read latency under churn, recovery, memory, task start")]
+#[command(
+    name = "berth-bench",
+    version,
+    about = "Berth benchmark: placement throughput, read latency under churn, recovery, memory, task start"
+)]
 pub struct Args {
     /// Small sizes everywhere (CI): completes in under two minutes.
     #[arg(long)]

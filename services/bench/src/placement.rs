@@ -96,7 +96,8 @@ pub async fn run(
         last_sequence(&js, streams::CMD).await,
         last_sequence(&js, streams::OUTCOME).await,
     );
-    let recording = profile_target.and_then(|(pid, dir)| profile::start(pid, &dir.join("perf.data")));
+    let recording =
+        profile_target.and_then(|(pid, dir)| profile::start(pid, &dir.join("perf.data")));
     let meter = CpuMeter::start(pids);
 
     let requests = load.tasks.div_ceil(COUNT as usize);

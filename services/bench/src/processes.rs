@@ -62,7 +62,11 @@ impl Nats {
     pub fn pids(&self) -> Vec<u32> {
         self.nodes()
             .iter()
-            .filter_map(|node| node.store_dir().parent().map(|d| d.join("nats-server.conf")))
+            .filter_map(|node| {
+                node.store_dir()
+                    .parent()
+                    .map(|d| d.join("nats-server.conf"))
+            })
             .flat_map(|config| procfs::pids_with_argument(&config))
             .collect()
     }
@@ -103,8 +107,8 @@ impl ControlProcess {
         replicas: usize,
         log: &Path,
     ) -> anyhow::Result<ControlProcess> {
-        let log_file = std::fs::File::create(log)
-            .with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let started = Instant::now();
         let child = Command::new(bin)
             .arg("--nats")
@@ -154,7 +158,10 @@ impl ControlProcess {
         loop {
             self.check_alive()?;
             let answer: Result<DescribeClustersResponse, _> = quick
-                .call(Action::DescribeClusters, &DescribeClustersRequest::default())
+                .call(
+                    Action::DescribeClusters,
+                    &DescribeClustersRequest::default(),
+                )
                 .await;
             if answer.is_ok() {
                 return Ok(());
@@ -271,7 +278,10 @@ async fn terminate(child: &mut Child, pid: u32, name: &str) -> anyhow::Result<()
         }
         Err(_) => {
             tracing::warn!("{name} did not stop within {STOP_GRACE:?}; killing it");
-            child.kill().await.with_context(|| format!("killing {name}"))?;
+            child
+                .kill()
+                .await
+                .with_context(|| format!("killing {name}"))?;
         }
     }
     Ok(())

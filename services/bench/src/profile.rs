@@ -162,7 +162,13 @@ mod tests {
      1.00%  berth-control  [.] 0x0000000000001234
 ";
         let p = summarise(report);
-        assert_eq!(p.top[0], ("tokio::runtime::scheduler::multi_thread::worker::Context::run".into(), 20.0));
+        assert_eq!(
+            p.top[0],
+            (
+                "tokio::runtime::scheduler::multi_thread::worker::Context::run".into(),
+                20.0
+            )
+        );
         let area = |name: &str| p.by_area.iter().find(|(a, _)| a == name).map(|(_, v)| *v);
         assert_eq!(area("tokio"), Some(20.0));
         assert_eq!(area("berth_journal::view"), Some(15.0));

@@ -245,11 +245,19 @@ async fn churn(
         if let Some(arn) = leaving {
             calls.spawn(leave(api.clone(), cluster.clone(), arn, counters.clone()));
         }
-        calls.spawn(join(api.clone(), cluster.clone(), pool.clone(), counters.clone()));
+        calls.spawn(join(
+            api.clone(),
+            cluster.clone(),
+            pool.clone(),
+            counters.clone(),
+        ));
         while calls.try_join_next().is_some() {}
     }
     while calls.join_next().await.is_some() {}
-    let remaining: Vec<String> = pool.lock().map(|mut p| p.drain(..).collect()).unwrap_or_default();
+    let remaining: Vec<String> = pool
+        .lock()
+        .map(|mut p| p.drain(..).collect())
+        .unwrap_or_default();
     for arn in remaining {
         calls.spawn(leave(api.clone(), cluster.clone(), arn, counters.clone()));
     }
@@ -342,7 +350,10 @@ async fn background(
             ..Default::default()
         };
         calls.spawn(async move {
-            match api.call::<_, TasksResponse>(Action::RunTask, &request).await {
+            match api
+                .call::<_, TasksResponse>(Action::RunTask, &request)
+                .await
+            {
                 Ok(r) => {
                     counters
                         .background_tasks

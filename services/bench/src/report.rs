@@ -26,8 +26,8 @@ fn times(value: Duration, of: Duration) -> String {
 
 fn size(n: usize) -> String {
     match n {
-        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
-        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n if n >= 1_000_000 && n.is_multiple_of(1_000_000) => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n.is_multiple_of(1_000) => format!("{}k", n / 1_000),
         n => thousands(n as u64),
     }
 }
@@ -44,7 +44,10 @@ impl Table {
         Self { out }
     }
     fn row(&mut self, phase: &str, figure: &str, value: String, ceiling: String, ratio: String) {
-        let _ = writeln!(self.out, "| {phase} | {figure} | {value} | {ceiling} | {ratio} |");
+        let _ = writeln!(
+            self.out,
+            "| {phase} | {figure} | {value} | {ceiling} | {ratio} |"
+        );
     }
 }
 
@@ -55,7 +58,11 @@ pub fn render(results: &Results) -> String {
     let _ = writeln!(
         out,
         "## Berth benchmark ({})\n",
-        if results.quick { "quick sizes" } else { "full sizes" }
+        if results.quick {
+            "quick sizes"
+        } else {
+            "full sizes"
+        }
     );
     let _ = writeln!(out, "- command: `{}`", results.command);
     let _ = writeln!(
@@ -116,7 +123,13 @@ pub fn render(results: &Results) -> String {
 fn phase_rows(t: &mut Table, phase: &Phase) {
     let p = phase.label.as_str();
     let Some(c) = &phase.ceiling else {
-        t.row(p, "journal ceiling", "not measured".into(), "—".into(), "—".into());
+        t.row(
+            p,
+            "journal ceiling",
+            "not measured".into(),
+            "—".into(),
+            "—".into(),
+        );
         return;
     };
     let pipelined = rate(c.pipelined_rate);
@@ -124,7 +137,12 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
     t.row(
         p,
         "journal ceiling: pipelined conditional writes (10,000 subjects, 200 B)",
-        pipelined.clone(),
+        format!(
+            "{} ({} writes in {})",
+            pipelined,
+            thousands(c.pipelined_writes as u64),
+            human(c.pipelined_elapsed)
+        ),
         pipelined.clone(),
         "100%".into(),
     );
@@ -141,7 +159,10 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
     for (tasks, seed) in &phase.seeding {
         t.row(
             p,
-            &format!("seeding to {} tasks (pipelined conditional writes)", size(*tasks)),
+            &format!(
+                "seeding to {} tasks (pipelined conditional writes)",
+                size(*tasks)
+            ),
             format!(
                 "{} tasks + {} instances in {}",
                 thousands(seed.tasks_written as u64),
@@ -172,7 +193,12 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
         t.row(
             p,
             &format!("DescribeContainerInstances (10) at {s} tasks, p50 / p99 / p99.9"),
-            format!("{} / {} / {}", human(dci.p50), human(dci.p99), human(dci.p999)),
+            format!(
+                "{} / {} / {}",
+                human(dci.p50),
+                human(dci.p99),
+                human(dci.p999)
+            ),
             format!("p99 {}", human(serial_p99)),
             times(dci.p99, serial_p99),
         );
@@ -180,10 +206,13 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
             p,
             &format!("  churn during reads at {s}"),
             format!(
-                "{:.1} joins/s, {:.1} leaves/s, {} background tasks placed, {} samples per read kind, {} errors",
+                "{:.1} joins/s, {:.1} leaves/s (target {}/s), {} background tasks placed ({} RunTask/s on {} hollow instances), {} samples per read kind, {} errors",
                 read.joins_per_second(),
                 read.leaves_per_second(),
+                phase.churn_per_second,
                 thousands(read.background_tasks),
+                phase.background_per_second,
+                thousands(phase.read_instances as u64),
                 thousands(dt.count as u64),
                 read.read_errors + read.churn_errors + read.background_errors
             ),
@@ -213,7 +242,10 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
         let replay = crate::stats::per_second(r.journal_sequence, r.elapsed);
         t.row(
             p,
-            &format!("recovery: fresh berth-control serving reads at {} tasks", size(r.seeded_tasks)),
+            &format!(
+                "recovery: fresh berth-control serving reads at {} tasks",
+                size(r.seeded_tasks)
+            ),
             format!(
                 "{} ({} tasks in view, {} journal messages)",
                 human(r.elapsed),
@@ -221,12 +253,19 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
                 thousands(r.journal_sequence)
             ),
             pipelined.clone(),
-            format!("replay {} = {}", rate(replay), percent(replay, c.pipelined_rate)),
+            format!(
+                "replay {} = {}",
+                rate(replay),
+                percent(replay, c.pipelined_rate)
+            ),
         );
         if let (Some(rss), Some(tasks)) = (r.rss_kib, r.tasks_in_view) {
             t.row(
                 p,
-                &format!("memory: berth-control RSS after recovery at {}", size(r.seeded_tasks)),
+                &format!(
+                    "memory: berth-control RSS after recovery at {}",
+                    size(r.seeded_tasks)
+                ),
                 format!(
                     "{} MiB ({} bytes per task in view, fixed costs included)",
                     thousands(rss / 1024),
@@ -255,12 +294,19 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
             p,
             "task start, process runtime: RunTask to RUNNING in the journal, p50 / p99",
             format!(
-                "{} / {} ({} of {} seen RUNNING, {} errors)",
+                "{} / {} ({} of {} seen RUNNING, {} stopped without RUNNING, {} STOPPED by the end, {} errors{}, {} in all)",
                 human(s.latency.p50),
                 human(s.latency.p99),
                 s.observed,
                 s.requested,
-                s.errors
+                s.never_running,
+                s.stopped,
+                s.errors,
+                s.first_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default(),
+                human(s.elapsed)
             ),
             format!("p99 {}", human(serial_p99)),
             times(s.latency.p99, serial_p99),
@@ -273,7 +319,10 @@ fn placement_rows(t: &mut Table, p: &str, c: &Ceiling, placement: &Placement) {
     let n = size(placement.instances);
     t.row(
         p,
-        &format!("placement throughput on {n} hollow instances (RunTask count 10, {} in flight)", run.concurrency),
+        &format!(
+            "placement throughput on {n} hollow instances (RunTask count 10, {} in flight)",
+            run.concurrency
+        ),
         format!(
             "{} ({} tasks in {})",
             rate(run.rate),
@@ -368,7 +417,11 @@ fn where_time_goes(out: &mut String, phase: &Phase, placement: &Placement) {
             others.as_secs_f64() / elapsed
         );
     }
-    let _ = writeln!(out, "- CPU during the run (of {} cores): {cpu}", num_cores());
+    let _ = writeln!(
+        out,
+        "- CPU during the run (of {} cores): {cpu}",
+        num_cores()
+    );
     match &run.profile {
         Some(profile) => {
             let areas: Vec<String> = profile
@@ -377,7 +430,11 @@ fn where_time_goes(out: &mut String, phase: &Phase, placement: &Placement) {
                 .take(10)
                 .map(|(a, p)| format!("{a} {p:.1}%"))
                 .collect();
-            let _ = writeln!(out, "- berth-control profile (perf, self time by crate): {}", areas.join(", "));
+            let _ = writeln!(
+                out,
+                "- berth-control profile (perf, self time by crate): {}",
+                areas.join(", ")
+            );
             let _ = writeln!(out, "- hottest symbols:");
             for (symbol, p) in &profile.top {
                 let short: String = symbol.chars().take(140).collect();
@@ -447,7 +504,12 @@ fn goals(out: &mut String, results: &Results) {
             format!("{} = {}", rate(p.run.rate), percent(p.run.rate, ceiling)),
             Some(p.run.rate >= 20_000.0 && p.run.rate >= 0.15 * ceiling),
         ),
-        None => row("placement throughput, R1", ">= 20,000 tasks/s and >= 15% of the ceiling", "—".into(), None),
+        None => row(
+            "placement throughput, R1",
+            ">= 20,000 tasks/s and >= 15% of the ceiling",
+            "—".into(),
+            None,
+        ),
     }
     match largest(r3) {
         Some((p, ceiling)) => row(
@@ -456,19 +518,37 @@ fn goals(out: &mut String, results: &Results) {
             format!("{} = {}", rate(p.run.rate), percent(p.run.rate, ceiling)),
             Some(p.run.rate >= 10_000.0),
         ),
-        None => row("placement throughput, R3", ">= 10,000 tasks/s", "—".into(), None),
+        None => row(
+            "placement throughput, R3",
+            ">= 10,000 tasks/s",
+            "—".into(),
+            None,
+        ),
     }
     match r1.and_then(|p| Some((p.reads.first()?, p.reads.last()?))) {
         Some((first, last)) => {
-            let flat = last.describe_tasks.p99.as_secs_f64() / first.describe_tasks.p99.as_secs_f64().max(1e-9);
+            let flat = last.describe_tasks.p99.as_secs_f64()
+                / first.describe_tasks.p99.as_secs_f64().max(1e-9);
             row(
-                &format!("DescribeTasks p99, {} tasks, under churn", size(last.seeded_tasks)),
+                &format!(
+                    "DescribeTasks p99, {} tasks, under churn",
+                    size(last.seeded_tasks)
+                ),
                 "<= 2 ms, and <= 1.5x the p99 at 1,000 tasks",
-                format!("{} ({flat:.2}x the p99 at {})", human(last.describe_tasks.p99), size(first.seeded_tasks)),
+                format!(
+                    "{} ({flat:.2}x the p99 at {})",
+                    human(last.describe_tasks.p99),
+                    size(first.seeded_tasks)
+                ),
                 Some(last.describe_tasks.p99 <= Duration::from_millis(2) && flat <= 1.5),
             );
         }
-        None => row("DescribeTasks p99 under churn", "<= 2 ms, and <= 1.5x the p99 at 1,000 tasks", "—".into(), None),
+        None => row(
+            "DescribeTasks p99 under churn",
+            "<= 2 ms, and <= 1.5x the p99 at 1,000 tasks",
+            "—".into(),
+            None,
+        ),
     }
     match r1.and_then(|p| p.recoveries.last()) {
         Some(r) => row(
@@ -495,10 +575,20 @@ fn goals(out: &mut String, results: &Results) {
             format!("p99 {} over {} tasks", human(s.latency.p99), s.observed),
             Some(s.observed > 0 && s.latency.p99 <= Duration::from_millis(100)),
         ),
-        None => row("task start, process runtime", "p99 <= 100 ms", "—".into(), None),
+        None => row(
+            "task start, process runtime",
+            "p99 <= 100 ms",
+            "—".into(),
+            None,
+        ),
     }
     if results.criterion.is_empty() {
-        row("one placement decision over 10,000 instances", "<= 50 us", "—".into(), None);
+        row(
+            "one placement decision over 10,000 instances",
+            "<= 50 us",
+            "—".into(),
+            None,
+        );
     }
     for figure in &results.criterion {
         row(
@@ -519,7 +609,6 @@ mod tests {
     #[test]
     fn renders_every_section() {
         let ceiling = Ceiling {
-            replicas: 1,
             pipelined_rate: 100_000.0,
             serial: Percentiles {
                 p50: Duration::from_micros(100),
@@ -562,7 +651,9 @@ mod tests {
         assert!(text.contains("| R1 | placement throughput on 10k hollow instances"));
         assert!(text.contains("20.0%"));
         assert!(text.contains("3.00 (3 conflicts"));
-        assert!(text.contains("| recovery at 1M tasks | <= 10 s (at 1,000,000 tasks) | 4.00 s | met |"));
+        assert!(
+            text.contains("| recovery at 1M tasks | <= 10 s (at 1,000,000 tasks) | 4.00 s | met |")
+        );
         assert!(text.contains("Where the time goes: placement on 10k instances"));
         assert!(text.contains("2.00 messages"));
     }

@@ -87,9 +87,9 @@ pub struct Results {
 impl Results {
     /// Whether the run is a failure: an error in any phase or a violation found.
     pub fn failed(&self) -> bool {
-        self.phases.iter().any(|p| {
-            !p.errors.is_empty() || p.audit.as_ref().is_none_or(|a| a.violations > 0)
-        })
+        self.phases
+            .iter()
+            .any(|p| !p.errors.is_empty() || p.audit.as_ref().is_none_or(|a| a.violations > 0))
     }
 }
 

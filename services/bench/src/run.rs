@@ -284,7 +284,8 @@ impl Env {
         let log = self
             .dir
             .join(format!("berth-control-{}.log", self.controls_started));
-        let mut control = ControlProcess::spawn(&self.control_bin, &self.urls, self.replicas, &log)?;
+        let mut control =
+            ControlProcess::spawn(&self.control_bin, &self.urls, self.replicas, &log)?;
         control
             .wait_serving(&self.api, CONTROL_START_TIMEOUT)
             .await?;
@@ -298,7 +299,10 @@ impl Env {
 
     fn cpu_groups(&self) -> Vec<(String, Vec<u32>)> {
         vec![
-            ("berth-control".into(), self.control_pid().into_iter().collect()),
+            (
+                "berth-control".into(),
+                self.control_pid().into_iter().collect(),
+            ),
             ("nats-server".into(), self.nats_pids.clone()),
             (
                 "berth-bench (load and hollow hosts)".into(),
@@ -373,7 +377,9 @@ impl Env {
                 }
             }
             if Instant::now() >= deadline {
-                bail!("the control plane's view did not reach sequence {sequence} within {timeout:?}");
+                bail!(
+                    "the control plane's view did not reach sequence {sequence} within {timeout:?}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -395,12 +401,17 @@ impl Env {
         let log = self
             .dir
             .join(format!("berth-control-{}.log", self.controls_started));
-        let mut control = ControlProcess::spawn(&self.control_bin, &self.urls, self.replicas, &log)?;
+        let mut control =
+            ControlProcess::spawn(&self.control_bin, &self.urls, self.replicas, &log)?;
         let probe = self.api.with_timeout(Duration::from_millis(500));
         let deadline = Instant::now() + CONTROL_START_TIMEOUT;
         loop {
             control.check_alive()?;
-            if probe.applied_sequence().await.is_ok_and(|applied| applied >= last) {
+            if probe
+                .applied_sequence()
+                .await
+                .is_ok_and(|applied| applied >= last)
+            {
                 break;
             }
             if Instant::now() >= deadline {
@@ -465,7 +476,12 @@ impl Env {
             instances: report.instances,
             tasks: report.tasks,
             violations: report.violations.len(),
-            first_violations: report.violations.iter().take(10).map(|v| v.to_string()).collect(),
+            first_violations: report
+                .violations
+                .iter()
+                .take(10)
+                .map(|v| v.to_string())
+                .collect(),
             elapsed: started.elapsed(),
         })
     }
@@ -527,9 +543,8 @@ async fn measure_single_node(
     bins: &Bins,
 ) -> anyhow::Result<()> {
     tracing::info!("R1: journal ceiling");
-    phase.ceiling = Some(
-        ceiling::measure(&env.client, 1, sizes.ceiling_writes, sizes.serial_writes).await?,
-    );
+    phase.ceiling =
+        Some(ceiling::measure(&env.client, 1, sizes.ceiling_writes, sizes.serial_writes).await?);
     env.start_control().await?;
     for cluster in [READS, PLACE, PLACE_SMALL, PROC] {
         env.create_cluster(cluster).await?;
@@ -545,7 +560,10 @@ async fn measure_single_node(
     ))
     .await?;
 
-    tracing::info!(instances = sizes.read_instances, "R1: hollow instances of the read cluster");
+    tracing::info!(
+        instances = sizes.read_instances,
+        "R1: hollow instances of the read cluster"
+    );
     let (hollow, _) = env
         .start_sim(
             READS,
@@ -577,7 +595,8 @@ async fn measure_single_node(
             phase.recoveries.push(env.recover(&seeder).await?);
         }
         tracing::info!(size, "R1: reads under churn");
-        let mut read = reads::measure(&env.read_api, &env.load_api, &read_load, &seeder, &hollow).await;
+        let mut read =
+            reads::measure(&env.read_api, &env.load_api, &read_load, &seeder, &hollow).await;
         read.control_rss_kib = env.control_rss_kib();
         phase.reads.push(read);
     }
@@ -586,7 +605,10 @@ async fn measure_single_node(
     }
 
     if !args.skip_runtime {
-        tracing::info!(tasks = sizes.start_tasks, "R1: task start with the process runtime");
+        tracing::info!(
+            tasks = sizes.start_tasks,
+            "R1: task start with the process runtime"
+        );
         phase.start = Some(task_start(env, sizes, bins).await?);
     }
     Ok(())
@@ -599,7 +621,10 @@ async fn placements(
     args: &Args,
     sizes: &Sizes,
 ) -> anyhow::Result<()> {
-    for (cluster, instances) in [(PLACE, sizes.instances), (PLACE_SMALL, sizes.instances_small)] {
+    for (cluster, instances) in [
+        (PLACE, sizes.instances),
+        (PLACE_SMALL, sizes.instances_small),
+    ] {
         if instances == 0 {
             continue;
         }
@@ -622,7 +647,13 @@ async fn placement_run(
     // Hollow hosts that never start their tasks: the run measures placement alone.
     let hour = Duration::from_secs(3600);
     let (_, registration) = env.start_sim(cluster, instances, hour, hour).await?;
-    tracing::info!(cluster, instances, tasks, ?registration, "placement throughput");
+    tracing::info!(
+        cluster,
+        instances,
+        tasks,
+        ?registration,
+        "placement throughput"
+    );
     let profile_dir = env.dir.join(format!("profile-{cluster}"));
     let profile_target = match (args.no_perf, env.control_pid()) {
         (false, Some(pid)) if std::fs::create_dir_all(&profile_dir).is_ok() => {
@@ -645,7 +676,11 @@ async fn placement_run(
     Ok(Placement { instances, run })
 }
 
-async fn task_start(env: &mut Env, sizes: &Sizes, bins: &Bins) -> anyhow::Result<crate::runtime::StartRun> {
+async fn task_start(
+    env: &mut Env,
+    sizes: &Sizes,
+    bins: &Bins,
+) -> anyhow::Result<crate::runtime::StartRun> {
     if !bins.agent.is_file() {
         bail!(
             "{} does not exist: build it (cargo build --release -p berth-agent) or pass --agent-bin / --skip-runtime",
@@ -653,7 +688,8 @@ async fn task_start(env: &mut Env, sizes: &Sizes, bins: &Bins) -> anyhow::Result
         );
     }
     let data_dir = env.dir.join("agent-data");
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let agent = AgentProcess::spawn(
         &bins.agent,
         &env.urls,
@@ -711,9 +747,8 @@ async fn measure_three_nodes(
     sizes: &Sizes,
 ) -> anyhow::Result<()> {
     tracing::info!("R3: journal ceiling");
-    phase.ceiling = Some(
-        ceiling::measure(&env.client, 3, sizes.ceiling_writes, sizes.serial_writes).await?,
-    );
+    phase.ceiling =
+        Some(ceiling::measure(&env.client, 3, sizes.ceiling_writes, sizes.serial_writes).await?);
     env.start_control().await?;
     for cluster in [READS, PLACE] {
         env.create_cluster(cluster).await?;
@@ -721,9 +756,9 @@ async fn measure_three_nodes(
     let seed_definition = env.register(&seed::task_definition_request()).await?;
     env.register(&seed::definition(PLACE_FAMILY, 16, 32, Vec::new()))
         .await?;
-    phase.placements.push(
-        placement_run(env, args, sizes, PLACE, sizes.r3_instances, sizes.r3_tasks).await?,
-    );
+    phase
+        .placements
+        .push(placement_run(env, args, sizes, PLACE, sizes.r3_instances, sizes.r3_tasks).await?);
 
     let (hollow, _) = env
         .start_sim(

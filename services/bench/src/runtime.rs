@@ -87,7 +87,8 @@ pub async fn measure(api: &Api, load: &StartLoad, timeout: Duration) -> anyhow::
                     let sighting = seen.entry(task_id.to_string()).or_default();
                     if task.last_status == TaskStatus::Stopped {
                         sighting.stopped = true;
-                    } else if task.last_status >= TaskStatus::Running && sighting.running.is_none() {
+                    } else if task.last_status >= TaskStatus::Running && sighting.running.is_none()
+                    {
                         sighting.running = Some(at);
                     }
                 }
@@ -98,7 +99,9 @@ pub async fn measure(api: &Api, load: &StartLoad, timeout: Duration) -> anyhow::
     let mut sent: Vec<(String, Instant)> = Vec::with_capacity(load.tasks);
     let mut errors = 0;
     let mut first_error = None;
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(load.per_second.max(1))));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(
+        1.0 / f64::from(load.per_second.max(1)),
+    ));
     let mut calls = tokio::task::JoinSet::new();
     let started = Instant::now();
     for _ in 0..load.tasks {
@@ -113,7 +116,9 @@ pub async fn measure(api: &Api, load: &StartLoad, timeout: Duration) -> anyhow::
         };
         calls.spawn(async move {
             let t0 = Instant::now();
-            let answer = api.call::<_, TasksResponse>(Action::RunTask, &request).await;
+            let answer = api
+                .call::<_, TasksResponse>(Action::RunTask, &request)
+                .await;
             (t0, answer)
         });
     }
@@ -144,7 +149,10 @@ pub async fn measure(api: &Api, load: &StartLoad, timeout: Duration) -> anyhow::
     loop {
         let all_stopped = seen
             .lock()
-            .map(|s| sent.iter().all(|(id, _)| s.get(id).is_some_and(|x| x.stopped)))
+            .map(|s| {
+                sent.iter()
+                    .all(|(id, _)| s.get(id).is_some_and(|x| x.stopped))
+            })
             .unwrap_or(false);
         if all_stopped || Instant::now() >= deadline {
             break;

@@ -21,8 +21,8 @@ use berth_messages::api::AcknowledgmentResponse;
 use berth_messages::arn::ArnScope;
 use berth_messages::command::{CommandResponse, Outcome};
 use berth_messages::model::{
-    Allocation, Attribute, Container, ContainerDefinition, ContainerInstance, InstanceStatus, Resource, Task,
-    TaskStatus, VersionInfo,
+    Allocation, Attribute, Container, ContainerDefinition, ContainerInstance, InstanceStatus,
+    Resource, Task, TaskStatus, VersionInfo,
 };
 use berth_messages::{codec, headers, subjects};
 use futures::stream::FuturesUnordered;
@@ -114,11 +114,6 @@ impl Seeder {
         self.tasks
     }
 
-    /// Seeded instances so far.
-    pub fn instances(&self) -> usize {
-        self.instance_versions.len()
-    }
-
     pub fn names(&self) -> Names {
         Names {
             arns: self.arns.clone(),
@@ -155,7 +150,8 @@ impl Seeder {
         let mut inflight = FuturesUnordered::new();
         let mut report = SeedReport::default();
         for instance in first_instance..=last_instance {
-            let holds = instance * TASKS_PER_INSTANCE..((instance + 1) * TASKS_PER_INSTANCE).min(total);
+            let holds =
+                instance * TASKS_PER_INSTANCE..((instance + 1) * TASKS_PER_INSTANCE).min(total);
             let instance_id = self.id("instance", instance);
             let record = self.instance_record(instance, holds.clone(), now);
             let expected = self.instance_versions.get(&instance).copied().unwrap_or(0);
@@ -167,9 +163,10 @@ impl Seeder {
                     &command_id,
                 )
                 .await?;
-            inflight.push(async move { (Some(instance), ack.await) });
+            inflight.push(acked(Some(instance), ack));
             report.instances_written += 1;
-            for index in holds.filter(|i| *i >= self.tasks) {
+            let already = self.tasks;
+            for index in holds.filter(|i| *i >= already) {
                 let task_id = self.task_id(index);
                 let task = self.task_record(&task_id, &instance_id, now);
                 let ack = self
@@ -180,7 +177,7 @@ impl Seeder {
                         &command_id,
                     )
                     .await?;
-                inflight.push(async move { (None, ack.await) });
+                inflight.push(acked(None, ack));
                 report.tasks_written += 1;
                 while inflight.len() >= WINDOW {
                     self.settle(inflight.next().await, &mut report)?;
@@ -228,14 +225,7 @@ impl Seeder {
             .context("seeding publish")
     }
 
-    fn settle(
-        &mut self,
-        done: Option<(
-            Option<usize>,
-            Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-        )>,
-        report: &mut SeedReport,
-    ) -> anyhow::Result<()> {
+    fn settle(&mut self, done: Option<Acked>, report: &mut SeedReport) -> anyhow::Result<()> {
         match done {
             Some((instance, Ok(ack))) => {
                 if let Some(instance) = instance {
@@ -333,6 +323,16 @@ impl Seeder {
             ..Default::default()
         }
     }
+}
+
+type Acked = (
+    Option<usize>,
+    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+);
+
+/// The acknowledgement of a seeding write, tagged with the instance it wrote (if any).
+async fn acked(instance: Option<usize>, ack: jetstream::context::PublishAckFuture) -> Acked {
+    (instance, ack.await)
 }
 
 fn allocation() -> Allocation {

@@ -31,10 +31,6 @@ impl Samples {
         self.values.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
     /// The nearest-rank percentile (`q` in 0..=1); zero when there are no samples.
     pub fn percentile(&mut self, q: f64) -> Duration {
         if self.values.is_empty() {
@@ -91,7 +87,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -244,7 +244,8 @@ pub enum TasksCommand {
         #[arg(required = true)]
         tasks: Vec<String>,
     },
-    /// Print a container's output (read from the agent of its host).
+    /// Print a container's output (read from the agent of its host); with --output json,
+    /// one chunk (the agent's LogsResponse) per line.
     Logs {
         /// Task id or ARN.
         task: String,

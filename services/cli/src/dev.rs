@@ -622,7 +622,11 @@ async fn wait_agent(
         AgentEvent::NoMarker | AgentEvent::Exited(_) => {
             let status = match event {
                 AgentEvent::Exited(s) => s,
-                _ => agent.child.wait().await.ok(),
+                // Its stderr closed without the ready line: it is on its way out.
+                _ => tokio::time::timeout(Duration::from_secs(5), agent.child.wait())
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
             };
             return Err(agent.exited_error(status, "before it was ready").await);
         }

@@ -38,6 +38,10 @@ pub struct Config {
     /// default a smaller lower-priority job may use capacity a larger one cannot).
     #[arg(long, env = "BERTH_SCHEDULER_STRICT", default_value_t = false)]
     pub strict_priority: bool,
+    /// Pick at random among this many best-fitting instances (1: always the best fit).
+    /// Several schedulers on one pool collide far less often with 2 or 3.
+    #[arg(long, env = "BERTH_SCHEDULER_CANDIDATES", default_value_t = 1)]
+    pub candidates: usize,
     /// Replicas of the BERTH_JOBS stream (3 on a three-node cluster).
     #[arg(long, env = "BERTH_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
@@ -59,6 +63,7 @@ impl Default for Config {
             max_held: 10_000,
             max_retries: 10,
             strict_priority: false,
+            candidates: 1,
             replicas: 1,
             request_timeout: 45.0,
             log_json: false,

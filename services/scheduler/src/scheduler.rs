@@ -26,7 +26,7 @@ use berth_placement::{demand_of, Demand};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -191,6 +191,9 @@ pub async fn run(
         }
     }
 
+    // Stop pulling first: jobs handed back must not come straight back to this pull.
+    drop(job_messages);
+    drop(stats_requests);
     state.drain().await;
     let stats = state.stats();
     tracing::info!(
@@ -232,8 +235,8 @@ async fn open_jobs(
         match consumer
             .stream()
             .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(2))
+            .expires(Duration::from_secs(5))
             .messages()
             .await
         {
@@ -347,6 +350,8 @@ struct State {
     pool: Pool,
     queue: JobQueue<Held>,
     definitions: HashMap<String, (Arc<TaskDefinition>, Instant)>,
+    /// Task-definition references with a look-up in flight.
+    resolving: HashSet<String>,
     work: FuturesUnordered<BoxFuture<'static, Done>>,
     stats: Stats,
 }
@@ -361,9 +366,10 @@ impl State {
             max_retries: config.max_retries,
             strict: config.strict_priority,
             ambiguity_grace: config.request_timeout(),
-            pool: Pool::default(),
+            pool: Pool::new(config.candidates, seed()),
             queue: JobQueue::default(),
             definitions: HashMap::new(),
+            resolving: HashSet::new(),
             work: FuturesUnordered::new(),
             stats: Stats {
                 cluster: config.cluster.clone(),
@@ -421,14 +427,14 @@ impl State {
                 return;
             }
         };
-        if self.queue.contains_id(&job.id) {
-            // A redelivery of a job held here (its progress ack was late) is ignored; a
-            // second submission of a held id after the de-duplication window is dropped.
-            let held_sequence = self
-                .queue
-                .get_mut_by_id(&job.id)
-                .and_then(|h| h.message.info().ok().map(|i| i.stream_sequence));
-            if held_sequence != Some(sequence) {
+        if let Some(held) = self.queue.get_mut_by_id(&job.id) {
+            let held_sequence = held.message.info().ok().map(|i| i.stream_sequence);
+            if held_sequence == Some(sequence) {
+                // Redelivered while held here (a progress ack came late): keep the newest
+                // delivery, whose ack the server expects.
+                held.message = message;
+            } else {
+                // The same id submitted again after the de-duplication window.
                 tracing::warn!(job = %job.id, sequence, "dropping a second submission of a held job id");
                 ack(&message, AckKind::Term).await;
             }
@@ -474,6 +480,9 @@ impl State {
         // Demands that found no room in this pass: a job needing at least as much is
         // skipped without a search.
         let mut unfit: Vec<Demand> = Vec::new();
+        // Set once a job earlier in serving order waits for a look-up: jobs after it may
+        // start their own look-ups but take no capacity before it.
+        let mut barrier = false;
         for key in self.queue.keys() {
             if self.work.len() >= self.max_in_flight {
                 break;
@@ -481,13 +490,18 @@ impl State {
             let Some(held) = self.queue.get_mut(&key) else {
                 continue;
             };
-            if held.busy || held.failure.is_some() {
+            if held.failure.is_some() {
+                continue;
+            }
+            if held.busy {
+                barrier = true;
                 continue;
             }
             match held.phase {
                 Phase::Recover { not_before } => {
                     if held.starting == 0 && now >= not_before {
                         held.busy = true;
+                        barrier = true;
                         let api = self.api.clone();
                         let job_id = held.job.id.clone();
                         let started_by = held.job.effective_started_by().to_string();
@@ -513,9 +527,16 @@ impl State {
                                 continue;
                             }
                         }
+                        _ if self.resolving.contains(&reference) => {
+                            // Another job's look-up of the same reference will answer.
+                            barrier = true;
+                            continue;
+                        }
                         _ => {
                             if now >= not_before {
                                 held.busy = true;
+                                barrier = true;
+                                self.resolving.insert(reference.clone());
                                 let api = self.api.clone();
                                 let job_id = held.job.id.clone();
                                 self.work.push(
@@ -538,6 +559,9 @@ impl State {
                     }
                 }
                 Phase::Ready => {}
+            }
+            if barrier {
+                continue;
             }
             let Some(target) = held.target.clone() else {
                 continue;
@@ -608,6 +632,7 @@ impl State {
                 reference,
                 result,
             } => {
+                self.resolving.remove(&reference);
                 let Some(held) = self.queue.get_mut_by_id(&job_id) else {
                     return;
                 };
@@ -851,7 +876,20 @@ impl State {
         for held in self.queue.drain() {
             ack(&held.message, AckKind::Nak(None)).await;
         }
+        // Acks and outcomes are buffered: send them before the connection goes.
+        if let Err(error) = self.client.flush().await {
+            tracing::warn!(%error, "could not flush acks and outcomes at shutdown");
+        }
     }
+}
+
+/// A seed that differs between scheduler processes and runs.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 /// Whether a reference names one revision (its content never changes).

@@ -18,6 +18,8 @@ use tokio::time::Instant;
 
 /// How often the API is asked when no change arrived.
 const POLL: Duration = Duration::from_secs(1);
+/// How often the API is asked while its view catches up with a change already seen.
+const VIEW_CATCH_UP: Duration = Duration::from_millis(50);
 
 /// DescribeTasks in batches of 100.
 pub async fn describe_tasks(ctx: &Context, tasks: &[String]) -> Result<TasksResponse, CliError> {
@@ -116,8 +118,16 @@ pub async fn wait_tasks(
             all &= reached(t, target)?;
         }
         if all {
+            // The journal may run ahead of the API's view: answer once the view agrees.
             let arns: Vec<String> = known.keys().cloned().collect();
-            return describe_tasks(ctx, &arns).await;
+            let described = describe_tasks(ctx, &arns).await?;
+            let mut agreed = described.failures.is_empty();
+            for t in &described.tasks {
+                agreed &= reached(t, target)?;
+            }
+            if agreed {
+                return Ok(described);
+            }
         }
         let now = Instant::now();
         if let Some(d) = deadline {
@@ -138,7 +148,8 @@ pub async fn wait_tasks(
                 )));
             }
         }
-        let tick = deadline.map_or(POLL, |d| POLL.min(d - now));
+        let pause = if all { VIEW_CATCH_UP } else { POLL };
+        let tick = deadline.map_or(pause, |d| pause.min(d - now));
         let mut closed = false;
         let changed: Vec<Task> = match &mut updates {
             Some(stream) => tokio::select! {
