@@ -51,7 +51,7 @@ pub async fn measure(
 ) -> anyhow::Result<Ceiling> {
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(30))
-        .max_ack_inflight(WINDOW)
+        .max_ack_inflight(WINDOW + 1)
         .build(client.clone());
     let options = StreamOptions {
         replicas,

@@ -100,8 +100,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,berth_bench=info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,berth_bench=info,berth_sim=error")
+            }),
         )
         .init();
     let args = Args::parse();
@@ -116,7 +117,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run::run(args)) {
+    // On Ctrl-C or SIGTERM the run is dropped, which stops every process it started.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = run::run(args) => Some(result),
+            _ = interrupted() => None,
+        }
+    });
+    let Some(outcome) = outcome else {
+        eprintln!("berth-bench: interrupted");
+        return ExitCode::from(130);
+    };
+    match outcome {
         Ok(results) => {
             if results.failed() {
                 eprintln!("berth-bench: FAILED (see the errors and the audit above)");
@@ -129,5 +141,20 @@ fn main() -> ExitCode {
             eprintln!("berth-bench: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+async fn interrupted() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
 }

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 /// Tasks per RunTask request.
 pub const COUNT: i64 = 10;
+/// RunTask requests whose stages are timed from the journal after the run.
+const STAGE_SAMPLES: usize = 300;
 
 /// What the load is.
 #[derive(Debug, Clone)]
@@ -52,8 +54,37 @@ pub struct PlacementRun {
     pub outcomes: u64,
     pub cpu: CpuUse,
     pub profile: Option<Profile>,
+    /// Where a RunTask's time goes, from journal timestamps of sampled requests.
+    pub stages: Option<Stages>,
     /// How long the hollow instances took to register.
     pub registration: Duration,
+}
+
+/// The stages of a RunTask, from the client's clock, the control plane's `createdAt`
+/// (set when a task's instance allocation is durable and its record is built), the
+/// server's timestamps of the task records, and the outcome's `completedAt` (one
+/// machine, one clock).
+#[derive(Debug, Clone, Default)]
+pub struct Stages {
+    pub samples: usize,
+    /// Request sent to the first task's record built: API, command stream, consumer,
+    /// outcome check, placement decision, instance write (group commit) durable.
+    pub to_first_placed: Percentiles,
+    /// First task built to the last task record durable (allocations and task writes of
+    /// the 10 tasks).
+    pub task_writes: Percentiles,
+    /// Last task record durable to the outcome built.
+    pub to_outcome: Percentiles,
+    /// Outcome built to the reply at the client: outcome write, reply publish, the API
+    /// handler's wait for its view to reach the outcome, reply.
+    pub to_reply: Percentiles,
+}
+
+/// One sampled RunTask: when it was sent and answered (wall clock) and its task ARNs.
+struct Sampled {
+    sent: std::time::SystemTime,
+    answered: std::time::SystemTime,
+    tasks: Vec<(String, String)>,
 }
 
 impl PlacementRun {
@@ -117,9 +148,15 @@ pub async fn run(
             errors.clone(),
             first_error.clone(),
         );
+        let sample_every = (requests / STAGE_SAMPLES).max(1);
         workers.spawn(async move {
             let mut latency = Samples::with_capacity(requests / load.concurrency.max(1) + 1);
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
+            let mut sampled = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= requests {
+                    break;
+                }
                 let request = RunTaskRequest {
                     cluster: Some(load.cluster.clone()),
                     task_definition: load.family.clone(),
@@ -128,11 +165,23 @@ pub async fn run(
                     ..Default::default()
                 };
                 let t0 = Instant::now();
+                let sent = std::time::SystemTime::now();
                 let answer: Result<TasksResponse, CallError> =
                     api.call(Action::RunTask, &request).await;
                 match answer {
                     Ok(r) => {
                         latency.push(t0.elapsed());
+                        if n % sample_every == 0 && !r.tasks.is_empty() {
+                            sampled.push(Sampled {
+                                sent,
+                                answered: std::time::SystemTime::now(),
+                                tasks: r
+                                    .tasks
+                                    .iter()
+                                    .map(|t| (t.task_arn.clone(), t.container_instance_arn.clone()))
+                                    .collect(),
+                            });
+                        }
                         placed.fetch_add(r.tasks.len() as u64, Ordering::Relaxed);
                         failures.fetch_add(r.failures.len() as u64, Ordering::Relaxed);
                     }
@@ -144,13 +193,15 @@ pub async fn run(
                     }
                 }
             }
-            latency
+            (latency, sampled)
         });
     }
     let mut latency = Samples::default();
+    let mut sampled = Vec::new();
     while let Some(done) = workers.join_next().await {
-        if let Ok(samples) = done {
+        if let Ok((samples, requests)) = done {
             latency.extend(samples);
+            sampled.extend(requests);
         }
     }
     let elapsed = started.elapsed();
@@ -165,6 +216,7 @@ pub async fn run(
         last_sequence(&js, streams::CMD).await,
         last_sequence(&js, streams::OUTCOME).await,
     );
+    let stages = stages(&js, &load.cluster, &sampled).await;
     let placed = placed.load(Ordering::Relaxed);
     let first_error = first_error.lock().ok().and_then(|e| e.clone());
     PlacementRun {
@@ -183,6 +235,84 @@ pub async fn run(
         outcomes: sequences_after.2.saturating_sub(sequences_before.2),
         cpu,
         profile,
+        stages,
         registration: Duration::ZERO,
     }
+}
+
+fn epoch_nanos(t: std::time::SystemTime) -> i128 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+fn between(from_nanos: i128, to_nanos: i128) -> Duration {
+    Duration::from_nanos(u64::try_from(to_nanos - from_nanos).unwrap_or(0))
+}
+
+/// Reads the task records and outcomes of the sampled requests and splits their time.
+async fn stages(
+    js: &async_nats::jetstream::Context,
+    cluster: &str,
+    sampled: &[Sampled],
+) -> Option<Stages> {
+    let stream = js.get_stream_no_info(streams::STATE).await.ok()?;
+    let outcomes = js.get_stream_no_info(streams::OUTCOME).await.ok()?;
+    let mut result = (
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+    );
+    for request in sampled {
+        let mut first_built = i128::MAX;
+        let mut last_durable = i128::MIN;
+        let mut command_id = None;
+        for (task_arn, instance_arn) in &request.tasks {
+            let task_id = berth_messages::arn::task_id(task_arn).1;
+            let instance_id = berth_messages::arn::container_instance_id(instance_arn).1;
+            let subject = berth_messages::subjects::task(cluster, instance_id, task_id);
+            let Ok(message) = stream.direct_get_last_for_subject(subject).await else {
+                continue;
+            };
+            let Ok(task) = berth_messages::codec::decode_record::<berth_messages::model::Task>(
+                &message.payload,
+            ) else {
+                continue;
+            };
+            first_built = first_built.min((task.created_at * 1e9) as i128);
+            last_durable = last_durable.max(message.time.unix_timestamp_nanos());
+            command_id = command_id.or_else(|| berth_journal::command_id_of(&message.headers));
+        }
+        let Some(command_id) = command_id else {
+            continue;
+        };
+        let Ok(outcome) = outcomes
+            .direct_get_last_for_subject(berth_messages::subjects::outcome(&command_id))
+            .await
+        else {
+            continue;
+        };
+        let Ok(outcome) = berth_messages::codec::decode_record::<berth_messages::command::Outcome>(
+            &outcome.payload,
+        ) else {
+            continue;
+        };
+        let completed = (outcome.completed_at * 1e9) as i128;
+        result
+            .0
+            .push(between(epoch_nanos(request.sent), first_built));
+        result.1.push(between(first_built, last_durable));
+        result.2.push(between(last_durable, completed));
+        result
+            .3
+            .push(between(completed, epoch_nanos(request.answered)));
+    }
+    let samples = result.0.len();
+    (samples > 0).then(|| Stages {
+        samples,
+        to_first_placed: result.0.summary(),
+        task_writes: result.1.summary(),
+        to_outcome: result.2.summary(),
+        to_reply: result.3.summary(),
+    })
 }

@@ -594,6 +594,11 @@ async fn measure_single_node(
             tracing::info!(size, "R1: recovery");
             phase.recoveries.push(env.recover(&seeder).await?);
         }
+        // Let the replica finish what seeding or recovery left it (sim reports retried
+        // while it was down) so the reads see the steady state.
+        if let Err(e) = env.quiesce(Duration::from_secs(60)).await {
+            tracing::warn!(error = %e, "reads start before the command stream drained");
+        }
         tracing::info!(size, "R1: reads under churn");
         let mut read =
             reads::measure(&env.read_api, &env.load_api, &read_load, &seeder, &hollow).await;
@@ -773,6 +778,9 @@ async fn measure_three_nodes(
     let seeding = seeder.seed_to(sizes.r3_read_size).await?;
     env.wait_view(seeding.last_sequence, VIEW_TIMEOUT).await?;
     phase.seeding.push((sizes.r3_read_size, seeding));
+    if let Err(e) = env.quiesce(Duration::from_secs(60)).await {
+        tracing::warn!(error = %e, "reads start before the command stream drained");
+    }
     tracing::info!("R3: reads under churn");
     let read_load = ReadLoad {
         cluster: READS.into(),

@@ -94,7 +94,7 @@ impl Seeder {
     ) -> Self {
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(60))
-            .max_ack_inflight(WINDOW)
+            .max_ack_inflight(WINDOW + 1)
             .build(client.clone());
         Self {
             js,
@@ -155,6 +155,11 @@ impl Seeder {
             let instance_id = self.id("instance", instance);
             let record = self.instance_record(instance, holds.clone(), now);
             let expected = self.instance_versions.get(&instance).copied().unwrap_or(0);
+            // Acknowledgements complete only when polled: settle some before taking
+            // another publish permit, or the context's permits run out.
+            while inflight.len() >= WINDOW {
+                self.settle(inflight.next().await, &mut report)?;
+            }
             let ack = self
                 .publish(
                     subjects::instance(&self.cluster, &instance_id),
@@ -169,6 +174,9 @@ impl Seeder {
             for index in holds.filter(|i| *i >= already) {
                 let task_id = self.task_id(index);
                 let task = self.task_record(&task_id, &instance_id, now);
+                while inflight.len() >= WINDOW {
+                    self.settle(inflight.next().await, &mut report)?;
+                }
                 let ack = self
                     .publish(
                         subjects::task(&self.cluster, &instance_id, &task_id),
@@ -179,9 +187,6 @@ impl Seeder {
                     .await?;
                 inflight.push(acked(None, ack));
                 report.tasks_written += 1;
-                while inflight.len() >= WINDOW {
-                    self.settle(inflight.next().await, &mut report)?;
-                }
             }
         }
         while let Some(done) = inflight.next().await {
