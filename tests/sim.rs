@@ -8,7 +8,7 @@ use berth_messages::api::{
     DescribeClustersRequest, DescribeClustersResponse, DescribeTasksRequest, ListTasksRequest,
     ListTasksResponse, RunTaskRequest, TasksResponse,
 };
-use berth_messages::codec::Encoding;
+use berth_messages::codec::{self, Encoding};
 use berth_messages::model::{StopCode, TaskStatus};
 use berth_messages::{api::DesiredStatusFilter, ErrorType};
 use berth_sim::{SimConfig, SimError};
@@ -91,27 +91,44 @@ async fn control_metrics(api: &Api) -> serde_json::Value {
     stats["endpoints"][0]["data"].clone()
 }
 
-/// Runs `count` tasks of `td` in cluster `scale`; returns how many were placed and how
-/// many had to be placed again. On this loaded 2-core machine with 0.5 s heartbeats the
-/// control plane can judge a starved-but-alive agent disconnected for a moment (RunTask then
-/// fails a placement with `AGENT`); like any ECS client, the driver runs those tasks again.
+/// Runs `count` tasks of `td` in cluster `scale` as a careful ECS client does; returns how
+/// many were placed and how many had to be placed again.
+/// - Each request carries a `clientToken`, so when the answer is slow (a request timeout or
+///   the API's `ServerException` "no outcome yet") the same request is sent again and gets
+///   the one outcome of that command: no task runs twice.
+/// - On this loaded 2-core machine with 0.5 s heartbeats the control plane can judge a
+///   starved-but-alive agent disconnected for a moment, and RunTask then fails a placement
+///   with `AGENT`; those tasks are run again by a new request.
+///
 /// Every other failure fails the test.
-async fn run_tasks(api: &Api, td: &str, count: usize) -> (usize, usize) {
-    const ATTEMPTS: usize = 100;
+async fn run_tasks(api: &Api, call: usize, td: &str, count: usize) -> (usize, usize) {
+    const ROUNDS: usize = 100;
+    const SENDS: usize = 20;
     let (mut placed, mut again) = (0, 0);
-    for _ in 0..ATTEMPTS {
-        let reply: TasksResponse = api
-            .call(
-                "RunTask",
-                &RunTaskRequest {
-                    cluster: Some("scale".into()),
-                    task_definition: td.to_string(),
-                    count: Some((count - placed) as i64),
-                    ..Default::default()
+    for round in 0..ROUNDS {
+        let request = RunTaskRequest {
+            cluster: Some("scale".into()),
+            task_definition: td.to_string(),
+            count: Some((count - placed) as i64),
+            client_token: Some(format!("sim-{call}-{round}")),
+            ..Default::default()
+        };
+        let body = codec::encode(Encoding::MsgPack, &request).expect("encode RunTask");
+        let mut reply = None;
+        for _ in 0..SENDS {
+            match api.try_raw("RunTask", None, body.clone()).await {
+                Ok(msg) => match decode_reply::<TasksResponse>(Encoding::MsgPack, &msg) {
+                    Ok(r) => {
+                        reply = Some(r);
+                        break;
+                    }
+                    Err(e) if e.error_type == ErrorType::ServerException => {}
+                    Err(e) => panic!("RunTask refused: {e}"),
                 },
-            )
-            .await
-            .expect("RunTask");
+                Err(e) => eprintln!("sim: RunTask not answered ({e}); sending it again"),
+            }
+        }
+        let reply = reply.unwrap_or_else(|| panic!("RunTask unanswered after {SENDS} sends"));
         placed += reply.tasks.len();
         if let Some(f) = reply
             .failures
@@ -127,7 +144,7 @@ async fn run_tasks(api: &Api, td: &str, count: usize) -> (usize, usize) {
         tokio::time::sleep(HEARTBEAT).await;
     }
     panic!(
-        "{} tasks still refused with AGENT after {ATTEMPTS} attempts",
+        "{} tasks still refused with AGENT after {ROUNDS} rounds",
         count - placed
     );
 }
@@ -176,7 +193,7 @@ async fn sim_2000_instances_run_20000_tasks_to_completion() {
 
     let t1 = Instant::now();
     let results: Vec<(usize, usize)> = futures::stream::iter(0..RUN_TASK_CALLS)
-        .map(|_| run_tasks(&api, &td, TASKS_PER_CALL as usize))
+        .map(|call| run_tasks(&api, call, &td, TASKS_PER_CALL as usize))
         .buffer_unordered(RUN_TASKS_IN_FLIGHT)
         .collect()
         .await;
@@ -361,7 +378,7 @@ async fn hollow_lifecycle_exit_codes_stops_and_restart() {
     first.stop().await;
     let restarted = berth_sim::start(SimConfig {
         run_time: Duration::from_secs(600),
-        ..config
+        ..config.clone()
     })
     .await
     .expect("sim restarts");
@@ -390,6 +407,36 @@ async fn hollow_lifecycle_exit_codes_stops_and_restart() {
     assert_eq!(stopped["stopCode"], "UserInitiated", "{stopped}");
     assert_eq!(stopped["containers"][0]["exitCode"], 143, "{stopped}");
 
-    assert_audit_clean(&berth.url()).await;
+    // A task RUNNING when its sim stops is adopted by the next sim on the same data
+    // directory, which plays it on (run time, exit code) instead of starting it again.
+    let reply = api
+        .call_json("RunTask", json!({"cluster": "small", "taskDefinition": td}))
+        .await
+        .expect("RunTask");
+    let arn = reply["tasks"][0]["taskArn"]
+        .as_str()
+        .expect("arn")
+        .to_string();
+    let running = wait_task(api, "small", &arn, "task to run", |t| {
+        t["lastStatus"] == "RUNNING"
+    })
+    .await;
     restarted.stop().await;
+    let adopting = berth_sim::start(SimConfig {
+        exit_code: 7,
+        ..config
+    })
+    .await
+    .expect("sim restarts again");
+    assert_eq!(adopting.instance_arns(), &arns[..]);
+    let stopped = wait_task(api, "small", &arn, "adopted task to exit", |t| {
+        t["lastStatus"] == "STOPPED"
+    })
+    .await;
+    assert_eq!(stopped["stopCode"], "EssentialContainerExited", "{stopped}");
+    assert_eq!(stopped["containers"][0]["exitCode"], 7, "{stopped}");
+    assert_eq!(stopped["startedAt"], running["startedAt"], "started once");
+
+    assert_audit_clean(&berth.url()).await;
+    adopting.stop().await;
 }

@@ -64,6 +64,10 @@ pub struct ReadRun {
     pub elapsed: Duration,
     /// Resident memory of the control plane after the run, KiB.
     pub control_rss_kib: Option<u64>,
+    /// CPU used during the run, by process.
+    pub cpu: crate::procfs::CpuUse,
+    /// Where berth-control spent its CPU during the run (largest size only).
+    pub profile: Option<crate::profile::Profile>,
 }
 
 impl ReadRun {
@@ -203,7 +207,7 @@ pub async fn measure(
         background_tasks: counters.background_tasks.load(Ordering::Relaxed),
         background_errors: counters.background_errors.load(Ordering::Relaxed),
         elapsed,
-        control_rss_kib: None,
+        ..Default::default()
     }
 }
 

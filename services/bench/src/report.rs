@@ -96,6 +96,11 @@ pub fn render(results: &Results) -> String {
             where_time_goes(&mut out, phase, placement);
         }
     }
+    for phase in &results.phases {
+        for read in &phase.reads {
+            reads_cpu(&mut out, phase, read);
+        }
+    }
     goals(&mut out, results);
     for phase in &results.phases {
         if let Some(audit) = &phase.audit {
@@ -415,51 +420,84 @@ fn where_time_goes(out: &mut String, phase: &Phase, placement: &Placement) {
             stage(&stages.to_reply)
         );
     }
-    let elapsed = run.cpu.elapsed.as_secs_f64().max(1e-9);
     let per_1000 = |d: Duration| d.as_secs_f64() * 1000.0 * 1000.0 / run.placed.max(1) as f64;
-    let mut cpu = String::new();
-    for (name, used) in &run.cpu.by_process {
-        let _ = write!(
-            cpu,
-            "{name} {:.2} cores ({:.0} ms per 1,000 tasks); ",
-            used.as_secs_f64() / elapsed,
-            per_1000(*used)
-        );
-    }
-    if let Some(others) = run.cpu.others() {
-        let _ = write!(
-            cpu,
-            "everything else on the machine {:.2} cores",
-            others.as_secs_f64() / elapsed
-        );
-    }
+    let cpu_per_task: Vec<String> = run
+        .cpu
+        .by_process
+        .iter()
+        .map(|(name, used)| format!("{name} {:.0} ms", per_1000(*used)))
+        .collect();
     let _ = writeln!(
         out,
-        "- CPU during the run (of {} cores): {cpu}",
-        num_cores()
+        "- CPU during the run (of {} cores): {}; CPU per 1,000 tasks placed: {}",
+        num_cores(),
+        cpu_split(&run.cpu),
+        cpu_per_task.join(", ")
     );
     match &run.profile {
-        Some(profile) => {
-            let areas: Vec<String> = profile
-                .by_area
-                .iter()
-                .take(10)
-                .map(|(a, p)| format!("{a} {p:.1}%"))
-                .collect();
-            let _ = writeln!(
-                out,
-                "- berth-control profile (perf, self time by crate): {}",
-                areas.join(", ")
-            );
-            let _ = writeln!(out, "- hottest symbols:");
-            for (symbol, p) in &profile.top {
-                let short: String = symbol.chars().take(140).collect();
-                let _ = writeln!(out, "  - {p:.1}% `{short}`");
-            }
-        }
+        Some(profile) => profile_lines(out, profile),
         None => {
             let _ = writeln!(out, "- no perf profile (perf unavailable or disabled)");
         }
+    }
+}
+
+fn cpu_split(cpu: &crate::procfs::CpuUse) -> String {
+    let elapsed = cpu.elapsed.as_secs_f64().max(1e-9);
+    let mut parts: Vec<String> = cpu
+        .by_process
+        .iter()
+        .map(|(name, used)| format!("{name} {:.2} cores", used.as_secs_f64() / elapsed))
+        .collect();
+    if let Some(others) = cpu.others() {
+        parts.push(format!(
+            "everything else on the machine {:.2} cores",
+            others.as_secs_f64() / elapsed
+        ));
+    }
+    parts.join(", ")
+}
+
+fn profile_lines(out: &mut String, profile: &crate::profile::Profile) {
+    let areas: Vec<String> = profile
+        .by_area
+        .iter()
+        .take(10)
+        .map(|(a, p)| format!("{a} {p:.1}%"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "- berth-control profile (perf, self time by crate): {}",
+        areas.join(", ")
+    );
+    let _ = writeln!(out, "- hottest symbols:");
+    for (symbol, p) in &profile.top {
+        let short: String = symbol.chars().take(140).collect();
+        let _ = writeln!(out, "  - {p:.1}% `{short}`");
+    }
+}
+
+/// CPU during each read measurement, and the control plane's profile where taken.
+fn reads_cpu(out: &mut String, phase: &Phase, read: &crate::reads::ReadRun) {
+    if read.cpu.by_process.is_empty() && read.profile.is_none() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Reads at {} tasks ({}): {} requests in {}\n",
+        size(read.seeded_tasks),
+        phase.label,
+        thousands(2 * read.describe_tasks.count as u64),
+        human(read.elapsed)
+    );
+    let _ = writeln!(
+        out,
+        "- CPU (of {} cores): {}",
+        num_cores(),
+        cpu_split(&read.cpu)
+    );
+    if let Some(profile) = &read.profile {
+        profile_lines(out, profile);
     }
 }
 

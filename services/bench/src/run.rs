@@ -600,9 +600,8 @@ async fn measure_single_node(
             tracing::warn!(error = %e, "reads start before the command stream drained");
         }
         tracing::info!(size, "R1: reads under churn");
-        let mut read =
-            reads::measure(&env.read_api, &env.load_api, &read_load, &seeder, &hollow).await;
-        read.control_rss_kib = env.control_rss_kib();
+        let largest = sizes.read_sizes.iter().max() == Some(&size);
+        let read = measure_reads(env, args, &read_load, &seeder, &hollow, largest).await;
         phase.reads.push(read);
     }
     if !placed {
@@ -617,6 +616,37 @@ async fn measure_single_node(
         phase.start = Some(task_start(env, sizes, bins).await?);
     }
     Ok(())
+}
+
+/// One read measurement with the CPU of every process accounted and, if `profile`, the
+/// control plane profiled.
+async fn measure_reads(
+    env: &Env,
+    args: &Args,
+    load: &ReadLoad,
+    seeder: &Seeder,
+    hollow: &[String],
+    profile: bool,
+) -> reads::ReadRun {
+    let profile_dir = env.dir.join(format!("profile-reads-{}", seeder.tasks()));
+    let recording = match (profile && !args.no_perf, env.control_pid()) {
+        (true, Some(pid)) if std::fs::create_dir_all(&profile_dir).is_ok() => {
+            crate::profile::start(pid, &profile_dir.join("perf.data"))
+        }
+        _ => None,
+    };
+    if recording.is_some() {
+        // perf takes a moment to attach.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let meter = procfs::CpuMeter::start(env.cpu_groups());
+    let mut read = reads::measure(&env.read_api, &env.load_api, load, seeder, hollow).await;
+    read.cpu = meter.stop();
+    read.control_rss_kib = env.control_rss_kib();
+    if let Some(recording) = recording {
+        read.profile = recording.finish().await;
+    }
+    read
 }
 
 /// Placement throughput on the large and the small hollow clusters.
@@ -789,8 +819,7 @@ async fn measure_three_nodes(
         churn_per_second: sizes.churn_per_second,
         background_per_second: sizes.background_per_second,
     };
-    let mut read = reads::measure(&env.read_api, &env.load_api, &read_load, &seeder, &hollow).await;
-    read.control_rss_kib = env.control_rss_kib();
+    let read = measure_reads(env, args, &read_load, &seeder, &hollow, true).await;
     phase.reads.push(read);
     Ok(())
 }

@@ -33,9 +33,25 @@ pub async fn run(shared: Shared) -> Result<(), async_nats::Error> {
         tokio::spawn(async move {
             let interval = shared.config.heartbeat();
             let mut ticker = tokio::time::interval(interval / 2);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_tick = Instant::now();
+            // When this replica itself was starved of CPU, silence says nothing about the
+            // agents: it grants a new grace period instead of flipping every instance.
+            let mut grace_until = started;
             loop {
                 ticker.tick().await;
                 let limit = interval * MISSED_BEATS;
+                if last_tick.elapsed() > interval {
+                    grace_until = Instant::now() + limit;
+                    tracing::warn!(
+                        late_ms = last_tick.elapsed().as_millis() as u64,
+                        "liveness check ran late; granting agents a grace period"
+                    );
+                }
+                last_tick = Instant::now();
+                if Instant::now() < grace_until {
+                    continue;
+                }
                 for cluster in clusters(&shared) {
                     for ci in shared.view.instances(&cluster) {
                         if !ci.value.agent_connected || ci.value.status == InstanceStatus::Inactive
@@ -54,7 +70,11 @@ pub async fn run(shared: Shared) -> Result<(), async_nats::Error> {
                         if since_registration < limit.as_secs_f64() {
                             continue;
                         }
-                        let last = beats.get(&key).map(|t| *t).unwrap_or(started);
+                        let last = beats
+                            .get(&key)
+                            .map(|t| *t)
+                            .unwrap_or(started)
+                            .max(grace_until.checked_sub(limit).unwrap_or(started));
                         if last.elapsed() > limit {
                             flip(&shared, &flipping, key, false);
                         }

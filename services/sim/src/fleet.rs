@@ -17,6 +17,8 @@ use std::time::Duration;
 pub const REGISTRATIONS_IN_FLIGHT: usize = 64;
 /// At most this many heartbeat slices per interval.
 const MAX_SLICES: usize = 50;
+/// At most one warning about late heartbeats this often.
+const LATE_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// What hollow instances report as their agent version.
 pub const AGENT_VERSION: &str = concat!("berth-sim ", env!("CARGO_PKG_VERSION"));
 
@@ -148,8 +150,16 @@ pub async fn heartbeats(client: async_nats::Client, fleet: Arc<Fleet>, interval:
     let mut ticker = tokio::time::interval(interval / slices as u32);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut slice = 0usize;
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
-        ticker.tick().await;
+        let due = ticker.tick().await;
+        let late = due.elapsed();
+        // The control plane judges an agent lost after three missed intervals: say so
+        // when this process cannot keep up, before it shows as disconnected instances.
+        if late > interval && warned.is_none_or(|w| w.elapsed() > LATE_WARNING_EVERY) {
+            tracing::warn!(late = ?late, "heartbeats are late: this process is starved of CPU");
+            warned = Some(tokio::time::Instant::now());
+        }
         let (from, to) = (slice * n / slices, (slice + 1) * n / slices);
         let now = berth_messages::now_epoch_seconds();
         for s in &fleet.slots[from..to] {
