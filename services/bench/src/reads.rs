@@ -33,6 +33,9 @@ pub const BATCH: usize = 10;
 const WARM_UP: usize = 200;
 /// Churn instances alive at once: each leaves this many ticks after it joined.
 const CHURN_POOL: usize = 20;
+/// Background RunTask requests in flight at most: a tick that finds this many waiting is
+/// skipped, so a slow control plane is loaded, not buried under an ever-growing backlog.
+const BACKGROUND_IN_FLIGHT: usize = 4;
 
 /// What a read measurement does.
 #[derive(Debug, Clone)]
@@ -44,8 +47,10 @@ pub struct ReadLoad {
     pub samples: usize,
     /// Joins (and leaves) per second.
     pub churn_per_second: u32,
-    /// RunTask (count 10) requests per second in the background.
+    /// RunTask (count 10) requests per second in the background (at most).
     pub background_per_second: u32,
+    /// Each reader stops after this long even if it has not sent `samples` requests.
+    pub max_duration: Duration,
 }
 
 /// What a read measurement found.
@@ -121,10 +126,14 @@ pub async fn measure(
         let cluster = load.cluster.clone();
         let names = seeder.names();
         let samples = load.samples;
+        let max_duration = load.max_duration;
         tokio::spawn(async move {
             let mut latency = Samples::with_capacity(samples);
             let mut errors = 0u64;
             for n in 0..WARM_UP + samples {
+                if n > WARM_UP && started.elapsed() > max_duration {
+                    break;
+                }
                 let tasks: Vec<String> = {
                     let mut rng = rand::thread_rng();
                     (0..BATCH)
@@ -157,10 +166,14 @@ pub async fn measure(
         let cluster = load.cluster.clone();
         let hollow = hollow.to_vec();
         let samples = load.samples;
+        let max_duration = load.max_duration;
         tokio::spawn(async move {
             let mut latency = Samples::with_capacity(samples);
             let mut errors = 0u64;
             for n in 0..WARM_UP + samples {
+                if n > WARM_UP && started.elapsed() > max_duration {
+                    break;
+                }
                 let instances: Vec<String> = {
                     let mut rng = rand::thread_rng();
                     hollow
@@ -344,6 +357,10 @@ async fn background(
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => break,
+        }
+        while calls.try_join_next().is_some() {}
+        if calls.len() >= BACKGROUND_IN_FLIGHT {
+            continue;
         }
         let (api, counters) = (api.clone(), counters.clone());
         let request = RunTaskRequest {

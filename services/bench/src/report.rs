@@ -211,14 +211,16 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
             p,
             &format!("  churn during reads at {s}"),
             format!(
-                "{:.1} joins/s, {:.1} leaves/s (target {}/s), {} background tasks placed ({} RunTask/s on {} hollow instances), {} samples per read kind, {} errors",
+                "{:.1} joins/s, {:.1} leaves/s (target {}/s), {} background tasks placed ({:.1} RunTask/s achieved of {} on {} hollow instances), {} samples per read kind in {}, {} errors",
                 read.joins_per_second(),
                 read.leaves_per_second(),
                 phase.churn_per_second,
                 thousands(read.background_tasks),
+                crate::stats::per_second(read.background_tasks, read.elapsed) / crate::placement::COUNT as f64,
                 phase.background_per_second,
                 thousands(phase.read_instances as u64),
                 thousands(dt.count as u64),
+                human(read.elapsed),
                 read.read_errors + read.churn_errors + read.background_errors
             ),
             "—".into(),

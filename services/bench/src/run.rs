@@ -53,6 +53,8 @@ pub struct Sizes {
     pub recovery_sizes: Vec<usize>,
     pub read_samples: usize,
     pub read_instances: usize,
+    /// Longest a read measurement runs, whatever its sample count.
+    pub read_max_duration: Duration,
     pub background_per_second: u32,
     pub churn_per_second: u32,
     pub start_tasks: usize,
@@ -76,6 +78,7 @@ impl Sizes {
                 recovery_sizes: vec![1_000, 10_000],
                 read_samples: 1_000,
                 read_instances: 50,
+                read_max_duration: Duration::from_secs(15),
                 background_per_second: 5,
                 churn_per_second: 10,
                 start_tasks: 20,
@@ -96,6 +99,7 @@ impl Sizes {
                 recovery_sizes: vec![100_000, 1_000_000],
                 read_samples: 20_000,
                 read_instances: 1_000,
+                read_max_duration: Duration::from_secs(120),
                 background_per_second: 10,
                 churn_per_second: 10,
                 start_tasks: 500,
@@ -579,6 +583,7 @@ async fn measure_single_node(
         samples: sizes.read_samples,
         churn_per_second: sizes.churn_per_second,
         background_per_second: sizes.background_per_second,
+        max_duration: sizes.read_max_duration,
     };
     let mut placed = false;
     for &size in &sizes.read_sizes {
@@ -818,6 +823,7 @@ async fn measure_three_nodes(
         samples: sizes.read_samples,
         churn_per_second: sizes.churn_per_second,
         background_per_second: sizes.background_per_second,
+        max_duration: sizes.read_max_duration,
     };
     let read = measure_reads(env, args, &read_load, &seeder, &hollow, true).await;
     phase.reads.push(read);
