@@ -83,7 +83,7 @@ pub fn render(results: &Results) -> String {
     for figure in &results.criterion {
         table.row(
             "library",
-            &format!("placement decision `{}` (criterion)", figure.name),
+            &format!("placement library: `{}` (criterion)", figure.name),
             human(figure.per_iteration),
             "—".into(),
             "—".into(),
@@ -99,6 +99,19 @@ pub fn render(results: &Results) -> String {
     for phase in &results.phases {
         for read in &phase.reads {
             reads_cpu(&mut out, phase, read);
+        }
+        for recovery in &phase.recoveries {
+            if let Some(profile) = &recovery.profile {
+                let _ = writeln!(
+                    out,
+                    "\n### Recovery at {} tasks ({}): {} to replay {} journal messages\n",
+                    size(recovery.seeded_tasks),
+                    phase.label,
+                    human(recovery.elapsed),
+                    thousands(recovery.journal_sequence)
+                );
+                profile_lines(&mut out, profile);
+            }
         }
     }
     goals(&mut out, results);

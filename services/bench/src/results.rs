@@ -32,6 +32,8 @@ pub struct Recovery {
     pub elapsed: Duration,
     /// Resident memory of the fresh replica right after, KiB.
     pub rss_kib: Option<u64>,
+    /// Where the fresh replica spent its CPU while catching up (largest size only).
+    pub profile: Option<crate::profile::Profile>,
 }
 
 /// The auditor's verdict.

@@ -395,7 +395,7 @@ impl Env {
 
     /// Stops the replica, starts a fresh one and times it until a read reflects the whole
     /// journal; then reads its memory.
-    async fn recover(&mut self, seeder: &Seeder) -> anyhow::Result<Recovery> {
+    async fn recover(&mut self, seeder: &Seeder, profile: bool) -> anyhow::Result<Recovery> {
         let js = async_nats::jetstream::new(self.client.clone());
         let last = placement::last_sequence(&js, streams::STATE).await;
         if let Some(old) = self.control.take() {
@@ -407,6 +407,14 @@ impl Env {
             .join(format!("berth-control-{}.log", self.controls_started));
         let mut control =
             ControlProcess::spawn(&self.control_bin, &self.urls, self.replicas, &log)?;
+        let profile_dir = self
+            .dir
+            .join(format!("profile-recovery-{}", seeder.tasks()));
+        let recording = if profile && std::fs::create_dir_all(&profile_dir).is_ok() {
+            crate::profile::start(control.pid(), &profile_dir.join("perf.data"))
+        } else {
+            None
+        };
         let probe = self.api.with_timeout(Duration::from_millis(500));
         let deadline = Instant::now() + CONTROL_START_TIMEOUT;
         loop {
@@ -424,6 +432,10 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let elapsed = control.started.elapsed();
+        let profile = match recording {
+            Some(recording) => recording.finish().await,
+            None => None,
+        };
         let last_task = seeder.task_arn(seeder.tasks().saturating_sub(1));
         let found: TasksResponse = self
             .api
@@ -446,6 +458,7 @@ impl Env {
             journal_sequence: last,
             elapsed,
             rss_kib: control.rss_kib(),
+            profile,
         };
         self.control = Some(control);
         Ok(recovery)
@@ -597,7 +610,10 @@ async fn measure_single_node(
         phase.seeding.push((size, seeding));
         if sizes.recovery_sizes.contains(&size) {
             tracing::info!(size, "R1: recovery");
-            phase.recoveries.push(env.recover(&seeder).await?);
+            let largest = sizes.recovery_sizes.iter().max() == Some(&size);
+            phase
+                .recoveries
+                .push(env.recover(&seeder, largest && !args.no_perf).await?);
         }
         // Let the replica finish what seeding or recovery left it (sim reports retried
         // while it was down) so the reads see the steady state.
