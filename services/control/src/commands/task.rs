@@ -44,15 +44,19 @@ impl Launch {
         task_id: &str,
         instance_id: &str,
         allocation: &Allocation,
-    ) -> Task {
+    ) -> ExecResult<Task> {
         let td = &self.definition.value;
         let task_arn = shared.arns.task(&self.cluster, task_id);
-        let bindings = network_bindings(td, &self.demand, allocation);
+        let bindings = berth_placement::network_bindings(td, allocation).map_err(ApiError::from)?;
         let containers = td
             .container_definitions
             .iter()
-            .zip(bindings)
-            .map(|(c, network_bindings)| {
+            .map(|c| {
+                let network_bindings: Vec<NetworkBinding> = bindings
+                    .iter()
+                    .filter(|(name, _)| *name == c.name)
+                    .map(|(_, b)| b.clone())
+                    .collect();
                 let o = self
                     .overrides
                     .container_overrides
@@ -79,7 +83,7 @@ impl Launch {
                 }
             })
             .collect();
-        Task {
+        Ok(Task {
             task_arn,
             cluster_arn: shared.arns.cluster(&self.cluster),
             task_definition_arn: td.task_definition_arn.clone(),
@@ -97,7 +101,7 @@ impl Launch {
             tags: self.tags.clone(),
             allocation: allocation.clone(),
             ..Default::default()
-        }
+        })
     }
 
     async fn create(
@@ -107,7 +111,7 @@ impl Launch {
         instance_id: &str,
         allocation: &Allocation,
     ) -> ExecResult<TaskDone> {
-        let task = self.build_task(shared, task_id, instance_id, allocation);
+        let task = self.build_task(shared, task_id, instance_id, allocation)?;
         TaskOp::run(
             shared,
             &self.cluster,
@@ -120,44 +124,6 @@ impl Launch {
         )
         .await
     }
-}
-
-/// Host ports of each container's mappings: static ones as declared, dynamic ones taken
-/// in order from what the allocation holds beyond the static ports.
-fn network_bindings(
-    td: &TaskDefinition,
-    demand: &Demand,
-    allocation: &Allocation,
-) -> Vec<Vec<NetworkBinding>> {
-    let mut dynamic_tcp = allocation
-        .ports
-        .iter()
-        .filter(|p| !demand.ports.contains(p));
-    let mut dynamic_udp = allocation
-        .ports_udp
-        .iter()
-        .filter(|p| !demand.ports_udp.contains(p));
-    td.container_definitions
-        .iter()
-        .map(|c| {
-            c.port_mappings
-                .iter()
-                .map(|m| {
-                    let host = match m.host_port {
-                        Some(p) if p > 0 => Some(p),
-                        _ if m.is_udp() => dynamic_udp.next().map(|p| i64::from(*p)),
-                        _ => dynamic_tcp.next().map(|p| i64::from(*p)),
-                    };
-                    NetworkBinding {
-                        bind_ip: Some("0.0.0.0".into()),
-                        container_port: m.container_port.or(host),
-                        host_port: host,
-                        protocol: Some(if m.is_udp() { "udp" } else { "tcp" }.into()),
-                    }
-                })
-                .collect()
-        })
-        .collect()
 }
 
 fn presented(t: &TaskDone) -> Task {
@@ -681,10 +647,21 @@ pub async fn submit_task_state(
         }
         Ok(())
     });
+    acknowledged_update(shared, d, &cluster, &task_id, change).await
+}
+
+/// Applies an agent's report to its task and acknowledges it as ECS does.
+async fn acknowledged_update(
+    shared: &Shared,
+    d: &Delivery,
+    cluster: &str,
+    task_id: &str,
+    change: crate::actors::task::TaskChange,
+) -> ExecResult<(CommandResponse, u64)> {
     let done = TaskOp::run(
         shared,
-        &cluster,
-        &task_id,
+        cluster,
+        task_id,
         &d.command_id,
         TaskOpKind::Update(change),
     )
@@ -726,18 +703,5 @@ pub async fn submit_container_state(
         );
         Ok(())
     });
-    let done = TaskOp::run(
-        shared,
-        &cluster,
-        &task_id,
-        &d.command_id,
-        TaskOpKind::Update(change),
-    )
-    .await?;
-    Ok((
-        CommandResponse::Acknowledgment(AcknowledgmentResponse {
-            acknowledgment: "ACK".into(),
-        }),
-        done.task.version,
-    ))
+    acknowledged_update(shared, d, &cluster, &task_id, change).await
 }
