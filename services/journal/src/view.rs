@@ -19,6 +19,7 @@ use berth_messages::model::{
 };
 use berth_messages::streams;
 use berth_messages::subjects::{self, StateKey};
+use berth_placement::{InstancePool, InstanceRecord};
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
@@ -164,6 +165,9 @@ struct ScopeData {
     by_started_by: HashMap<Arc<str>, IdSet>,
     by_group: HashMap<Arc<str>, IdSet>,
     by_desired: HashMap<TaskStatus, IdSet>,
+    /// The instances as placement scans them (remaining resources, task groups, running
+    /// counts), kept up to date by the apply loop.
+    pool: InstancePool,
 }
 
 #[derive(Default)]
@@ -171,8 +175,12 @@ struct InstanceTasks {
     ids: IdSet,
     running: i64,
     pending: i64,
-    /// Non-stopped tasks per task group (copy-on-write: placement snapshots share it).
-    groups: Arc<BTreeMap<String, u32>>,
+}
+
+impl InstanceRecord for Versioned<ContainerInstance> {
+    fn instance(&self) -> &ContainerInstance {
+        &self.value
+    }
 }
 
 /// What placement needs to know about one instance beyond its record.
@@ -270,10 +278,10 @@ impl ScopeData {
         on.ids.insert(id.clone());
         on.running += running;
         on.pending += pending;
+        self.pool.add_running(&entry.instance_id, running);
         if task.last_status != TaskStatus::Stopped {
-            *Arc::make_mut(&mut on.groups)
-                .entry(task.group.clone())
-                .or_default() += 1;
+            self.pool
+                .add_group_tasks(&entry.instance_id, &task.group, 1);
         }
         if let Some(family) = family_of(task) {
             index_insert(&mut self.by_family, &family, id);
@@ -297,14 +305,10 @@ impl ScopeData {
             on.ids.remove(id);
             on.running -= running;
             on.pending -= pending;
+            self.pool.add_running(&entry.instance_id, -running);
             if task.last_status != TaskStatus::Stopped {
-                let groups = Arc::make_mut(&mut on.groups);
-                if let Some(n) = groups.get_mut(&task.group) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        groups.remove(&task.group);
-                    }
-                }
+                self.pool
+                    .add_group_tasks(&entry.instance_id, &task.group, -1);
             }
             if on.ids.is_empty() {
                 self.on_instance.remove(entry.instance_id.as_str());
@@ -500,8 +504,9 @@ impl Inner {
             }
         }
         data.registered += registered;
-        data.instances
-            .insert(id.to_string(), Arc::new(Versioned { value, version }));
+        let record = Arc::new(Versioned { value, version });
+        data.pool.upsert(id, record.clone());
+        data.instances.insert(id.to_string(), record);
     }
 
     fn apply_task(&self, cluster: &str, instance_id: &str, task_id: &str, value: Task, seq: u64) {
@@ -941,8 +946,8 @@ impl View {
         true
     }
 
-    /// Every instance of a cluster with its task groups and running count, by id: the
-    /// input of placement. Cheap: records and group maps are shared, not copied.
+    /// Every instance of a cluster with its task groups and running count, by id (what the
+    /// cluster query language evaluates). Cheap: records and group maps are shared.
     pub fn placement_entries(&self, cluster: &str) -> Vec<PlacementEntry> {
         let Some(scope) = self.inner.scope(cluster) else {
             return Vec::new();
@@ -952,14 +957,25 @@ impl View {
         data.instances
             .iter()
             .map(|(id, instance)| {
-                let on = data.on_instance.get(id.as_str());
+                let slot = data.pool.slot(id);
                 PlacementEntry {
                     instance: instance.clone(),
-                    groups: on.map_or_else(|| empty.clone(), |o| o.groups.clone()),
-                    running_tasks: on.map_or(0, |o| o.running),
+                    groups: slot
+                        .and_then(|s| data.pool.groups_of(s))
+                        .map_or_else(|| empty.clone(), Arc::clone),
+                    running_tasks: slot.map_or(0, |s| data.pool.running(s)),
                 }
             })
             .collect()
+    }
+
+    /// Runs `decide` over the cluster's placement pool under the view's read lock (keep it
+    /// short: the apply loop waits for it). An unknown cluster has an empty pool.
+    pub fn with_pool<R>(&self, cluster: &str, decide: impl FnOnce(&InstancePool) -> R) -> R {
+        match self.inner.scope(cluster) {
+            Some(scope) => decide(&read(&scope.data).pool),
+            None => decide(&InstancePool::new()),
+        }
     }
 
     /// Every task whose subject names this instance, by task id.
