@@ -139,34 +139,33 @@ fn bench(c: &mut Criterion) {
         let record: Arc<dyn InstanceRecord> = Arc::new(i.clone());
         (record, g.clone(), i.running_tasks_count.unwrap_or(0))
     }));
+    let requests: Vec<(&str, PlacementRequest<'_>)> = cases
+        .iter()
+        .map(|(name, constraints, strategies, count)| {
+            let request = PlacementRequest {
+                demand: &demand,
+                count: *count,
+                group: "family:web",
+                constraints,
+                strategies,
+            };
+            (*name, request)
+        })
+        .collect();
     let mut placer = StrategyPlacer::with_seed(7);
     let mut on_pool = c.benchmark_group("place over 10,000 instances (InstancePool)");
-    for (name, constraints, strategies, count) in &cases {
-        let request = PlacementRequest {
-            demand: &demand,
-            count: *count,
-            group: "family:web",
-            constraints,
-            strategies,
-        };
+    for (name, request) in &requests {
         on_pool.bench_function(*name, |b| {
-            b.iter(|| black_box(placer.place_in_pool(black_box(&pool), &request, &[])))
+            b.iter(|| black_box(placer.place_in_pool(black_box(&pool), request, &[])))
         });
     }
     on_pool.finish();
 
     let mut on_slice =
         c.benchmark_group("place over 10,000 candidates (slice summarised per call)");
-    for (name, constraints, strategies, count) in &cases {
-        let request = PlacementRequest {
-            demand: &demand,
-            count: *count,
-            group: "family:web",
-            constraints,
-            strategies,
-        };
+    for (name, request) in &requests {
         on_slice.bench_function(*name, |b| {
-            b.iter(|| black_box(placer.place(black_box(&candidates), &request)))
+            b.iter(|| black_box(placer.place(black_box(&candidates), request)))
         });
     }
     let mut random_fit = RandomFitPlacer::with_seed(7);
