@@ -459,7 +459,7 @@ impl<'r, S: Source> Round<'r, S> {
 
     /// The first constraint the slot breaks, by index: its memberOf verdict, or
     /// distinctInstance once it holds a task of the group.
-    #[inline]
+    #[inline(always)]
     fn unmet(&mut self, slot: usize) -> Option<u16> {
         if self.member_of.is_empty() && self.distinct.is_none() {
             return None;
@@ -570,44 +570,31 @@ impl<'r, S: Source> Round<'r, S> {
         } else {
             // Every candidate tied for the best key is kept; one is drawn below.
             let mut best_key: Option<Key> = None;
-            for slot in 0..n {
-                if !self.eligible(slot) {
-                    continue;
-                }
-                let (free_cpu, free_memory) = self.remaining(slot);
-                if free_cpu < cpu || free_memory < memory {
-                    continue;
-                }
-                // Lexicographic, one score at a time: most slots lose on the first.
-                let (cpu_left, memory_left) = (free_cpu - cpu, free_memory - memory);
-                let mut key: Key = [0; MAX_STRATEGIES];
-                let mut ordering = if best_key.is_none() {
-                    Ordering::Less
-                } else {
-                    Ordering::Equal
-                };
-                for (i, score) in self.scores.iter().enumerate() {
-                    key[i] = self.score(*score, slot, cpu_left, memory_left);
-                    if let Some(best) = &best_key {
-                        if ordering == Ordering::Equal {
-                            ordering = key[i].cmp(&best[i]);
-                            if ordering == Ordering::Greater {
-                                break;
+            match self.scores.first() {
+                Some(Score::SpreadAttribute(b)) => {
+                    // The first score is the bucket's: only the least loaded buckets with a
+                    // fitting instance can win, so they are visited in that order and the
+                    // first level with a candidate ends the search.
+                    let b = *b;
+                    let column = self.buckets[b].column.clone();
+                    let mut order: Vec<usize> = (0..column.buckets).collect();
+                    order.sort_by_key(|bucket| self.buckets[b].tasks[*bucket]);
+                    let mut i = 0;
+                    while i < order.len() && self.ties.is_empty() {
+                        let level = self.buckets[b].tasks[order[i]];
+                        while i < order.len() && self.buckets[b].tasks[order[i]] == level {
+                            for &slot in &column.members[order[i]] {
+                                self.consider(slot, (cpu, memory), needs_ports, &mut best_key, 1);
                             }
+                            i += 1;
                         }
                     }
                 }
-                if ordering == Ordering::Greater
-                    || self.unmet(slot).is_some()
-                    || (needs_ports && !self.ports_free(slot))
-                {
-                    continue;
+                _ => {
+                    for slot in 0..n {
+                        self.consider(slot, (cpu, memory), needs_ports, &mut best_key, 0);
+                    }
                 }
-                if ordering == Ordering::Less {
-                    self.ties.clear();
-                    best_key = Some(key);
-                }
-                self.ties.push(slot);
             }
         }
 
@@ -646,6 +633,54 @@ impl<'r, S: Source> Round<'r, S> {
                 allocation,
             });
         }
+    }
+
+    /// Adds `slot` to the ties if it fits and its key is at least as good as the best so
+    /// far (a better key starts the ties over). The scores before `known` are equal for
+    /// every slot the caller considers, and not computed.
+    #[inline(always)]
+    fn consider(
+        &mut self,
+        slot: usize,
+        (cpu, memory): (i64, i64),
+        needs_ports: bool,
+        best_key: &mut Option<Key>,
+        known: usize,
+    ) {
+        if !self.eligible(slot) {
+            return;
+        }
+        let (free_cpu, free_memory) = self.remaining(slot);
+        if free_cpu < cpu || free_memory < memory {
+            return;
+        }
+        // Lexicographic, one score at a time: most slots lose on the first.
+        let (cpu_left, memory_left) = (free_cpu - cpu, free_memory - memory);
+        let mut key: Key = [0; MAX_STRATEGIES];
+        let mut ordering = if best_key.is_none() {
+            Ordering::Less
+        } else {
+            Ordering::Equal
+        };
+        for (i, score) in self.scores.iter().enumerate().skip(known) {
+            key[i] = self.score(*score, slot, cpu_left, memory_left);
+            if let Some(best) = best_key {
+                if ordering == Ordering::Equal {
+                    ordering = key[i].cmp(&best[i]);
+                    if ordering == Ordering::Greater {
+                        return;
+                    }
+                }
+            }
+        }
+        if self.unmet(slot).is_some() || (needs_ports && !self.ports_free(slot)) {
+            return;
+        }
+        if ordering == Ordering::Less {
+            self.ties.clear();
+            *best_key = Some(key);
+        }
+        self.ties.push(slot);
     }
 
     #[inline]
