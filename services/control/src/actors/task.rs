@@ -1,7 +1,8 @@
 //! The task actor: the only writer of one task record in this replica. It runs one
-//! operation at a time (create, or a read-modify-conditional-write), and when a task
+//! operation at a time (a read-modify-conditional-write), and when a task
 //! reaches STOPPED it returns the task's resources to its instance before answering.
-//! Idle actors stop themselves; the registry starts a new one on demand.
+//! Idle actors stop themselves; the registry starts a new one on demand. Creation does not
+//! go through an actor: it is conditional on an empty subject, so it cannot overwrite.
 
 use crate::actors::instance::{InstanceOp, OpKind};
 use crate::shared::{ExecError, ExecResult, Shared};
@@ -51,6 +52,16 @@ impl TaskOp {
         command_id: &str,
         kind: TaskOpKind,
     ) -> ExecResult<TaskDone> {
+        if matches!(kind, TaskOpKind::Create { .. }) {
+            // Creation is conditional on the subject being empty (expected sequence 0), so
+            // it cannot overwrite anyone and needs no serialising actor.
+            let span = tracing::debug_span!("task_create", command_id = %command_id, cluster = %cluster, task = %task_id);
+            return tracing::Instrument::instrument(
+                execute(shared, cluster, task_id, command_id, kind),
+                span,
+            )
+            .await;
+        }
         let (tx, rx) = oneshot::channel();
         shared.task_actor(cluster, task_id).do_send(TaskOp {
             command_id: command_id.to_string(),
