@@ -28,6 +28,7 @@ use berth_messages::model::{
 };
 use berth_messages::streams;
 use berth_messages::subjects::{self, StateKey};
+use berth_placement::{InstancePool, InstanceRecord};
 use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
@@ -185,6 +186,9 @@ struct ScopeData {
     /// (instance id, task) for allocations an instance record still holds for a task
     /// whose record is STOPPED, with the journal sequence since which it is so.
     stale: BTreeMap<(Arc<str>, TaskKey), u64>,
+    /// The instances as placement scans them (remaining resources, task groups, running
+    /// counts), kept up to date by the apply loop.
+    pool: InstancePool,
 }
 
 /// A task as the view keeps it: the record in compact form and what the indexes need.
@@ -240,8 +244,12 @@ struct InstanceTasks {
     ids: IdSet,
     running: i64,
     pending: i64,
-    /// Non-stopped tasks per task group (copy-on-write: placement snapshots share it).
-    groups: Arc<BTreeMap<String, u32>>,
+}
+
+impl InstanceRecord for Versioned<ContainerInstance> {
+    fn instance(&self) -> &ContainerInstance {
+        &self.value
+    }
 }
 
 /// What placement needs to know about one instance beyond its record.
@@ -444,15 +452,10 @@ impl ScopeData {
         on.ids.insert(id.clone());
         on.running += running;
         on.pending += pending;
+        self.pool.add_running(instance_id, running);
         if task.last != TaskStatus::Stopped {
-            let group = self.syms.name(task.group);
-            let groups = Arc::make_mut(&mut on.groups);
-            match groups.get_mut(group) {
-                Some(n) => *n += 1,
-                None => {
-                    groups.insert(group.to_string(), 1);
-                }
-            }
+            self.pool
+                .add_group_tasks(instance_id, self.syms.name(task.group), 1);
         }
         if task.family != NO_SYM {
             index_insert(&mut self.by_family, task.family, id);
@@ -475,15 +478,10 @@ impl ScopeData {
             on.ids.remove(id);
             on.running -= running;
             on.pending -= pending;
+            self.pool.add_running(instance_id, -running);
             if task.last != TaskStatus::Stopped {
-                let group = self.syms.name(task.group);
-                let groups = Arc::make_mut(&mut on.groups);
-                if let Some(n) = groups.get_mut(group) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        groups.remove(group);
-                    }
-                }
+                self.pool
+                    .add_group_tasks(instance_id, self.syms.name(task.group), -1);
             }
             if on.ids.is_empty() {
                 self.on_instance.remove(instance_id);
@@ -874,6 +872,7 @@ impl Inner {
         }
         data.registered += registered;
         let record = Arc::new(Versioned { value, version });
+        data.pool.upsert(id, record.clone());
         let old = data.instances.insert(id.to_string(), record.clone());
         data.track_allocations(id, old.as_deref().map(|o| &o.value), &record.value, version);
     }
@@ -1302,8 +1301,8 @@ impl View {
         forgotten
     }
 
-    /// Every instance of a cluster with its task groups and running count, by id: the
-    /// input of placement. Cheap: records and group maps are shared, not copied.
+    /// Every instance of a cluster with its task groups and running count, by id (what the
+    /// cluster query language evaluates). Cheap: records and group maps are shared.
     pub fn placement_entries(&self, cluster: &str) -> Vec<PlacementEntry> {
         let Some(scope) = self.inner.scope(cluster) else {
             return Vec::new();
@@ -1313,14 +1312,25 @@ impl View {
         data.instances
             .iter()
             .map(|(id, instance)| {
-                let on = data.on_instance.get(id.as_str());
+                let slot = data.pool.slot(id);
                 PlacementEntry {
                     instance: instance.clone(),
-                    groups: on.map_or_else(|| empty.clone(), |o| o.groups.clone()),
-                    running_tasks: on.map_or(0, |o| o.running),
+                    groups: slot
+                        .and_then(|s| data.pool.groups_of(s))
+                        .map_or_else(|| empty.clone(), Arc::clone),
+                    running_tasks: slot.map_or(0, |s| data.pool.running(s)),
                 }
             })
             .collect()
+    }
+
+    /// Runs `decide` over the cluster's placement pool under the view's read lock (keep it
+    /// short: the apply loop waits for it). An unknown cluster has an empty pool.
+    pub fn with_pool<R>(&self, cluster: &str, decide: impl FnOnce(&InstancePool) -> R) -> R {
+        match self.inner.scope(cluster) {
+            Some(scope) => decide(&read(&scope.data).pool),
+            None => decide(&InstancePool::new()),
+        }
     }
 
     /// Every task whose subject names this instance, by task id.

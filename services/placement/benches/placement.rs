@@ -1,17 +1,20 @@
 //! One placement decision over 10,000 instances (the issue 5 goal is ≤ 50 µs): binpack on
 //! memory, spread over three availability zones, and a memberOf constraint; plus a batch
-//! of 100 to show the per-decision cost once the per-call summary is built.
+//! of 100. Measured on an `InstancePool` (the control plane's path: the pool is kept up to
+//! date as records change, so a decision reads precomputed figures) and, for comparison,
+//! on a slice of candidates that each call summarises first (custom schedulers' path).
 
 use berth_messages::model::{
     Allocation, Attribute, ContainerInstance, InstanceStatus, Resource, VersionInfo,
 };
 use berth_placement::{
-    allocate, parse, BinpackField, Candidate, Constraint, Demand, PlacementRequest, Placer,
-    RandomFitPlacer, SpreadField, Strategy, StrategyPlacer,
+    allocate, parse, BinpackField, Candidate, Constraint, Demand, InstancePool, InstanceRecord,
+    PlacementRequest, Placer, RandomFitPlacer, SpreadField, Strategy, StrategyPlacer,
 };
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::sync::Arc;
 
 const INSTANCES: usize = 10_000;
 
@@ -132,25 +135,44 @@ fn bench(c: &mut Criterion) {
             1,
         ),
     ];
+    let pool = InstancePool::from_records(instances.iter().zip(&groups).map(|(i, g)| {
+        let record: Arc<dyn InstanceRecord> = Arc::new(i.clone());
+        (record, g.clone(), i.running_tasks_count.unwrap_or(0))
+    }));
+    let requests: Vec<(&str, PlacementRequest<'_>)> = cases
+        .iter()
+        .map(|(name, constraints, strategies, count)| {
+            let request = PlacementRequest {
+                demand: &demand,
+                count: *count,
+                group: "family:web",
+                constraints,
+                strategies,
+            };
+            (*name, request)
+        })
+        .collect();
     let mut placer = StrategyPlacer::with_seed(7);
-    let mut group = c.benchmark_group("place over 10,000 instances");
-    for (name, constraints, strategies, count) in cases {
-        let request = PlacementRequest {
-            demand: &demand,
-            count,
-            group: "family:web",
-            constraints,
-            strategies,
-        };
-        group.bench_function(name, |b| {
-            b.iter(|| black_box(placer.place(black_box(&candidates), &request)))
+    let mut on_pool = c.benchmark_group("place over 10,000 instances (InstancePool)");
+    for (name, request) in &requests {
+        on_pool.bench_function(*name, |b| {
+            b.iter(|| black_box(placer.place_in_pool(black_box(&pool), request, &[])))
+        });
+    }
+    on_pool.finish();
+
+    let mut on_slice =
+        c.benchmark_group("place over 10,000 candidates (slice summarised per call)");
+    for (name, request) in &requests {
+        on_slice.bench_function(*name, |b| {
+            b.iter(|| black_box(placer.place(black_box(&candidates), request)))
         });
     }
     let mut random_fit = RandomFitPlacer::with_seed(7);
-    group.bench_function("RandomFitPlacer (for comparison), 1 task", |b| {
+    on_slice.bench_function("RandomFitPlacer, 1 task", |b| {
         b.iter(|| black_box(random_fit.place(black_box(&instances), &demand, 1)))
     });
-    group.finish();
+    on_slice.finish();
 
     c.bench_function("parse a 3-condition expression", |b| {
         b.iter(|| {

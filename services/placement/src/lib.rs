@@ -7,7 +7,9 @@
 //!   constraints and ListContainerInstances filters;
 //! - placement constraints and strategies ([`constraints_from`], [`strategies_from`]) and
 //!   the placers: [`StrategyPlacer`] (the ECS algorithm) and the older [`Placer`] seam with
-//!   its [`RandomFitPlacer`].
+//!   its [`RandomFitPlacer`];
+//! - [`InstancePool`]: a cluster's instances in the flat shape decisions scan, kept up to
+//!   date incrementally by whoever follows the journal.
 //!
 //! The placement decision itself is the conditional journal write of the instance record
 //! with its new allocation; this crate only proposes it.
@@ -17,6 +19,7 @@ mod capacity;
 mod demand;
 pub mod expr;
 mod placer;
+mod pool;
 mod rules;
 mod strategy_placer;
 
@@ -28,6 +31,7 @@ pub use capacity::{
 pub use demand::{demand_of, network_bindings, Demand, DemandError};
 pub use expr::{evaluate, parse, Expr, ParseError};
 pub use placer::{Placement, PlacementFailure, Placer, RandomFitPlacer};
+pub use pool::{InstancePool, InstanceRecord};
 pub use rules::{
     constraints_from, strategies_from, BinpackField, Constraint, PlacementError, SpreadField,
     Strategy, MAX_CONSTRAINTS, MAX_STRATEGIES,

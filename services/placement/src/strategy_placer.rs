@@ -4,11 +4,13 @@
 //! at random among what remains. With no strategy it picks at random among the best few by
 //! remaining memory, like [`crate::RandomFitPlacer`].
 //!
-//! Every figure a decision reads is computed once per [`StrategyPlacer::place`] call into
-//! a flat per-candidate slot (headroom, tasks of the group, constraint verdicts, spread
-//! buckets) and updated in place as the batch places, so choosing one instance is a scan
-//! of a few comparisons per candidate; the expensive checks (ports, exact allocation) run
-//! only for candidates that could win.
+//! A decision reads flat per-instance figures ([`Head`]: remaining CPU and memory,
+//! eligibility) from its source, either an [`InstancePool`] kept up to date as records
+//! change (the control plane's path: nothing is recomputed per decision) or a slice of
+//! [`Candidate`]s summarised once per call. What a batch takes is kept in a small overlay,
+//! so one decision costs a scan of a few comparisons per instance; constraint verdicts are
+//! computed lazily (or read from the pool's cache) only for instances with the resources,
+//! and the expensive checks (ports, exact allocation) run only for candidates that could win.
 //!
 //! A task that cannot be placed fails with the closest instance: resources are checked
 //! before constraints (as ECS filters), so if any instance has the resources, the failure
@@ -17,18 +19,19 @@
 //! `distinctInstance placement constraint unsatisfied`).
 
 use crate::candidate::Candidate;
-use crate::capacity::{
-    capacity_with, eligibility, fit_resources, headroom, ports_available, Capacity, Shortfall,
-};
+use crate::capacity::{capacity_with, fit_resources, ports_available, Capacity, Shortfall};
 use crate::demand::Demand;
 use crate::expr::{Expr, Facts};
 use crate::placer::{best_few, Placement, PlacementFailure};
+use crate::pool::{Column, Head, InstancePool};
 use crate::rules::{BinpackField, Constraint, SpreadField, Strategy, MAX_STRATEGIES};
-use berth_messages::model::{reason, Allocation};
+use berth_messages::model::{reason, Allocation, ContainerInstance};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::borrow::Cow;
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One placement decision's input besides the candidates.
 #[derive(Debug, Clone, Copy)]
@@ -73,13 +76,37 @@ impl StrategyPlacer {
         candidates: &[Candidate<'_>],
         request: &PlacementRequest<'_>,
     ) -> Vec<Result<Placement, PlacementFailure>> {
+        let source = Candidates::new(candidates);
+        self.place_from(&source, candidates.len(), request, &[])
+    }
+
+    /// Places `request.count` tasks over the instances of `pool`, leaving out the slots in
+    /// `excluded`; `Placement::instance_index` is a pool slot ([`InstancePool::id`] names
+    /// it). With no instance left every result is a `MISSING` failure.
+    pub fn place_in_pool(
+        &mut self,
+        pool: &InstancePool,
+        request: &PlacementRequest<'_>,
+        excluded: &[usize],
+    ) -> Vec<Result<Placement, PlacementFailure>> {
+        let present = pool.present().saturating_sub(excluded.len());
+        self.place_from(pool, present, request, excluded)
+    }
+
+    fn place_from<S: Source>(
+        &mut self,
+        source: &S,
+        present: usize,
+        request: &PlacementRequest<'_>,
+        excluded: &[usize],
+    ) -> Vec<Result<Placement, PlacementFailure>> {
         if request.count == 0 {
             return Vec::new();
         }
-        if candidates.is_empty() {
+        if present == 0 {
             return vec![Err(PlacementFailure::no_instances()); request.count];
         }
-        let mut round = Round::new(candidates, request);
+        let mut round = Round::new(source, present, request, excluded);
         let mut results: Vec<Result<Placement, PlacementFailure>> =
             Vec::with_capacity(request.count);
         for _ in 0..request.count {
@@ -100,6 +127,110 @@ impl Default for StrategyPlacer {
     }
 }
 
+/// Where a decision reads its instances from.
+pub(crate) trait Source {
+    fn heads(&self) -> &[Head];
+    /// The record of a present slot.
+    fn instance(&self, slot: usize) -> &ContainerInstance;
+    fn candidate(&self, slot: usize) -> Candidate<'_>;
+    /// Tasks of `group` per slot, as (slot, tasks) for the slots that hold some.
+    fn group_tasks(&self, group: &str) -> Cow<'_, [(usize, u32)]>;
+    fn column(&self, attribute: &str) -> Arc<Column>;
+    /// Cached verdicts of an expression that does not read tasks, if the source keeps them.
+    fn verdicts(&self, expr: &Expr) -> Option<Arc<[bool]>>;
+}
+
+impl Source for InstancePool {
+    fn heads(&self) -> &[Head] {
+        InstancePool::heads(self)
+    }
+
+    fn instance(&self, slot: usize) -> &ContainerInstance {
+        match self.record(slot) {
+            Some(record) => record.instance(),
+            None => absent_instance(),
+        }
+    }
+
+    fn candidate(&self, slot: usize) -> Candidate<'_> {
+        InstancePool::candidate(self, slot).unwrap_or_else(|| Candidate {
+            instance: absent_instance(),
+            groups: empty_groups(),
+            running_tasks: 0,
+        })
+    }
+
+    fn group_tasks(&self, group: &str) -> Cow<'_, [(usize, u32)]> {
+        Cow::Borrowed(InstancePool::group_tasks(self, group))
+    }
+
+    fn column(&self, attribute: &str) -> Arc<Column> {
+        InstancePool::column(self, attribute)
+    }
+
+    fn verdicts(&self, expr: &Expr) -> Option<Arc<[bool]>> {
+        InstancePool::verdicts(self, expr)
+    }
+}
+
+fn absent_instance() -> &'static ContainerInstance {
+    static ABSENT: std::sync::OnceLock<ContainerInstance> = std::sync::OnceLock::new();
+    ABSENT.get_or_init(ContainerInstance::default)
+}
+
+fn empty_groups() -> &'static BTreeMap<String, u32> {
+    static EMPTY: BTreeMap<String, u32> = BTreeMap::new();
+    &EMPTY
+}
+
+/// A slice of candidates summarised once per call.
+struct Candidates<'c> {
+    candidates: &'c [Candidate<'c>],
+    heads: Vec<Head>,
+}
+
+impl<'c> Candidates<'c> {
+    fn new(candidates: &'c [Candidate<'c>]) -> Self {
+        Self {
+            candidates,
+            heads: candidates.iter().map(|c| Head::of(c.instance)).collect(),
+        }
+    }
+}
+
+impl Source for Candidates<'_> {
+    fn heads(&self) -> &[Head] {
+        &self.heads
+    }
+
+    fn instance(&self, slot: usize) -> &ContainerInstance {
+        self.candidates[slot].instance
+    }
+
+    fn candidate(&self, slot: usize) -> Candidate<'_> {
+        self.candidates[slot]
+    }
+
+    fn group_tasks(&self, group: &str) -> Cow<'_, [(usize, u32)]> {
+        self.candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| c.groups.get(group).map(|n| (slot, *n)))
+            .collect()
+    }
+
+    fn column(&self, attribute: &str) -> Arc<Column> {
+        Arc::new(Column::build(
+            self.candidates.iter().map(|c| Some(c.instance)),
+            attribute,
+        ))
+    }
+
+    fn verdicts(&self, _expr: &Expr) -> Option<Arc<[bool]>> {
+        None
+    }
+}
+
 /// Scores of one candidate under the narrowing strategies, lowest best, compared in order.
 type Key = [i64; MAX_STRATEGIES];
 
@@ -112,27 +243,18 @@ enum Score {
     SpreadAttribute(usize),
 }
 
-/// Per-candidate figures, kept current through the batch.
+/// What the batch took from one slot so far.
 #[derive(Clone, Copy)]
-struct Slot {
-    eligible: Result<(), Shortfall>,
+struct Taken {
+    slot: usize,
     cpu: i64,
     memory: i64,
-    /// Tasks of the request's group here: existing plus placed by this batch.
-    group: u32,
-    /// Tasks this batch placed here.
     placed: u32,
-    /// The first memberOf constraint (index into the request's constraints) not met;
-    /// evaluated only for instances with the resources.
-    unmet: Option<u16>,
-    /// ACTIVE, connected and meeting every constraint: the scan's first test.
-    open: bool,
 }
 
-/// A spread over an attribute: each candidate's bucket (its value of the attribute) and
-/// the tasks of the group per bucket.
+/// A spread over an attribute: each slot's bucket and the tasks of the group per bucket.
 struct Buckets {
-    of: Vec<u32>,
+    column: Arc<Column>,
     tasks: Vec<u64>,
 }
 
@@ -144,14 +266,52 @@ enum Lack {
     Constraint(u16),
 }
 
+/// A memberOf constraint: its index among the constraints, the expression, and the
+/// pool's cached verdict per slot when the expression does not read tasks.
+type MemberOf<'e> = (u16, &'e Expr, Option<Arc<[bool]>>);
+
+/// Memo states of a slot's first unmet memberOf constraint.
+const UNMET_UNKNOWN: u16 = u16::MAX;
+const UNMET_NONE: u16 = u16::MAX - 1;
+
+/// A set of slots.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(len: usize) -> Self {
+        Self(vec![0; len.div_ceil(64)])
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        self.0
+            .get(i / 64)
+            .is_some_and(|word| word & (1 << (i % 64)) != 0)
+    }
+
+    fn insert(&mut self, i: usize) {
+        if let Some(word) = self.0.get_mut(i / 64) {
+            *word |= 1 << (i % 64);
+        }
+    }
+}
+
 /// One `place` call's state.
-struct Round<'r> {
-    candidates: &'r [Candidate<'r>],
+struct Round<'r, S: Source> {
+    source: &'r S,
     request: &'r PlacementRequest<'r>,
-    slots: Vec<Slot>,
-    /// Ports promised to earlier placements, by candidate index: (TCP, UDP).
+    heads: &'r [Head],
+    excluded: Bits,
+    any_excluded: bool,
+    touched: Bits,
+    taken: Vec<Taken>,
+    /// Tasks of the request's group per slot (existing plus this batch's), when a
+    /// constraint or strategy reads them.
+    group: Option<Vec<u32>>,
+    /// Ports promised to earlier placements, by slot: (TCP, UDP).
     promised: BTreeMap<usize, (Vec<u16>, Vec<u16>)>,
-    member_of: Vec<(u16, &'r Expr)>,
+    member_of: Vec<MemberOf<'r>>,
+    /// Per slot: the first memberOf constraint not met, memoised (empty without memberOf).
+    unmet: Vec<u16>,
     /// Whether a memberOf verdict can change when a task lands (`task:group`,
     /// `runningTasksCount`).
     recheck_member_of: bool,
@@ -166,15 +326,22 @@ struct Round<'r> {
     k: usize,
 }
 
-impl<'r> Round<'r> {
-    fn new(candidates: &'r [Candidate<'r>], request: &'r PlacementRequest<'r>) -> Self {
-        let index = |i: usize| u16::try_from(i).unwrap_or(u16::MAX);
-        let member_of: Vec<(u16, &Expr)> = request
+impl<'r, S: Source> Round<'r, S> {
+    fn new(
+        source: &'r S,
+        present: usize,
+        request: &'r PlacementRequest<'r>,
+        excluded_slots: &[usize],
+    ) -> Self {
+        let heads = source.heads();
+        let n = heads.len();
+        let index = |i: usize| u16::try_from(i).unwrap_or(UNMET_NONE - 1);
+        let member_of: Vec<MemberOf<'_>> = request
             .constraints
             .iter()
             .enumerate()
             .filter_map(|(i, c)| match c {
-                Constraint::MemberOf(e) => Some((index(i), e)),
+                Constraint::MemberOf(e) => Some((index(i), e, source.verdicts(e))),
                 Constraint::DistinctInstance => None,
             })
             .collect();
@@ -183,32 +350,25 @@ impl<'r> Round<'r> {
             .iter()
             .position(|c| *c == Constraint::DistinctInstance)
             .map(index);
-        let (need_cpu, need_memory) = (request.demand.cpu.max(0), request.demand.memory.max(0));
-        let slots: Vec<Slot> = candidates
-            .iter()
-            .map(|c| {
-                let (cpu, memory) = headroom(c.instance);
-                let eligible = eligibility(c.instance);
-                // Resources only shrink during a batch, so an instance without them now
-                // never reaches the constraints.
-                let fits = eligible.is_ok() && cpu >= need_cpu && memory >= need_memory;
-                let mut slot = Slot {
-                    eligible,
-                    cpu,
-                    memory,
-                    group: c.groups.get(request.group).copied().unwrap_or(0),
-                    placed: 0,
-                    unmet: if fits {
-                        first_unmet(&member_of, c, None)
-                    } else {
-                        None
-                    },
-                    open: false,
-                };
-                slot.open = slot.eligible.is_ok() && unmet(&slot, distinct).is_none();
-                slot
-            })
-            .collect();
+        let mut excluded = Bits::new(n);
+        for slot in excluded_slots {
+            excluded.insert(*slot);
+        }
+        let group_tasks = source.group_tasks(request.group);
+        // The dense per-slot count only when a per-slot figure is read (distinctInstance,
+        // spread over instances); spread over attributes sums the group's slots directly.
+        let per_slot = distinct.is_some()
+            || request
+                .strategies
+                .iter()
+                .any(|s| matches!(s, Strategy::Spread(SpreadField::InstanceId)));
+        let group = per_slot.then(|| {
+            let mut counts = vec![0u32; n];
+            for (slot, tasks) in group_tasks.iter() {
+                counts[*slot] = *tasks;
+            }
+            counts
+        });
         let mut scores = Vec::new();
         let mut buckets = Vec::new();
         for strategy in request.strategies {
@@ -217,7 +377,14 @@ impl<'r> Round<'r> {
                 Strategy::Binpack(BinpackField::Memory) => Score::BinpackMemory,
                 Strategy::Spread(SpreadField::InstanceId) => Score::SpreadInstance,
                 Strategy::Spread(SpreadField::Attribute(name)) => {
-                    buckets.push(Buckets::new(candidates, &slots, name));
+                    let column = source.column(name);
+                    let mut tasks = vec![0u64; column.buckets];
+                    for (slot, n) in group_tasks.iter() {
+                        if heads[*slot].present && !excluded.contains(*slot) {
+                            tasks[column.of[*slot] as usize] += u64::from(*n);
+                        }
+                    }
+                    buckets.push(Buckets { column, tasks });
                     Score::SpreadAttribute(buckets.len() - 1)
                 }
                 Strategy::Random => continue,
@@ -225,13 +392,23 @@ impl<'r> Round<'r> {
             scores.push(score);
         }
         scores.truncate(MAX_STRATEGIES);
-        let k = best_few(candidates.len());
+        let k = best_few(present);
         Self {
-            candidates,
+            source,
             request,
-            slots,
+            heads,
+            excluded,
+            any_excluded: !excluded_slots.is_empty(),
+            touched: Bits::new(n),
+            taken: Vec::new(),
+            group,
             promised: BTreeMap::new(),
-            recheck_member_of: member_of.iter().any(|(_, e)| e.depends_on_tasks()),
+            unmet: if member_of.is_empty() {
+                Vec::new()
+            } else {
+                vec![UNMET_UNKNOWN; n]
+            },
+            recheck_member_of: member_of.iter().any(|(_, e, _)| e.depends_on_tasks()),
             member_of,
             distinct,
             scores,
@@ -242,6 +419,78 @@ impl<'r> Round<'r> {
         }
     }
 
+    /// Remaining (CPU, memory) of a slot after this batch's placements.
+    #[inline]
+    fn remaining(&self, slot: usize) -> (i64, i64) {
+        let head = &self.heads[slot];
+        if !self.taken.is_empty() && self.touched.contains(slot) {
+            if let Some(t) = self.taken.iter().find(|t| t.slot == slot) {
+                return (head.cpu - t.cpu, head.memory - t.memory);
+            }
+        }
+        (head.cpu, head.memory)
+    }
+
+    fn placed(&self, slot: usize) -> u32 {
+        if !self.touched.contains(slot) {
+            return 0;
+        }
+        self.taken
+            .iter()
+            .find(|t| t.slot == slot)
+            .map_or(0, |t| t.placed)
+    }
+
+    /// Whether the slot is a candidate at all: an instance record, ACTIVE, connected, and
+    /// not excluded by the caller.
+    #[inline]
+    fn eligible(&self, slot: usize) -> bool {
+        let head = &self.heads[slot];
+        head.present
+            && head.eligible.is_ok()
+            && !(self.any_excluded && self.excluded.contains(slot))
+    }
+
+    /// The first constraint the slot breaks, by index: its memberOf verdict, or
+    /// distinctInstance once it holds a task of the group.
+    #[inline]
+    fn unmet(&mut self, slot: usize) -> Option<u16> {
+        if self.member_of.is_empty() && self.distinct.is_none() {
+            return None;
+        }
+        let member_of = if self.member_of.is_empty() {
+            None
+        } else {
+            if self.unmet[slot] == UNMET_UNKNOWN {
+                self.unmet[slot] = self.first_unmet_member_of(slot).unwrap_or(UNMET_NONE);
+            }
+            Some(self.unmet[slot]).filter(|k| *k != UNMET_NONE)
+        };
+        let distinct = self
+            .distinct
+            .filter(|_| self.group.as_ref().is_some_and(|g| g[slot] > 0));
+        match (member_of, distinct) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn first_unmet_member_of(&self, slot: usize) -> Option<u16> {
+        let placed = self.placed(slot);
+        let candidate = self.source.candidate(slot);
+        let facts = Facts {
+            candidate: &candidate,
+            placed: (placed > 0).then_some((self.request.group, placed)),
+        };
+        self.member_of
+            .iter()
+            .find(|(_, e, cached)| match cached {
+                Some(verdicts) => !verdicts.get(slot).copied().unwrap_or(false),
+                None => !facts.eval(e),
+            })
+            .map(|(i, _, _)| *i)
+    }
+
     fn place_one(&mut self, rng: &mut StdRng) -> Result<Placement, PlacementFailure> {
         let demand = self.request.demand;
         let (cpu, memory) = (demand.cpu.max(0), demand.memory.max(0));
@@ -250,46 +499,69 @@ impl<'r> Round<'r> {
             || demand.dynamic_ports > 0
             || demand.dynamic_ports_udp > 0;
         let by_memory = self.request.strategies.is_empty();
+        let n = self.heads.len();
         self.ties.clear();
         self.best.clear();
         if by_memory {
             // Ties of memory go to the earliest in a scan from a random start.
-            let n = self.slots.len();
             let start = rng.gen_range(0..n);
-            for (rank, index) in (start..n).chain(0..start).enumerate() {
-                let slot = &self.slots[index];
-                if !slot.open || slot.cpu < cpu || slot.memory < memory {
+            for (rank, slot) in (start..n).chain(0..start).enumerate() {
+                if !self.eligible(slot) {
+                    continue;
+                }
+                let (free_cpu, free_memory) = self.remaining(slot);
+                if free_cpu < cpu || free_memory < memory {
                     continue;
                 }
                 let enters = self.best.len() < self.k
-                    || self.best.last().is_some_and(|(m, _, _)| slot.memory > *m);
-                if !enters || (needs_ports && !self.ports_free(index)) {
+                    || self.best.last().is_some_and(|(m, _, _)| free_memory > *m);
+                if !enters || self.unmet(slot).is_some() || (needs_ports && !self.ports_free(slot))
+                {
                     continue;
                 }
-                let entry = (slot.memory, Reverse(rank), index);
-                self.insert_best(entry);
+                self.insert_best((free_memory, Reverse(rank), slot));
             }
         } else {
             // Every candidate tied for the best key is kept; one is drawn below.
-            let width = self.scores.len();
             let mut best_key: Option<Key> = None;
-            for (index, slot) in self.slots.iter().enumerate() {
-                if !slot.open || slot.cpu < cpu || slot.memory < memory {
+            for slot in 0..n {
+                if !self.eligible(slot) {
                     continue;
                 }
-                let key = self.key(index, slot, cpu, memory);
-                let ordering = match &best_key {
-                    Some(best) => key[..width].cmp(&best[..width]),
-                    None => Ordering::Less,
+                let (free_cpu, free_memory) = self.remaining(slot);
+                if free_cpu < cpu || free_memory < memory {
+                    continue;
+                }
+                // Lexicographic, one score at a time: most slots lose on the first.
+                let (cpu_left, memory_left) = (free_cpu - cpu, free_memory - memory);
+                let mut key: Key = [0; MAX_STRATEGIES];
+                let mut ordering = if best_key.is_none() {
+                    Ordering::Less
+                } else {
+                    Ordering::Equal
                 };
-                if ordering == Ordering::Greater || (needs_ports && !self.ports_free(index)) {
+                for (i, score) in self.scores.iter().enumerate() {
+                    key[i] = self.score(*score, slot, cpu_left, memory_left);
+                    if let Some(best) = &best_key {
+                        if ordering == Ordering::Equal {
+                            ordering = key[i].cmp(&best[i]);
+                            if ordering == Ordering::Greater {
+                                break;
+                            }
+                        }
+                    }
+                }
+                if ordering == Ordering::Greater
+                    || self.unmet(slot).is_some()
+                    || (needs_ports && !self.ports_free(slot))
+                {
                     continue;
                 }
                 if ordering == Ordering::Less {
                     self.ties.clear();
                     best_key = Some(key);
                 }
-                self.ties.push(index);
+                self.ties.push(slot);
             }
         }
 
@@ -303,7 +575,7 @@ impl<'r> Round<'r> {
                 return Err(self.diagnose());
             }
             let pick = rng.gen_range(0..pool);
-            let index = if by_memory {
+            let slot = if by_memory {
                 self.best.remove(pick).2
             } else {
                 self.ties.swap_remove(pick)
@@ -311,7 +583,7 @@ impl<'r> Round<'r> {
             let allocation = if needs_ports {
                 // Not expected to fail (the cheap checks agree with fit_resources); if it
                 // does, the next candidate is tried.
-                match fit_resources(&self.capacity(index), demand) {
+                match fit_resources(&self.capacity(slot), demand) {
                     Ok(a) => a,
                     Err(_) => continue,
                 }
@@ -322,57 +594,42 @@ impl<'r> Round<'r> {
                     ..Default::default()
                 }
             };
-            self.take(index, &allocation);
+            self.take(slot, &allocation);
             return Ok(Placement {
-                instance_index: index,
+                instance_index: slot,
                 allocation,
             });
         }
     }
 
-    fn key(&self, index: usize, slot: &Slot, cpu: i64, memory: i64) -> Key {
-        let mut key = [0; MAX_STRATEGIES];
-        for (k, score) in key.iter_mut().zip(&self.scores) {
-            *k = match *score {
-                Score::BinpackCpu => slot.cpu - cpu,
-                Score::BinpackMemory => slot.memory - memory,
-                Score::SpreadInstance => i64::from(slot.group),
-                Score::SpreadAttribute(b) => {
-                    let buckets = &self.buckets[b];
-                    buckets.tasks[buckets.of[index] as usize] as i64
-                }
-            };
+    #[inline]
+    fn score(&self, score: Score, slot: usize, cpu_left: i64, memory_left: i64) -> i64 {
+        match score {
+            Score::BinpackCpu => cpu_left,
+            Score::BinpackMemory => memory_left,
+            Score::SpreadInstance => self.group.as_ref().map_or(0, |g| i64::from(g[slot])),
+            Score::SpreadAttribute(b) => {
+                let buckets = &self.buckets[b];
+                buckets.tasks[buckets.column.of[slot] as usize] as i64
+            }
         }
-        key
     }
 
-    fn promised(&self, index: usize) -> (&[u16], &[u16]) {
+    fn promised(&self, slot: usize) -> (&[u16], &[u16]) {
         self.promised
-            .get(&index)
+            .get(&slot)
             .map_or((&[], &[]), |(tcp, udp)| (tcp.as_slice(), udp.as_slice()))
     }
 
-    fn ports_free(&self, index: usize) -> bool {
-        let (tcp, udp) = self.promised(index);
-        ports_available(
-            self.candidates[index].instance,
-            tcp,
-            udp,
-            self.request.demand,
-        )
-        .is_ok()
+    fn ports_free(&self, slot: usize) -> bool {
+        let (tcp, udp) = self.promised(slot);
+        ports_available(self.source.instance(slot), tcp, udp, self.request.demand).is_ok()
     }
 
-    fn capacity(&self, index: usize) -> Capacity {
-        let slot = &self.slots[index];
-        let (tcp, udp) = self.promised(index);
-        capacity_with(
-            self.candidates[index].instance,
-            slot.cpu,
-            slot.memory,
-            tcp,
-            udp,
-        )
+    fn capacity(&self, slot: usize) -> Capacity {
+        let (cpu, memory) = self.remaining(slot);
+        let (tcp, udp) = self.promised(slot);
+        capacity_with(self.source.instance(slot), cpu, memory, tcp, udp)
     }
 
     /// Keeps `best` sorted best first (most memory, then earliest in the scan), at most k.
@@ -388,63 +645,76 @@ impl<'r> Round<'r> {
         self.best.insert(at, entry);
     }
 
-    fn take(&mut self, index: usize, allocation: &Allocation) {
-        let slot = &mut self.slots[index];
-        slot.cpu = slot.cpu.saturating_sub(allocation.cpu);
-        slot.memory = slot.memory.saturating_sub(allocation.memory);
-        slot.group = slot.group.saturating_add(1);
-        slot.placed = slot.placed.saturating_add(1);
-        let placed = slot.placed;
+    fn take(&mut self, slot: usize, allocation: &Allocation) {
+        self.touched.insert(slot);
+        match self.taken.iter_mut().find(|t| t.slot == slot) {
+            Some(t) => {
+                t.cpu = t.cpu.saturating_add(allocation.cpu);
+                t.memory = t.memory.saturating_add(allocation.memory);
+                t.placed = t.placed.saturating_add(1);
+            }
+            None => self.taken.push(Taken {
+                slot,
+                cpu: allocation.cpu,
+                memory: allocation.memory,
+                placed: 1,
+            }),
+        }
+        if let Some(group) = &mut self.group {
+            group[slot] = group[slot].saturating_add(1);
+        }
         for buckets in &mut self.buckets {
-            buckets.tasks[buckets.of[index] as usize] += 1;
+            buckets.tasks[buckets.column.of[slot] as usize] += 1;
         }
         if !allocation.ports.is_empty() || !allocation.ports_udp.is_empty() {
-            let (tcp, udp) = self.promised.entry(index).or_default();
+            let (tcp, udp) = self.promised.entry(slot).or_default();
             tcp.extend(&allocation.ports);
             udp.extend(&allocation.ports_udp);
         }
         if self.recheck_member_of {
-            let placed = Some((self.request.group, placed));
-            self.slots[index].unmet = first_unmet(&self.member_of, &self.candidates[index], placed);
+            self.unmet[slot] = UNMET_UNKNOWN;
         }
-        let slot = &mut self.slots[index];
-        slot.open = slot.eligible.is_ok() && unmet(slot, self.distinct).is_none();
     }
 
     /// Why nothing fits: the closest candidate and what it lacks, checked in ECS order
     /// (status, agent, CPU, memory, ports, then constraints).
-    fn diagnose(&self) -> PlacementFailure {
+    fn diagnose(&mut self) -> PlacementFailure {
         let demand = self.request.demand;
         let (cpu, memory) = (demand.cpu.max(0), demand.memory.max(0));
         let mut closest: Option<(Lack, i64, Reverse<usize>)> = None;
-        for (index, slot) in self.slots.iter().enumerate() {
-            let lack = if let Err(s) = slot.eligible {
+        for slot in 0..self.heads.len() {
+            let head = self.heads[slot];
+            if !head.present || self.excluded.contains(slot) {
+                continue;
+            }
+            let (free_cpu, free_memory) = self.remaining(slot);
+            let lack = if let Err(s) = head.eligible {
                 (Lack::Resource(s), 0)
-            } else if slot.cpu < cpu {
-                (Lack::Resource(Shortfall::Cpu), slot.cpu)
-            } else if slot.memory < memory {
-                (Lack::Resource(Shortfall::Memory), slot.memory)
+            } else if free_cpu < cpu {
+                (Lack::Resource(Shortfall::Cpu), free_cpu)
+            } else if free_memory < memory {
+                (Lack::Resource(Shortfall::Memory), free_memory)
             } else {
-                let (tcp, udp) = self.promised(index);
-                match ports_available(self.candidates[index].instance, tcp, udp, demand) {
+                let (tcp, udp) = self.promised(slot);
+                match ports_available(self.source.instance(slot), tcp, udp, demand) {
                     Err(s) => (Lack::Resource(s), 0),
-                    Ok(()) => match unmet(slot, self.distinct) {
+                    Ok(()) => match self.unmet(slot) {
                         Some(k) => (Lack::Constraint(k), 0),
                         None => continue,
                     },
                 }
             };
-            let candidate = (lack.0, lack.1, Reverse(index));
+            let candidate = (lack.0, lack.1, Reverse(slot));
             if closest.is_none_or(|c| candidate > c) {
                 closest = Some(candidate);
             }
         }
         match closest {
-            Some((Lack::Resource(s), _, Reverse(index))) => {
-                PlacementFailure::closest(self.candidates[index].instance, s)
+            Some((Lack::Resource(s), _, Reverse(slot))) => {
+                PlacementFailure::closest(self.source.instance(slot), s)
             }
-            Some((Lack::Constraint(k), _, Reverse(index))) => {
-                let arn = &self.candidates[index].instance.container_instance_arn;
+            Some((Lack::Constraint(k), _, Reverse(slot))) => {
+                let arn = &self.source.instance(slot).container_instance_arn;
                 let why = match self.request.constraints.get(usize::from(k)) {
                     Some(Constraint::MemberOf(e)) => {
                         format!("memberOf placement constraint unsatisfied: {}", cut(e))
@@ -467,64 +737,6 @@ impl<'r> Round<'r> {
             None => PlacementFailure::no_instances(),
         }
     }
-}
-
-impl Buckets {
-    fn new(candidates: &[Candidate<'_>], slots: &[Slot], attribute: &str) -> Self {
-        // Few distinct values (zones, instance types) are looked up in a short list; a
-        // map takes over past that.
-        const LINEAR: usize = 16;
-        let mut values: Vec<Option<&str>> = Vec::new();
-        let mut map: HashMap<Option<&str>, u32> = HashMap::new();
-        let mut of = Vec::with_capacity(candidates.len());
-        let mut tasks: Vec<u64> = Vec::new();
-        for (c, slot) in candidates.iter().zip(slots) {
-            let value = c
-                .instance
-                .attributes
-                .iter()
-                .find(|a| a.name == attribute)
-                .map(|a| a.value.as_deref().unwrap_or(""));
-            let known = if values.len() <= LINEAR {
-                values.iter().position(|v| *v == value).map(|i| i as u32)
-            } else {
-                map.get(&value).copied()
-            };
-            let bucket = known.unwrap_or_else(|| {
-                let id = values.len() as u32;
-                values.push(value);
-                map.insert(value, id);
-                tasks.push(0);
-                id
-            });
-            tasks[bucket as usize] += u64::from(slot.group);
-            of.push(bucket);
-        }
-        Self { of, tasks }
-    }
-}
-
-/// The first constraint the slot breaks, by index: its memberOf verdict, or
-/// distinctInstance (`distinct`) once it holds a task of the group.
-fn unmet(slot: &Slot, distinct: Option<u16>) -> Option<u16> {
-    let distinct = distinct.filter(|_| slot.group > 0);
-    match (slot.unmet, distinct) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The index of the first memberOf expression the candidate does not satisfy.
-fn first_unmet(
-    member_of: &[(u16, &Expr)],
-    candidate: &Candidate<'_>,
-    placed: Option<(&str, u32)>,
-) -> Option<u16> {
-    let facts = Facts { candidate, placed };
-    member_of
-        .iter()
-        .find(|(_, e)| !facts.eval(e))
-        .map(|(i, _)| *i)
 }
 
 /// An expression for a failure detail, cut to 200 characters.
@@ -1285,6 +1497,102 @@ mod tests {
                 .map(web)
                 .sum(),
             Strategy::Random => 0,
+        }
+    }
+
+    proptest! {
+        /// An [`InstancePool`] kept up to date record by record (instances first seen through
+        /// their tasks, allocations applied as the journal would, then the facts of one
+        /// instance changed) decides exactly like a fresh slice of candidates of the same
+        /// state, batch after batch, refusals included.
+        #[test]
+        fn pool_decides_like_fresh_candidates(
+            instances in proptest::collection::vec(arb_instance(), 1..7),
+            demand in arb_demand(),
+            constraints in proptest::collection::vec(arb_constraint(), 0..3),
+            strategies in proptest::collection::vec(arb_strategy(), 0..4),
+            counts in proptest::collection::vec(1usize..5, 1..4),
+            flip in any::<prop::sample::Index>(),
+            excluded in proptest::collection::vec(any::<prop::sample::Index>(), 0..2),
+            seed in any::<u64>(),
+        ) {
+            let mut state = Pool::new(instances.iter().map(|(i, _, _)| i.clone()).collect());
+            let id = |n: usize| format!("i{n}");
+            let mut pool = InstancePool::new();
+            for (n, (i, web, db)) in instances.iter().enumerate() {
+                state.instances[n].container_instance_arn = format!("arn:aws:ecs:r:a:container-instance/c/{n}");
+                state = state.with_group(n, "web", *web).with_group(n, "db", *db);
+                // Tasks first, the record after (as a replay can deliver them).
+                pool.add_group_tasks(&id(n), "web", i64::from(*web));
+                pool.add_group_tasks(&id(n), "db", i64::from(*db));
+                pool.add_running(&id(n), i64::from(*web + *db));
+                let _ = i;
+            }
+            for (n, i) in state.instances.iter().enumerate() {
+                pool.upsert(&id(n), Arc::new(i.clone()));
+            }
+            let excluded: Vec<usize> = {
+                let mut e: Vec<usize> = excluded.iter().map(|x| x.index(instances.len())).collect();
+                e.sort_unstable();
+                e.dedup();
+                e
+            };
+            for (round, count) in counts.iter().enumerate() {
+                if round == 1 {
+                    // A fact changes on one instance: cached verdicts and columns follow.
+                    let n = flip.index(instances.len());
+                    let i = &mut state.instances[n];
+                    i.agent_connected = !i.agent_connected;
+                    i.attributes.retain(|a| a.name != ZONE);
+                    *i = with_attribute(i.clone(), ZONE, "c");
+                    pool.upsert(&id(n), Arc::new(i.clone()));
+                }
+                let request = PlacementRequest {
+                    demand: &demand,
+                    count: *count,
+                    group: "web",
+                    constraints: &constraints,
+                    strategies: &strategies,
+                };
+                // The fresh candidates in slot order (slots are given in order of first
+                // mention), without the excluded ones.
+                let kept: Vec<usize> = (0..pool.len())
+                    .map(|slot| pool.id(slot).unwrap().trim_start_matches('i').parse::<usize>().unwrap())
+                    .filter(|n| !excluded.contains(n))
+                    .collect();
+                let all = state.candidates();
+                let candidates: Vec<Candidate<'_>> = kept.iter().map(|n| all[*n]).collect();
+                let fresh = StrategyPlacer::with_seed(seed).place(&candidates, &request);
+                let slots: Vec<usize> = excluded.iter().map(|n| pool.slot(&id(*n)).unwrap()).collect();
+                let pooled = StrategyPlacer::with_seed(seed).place_in_pool(&pool, &request, &slots);
+                let named = |r: &Result<Placement, PlacementFailure>, by_pool: bool| {
+                    r.clone().map(|p| {
+                        let n = if by_pool {
+                            pool.id(p.instance_index).unwrap().trim_start_matches('i').parse::<usize>().unwrap()
+                        } else {
+                            kept[p.instance_index]
+                        };
+                        (n, p.allocation)
+                    })
+                };
+                let fresh: Vec<_> = fresh.iter().map(|r| named(r, false)).collect();
+                let pooled: Vec<_> = pooled.iter().map(|r| named(r, true)).collect();
+                if excluded.is_empty() || !strategies.is_empty() {
+                    prop_assert_eq!(&fresh, &pooled);
+                } else {
+                    // The random scan start is drawn over all slots: only the exclusion and
+                    // the outcome count are comparable.
+                    prop_assert!(pooled.iter().flatten().all(|(n, _)| !excluded.contains(n)));
+                    prop_assert_eq!(fresh.iter().flatten().count(), pooled.iter().flatten().count());
+                }
+                for (n, allocation) in pooled.into_iter().flatten() {
+                    let placement = Placement { instance_index: n, allocation };
+                    state.apply(&placement, "web");
+                    pool.upsert(&id(n), Arc::new(state.instances[n].clone()));
+                    pool.add_group_tasks(&id(n), "web", 1);
+                    pool.add_running(&id(n), 1);
+                }
+            }
         }
     }
 

@@ -15,8 +15,7 @@ use berth_messages::command::{CommandRequest, CommandResponse};
 use berth_messages::model::*;
 use berth_messages::{arn, ApiError};
 use berth_placement::{
-    constraints_from, strategies_from, Candidate, Demand, PlacementRequest, StrategyPlacer,
-    MAX_CONSTRAINTS,
+    constraints_from, strategies_from, Demand, PlacementRequest, StrategyPlacer, MAX_CONSTRAINTS,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -247,34 +246,20 @@ pub async fn run(
     }
 
     let mut pending: Vec<usize> = (0..count).filter(|i| done[*i].is_none()).collect();
-    let mut refused: HashSet<String> = HashSet::new();
+    // Instance ids that refused a task of this command (their record changed under us).
+    let mut refused: HashSet<Arc<str>> = HashSet::new();
     let mut placer = StrategyPlacer::new();
     for round in 0..PLACEMENT_ROUNDS {
         if pending.is_empty() {
             break;
         }
-        let entries: Vec<_> = shared
-            .view
-            .placement_entries(&cluster)
-            .into_iter()
-            .filter(|e| !refused.contains(&e.instance.value.container_instance_arn))
-            .collect();
-        if entries.is_empty() && round == 0 && refused.is_empty() {
-            return Err(
-                ApiError::invalid("No Container Instances were found in your cluster.").into(),
-            );
-        }
-        let placements = {
-            let candidates: Vec<Candidate<'_>> = entries
-                .iter()
-                .map(|e| Candidate {
-                    instance: &e.instance.value,
-                    groups: &e.groups,
-                    running_tasks: e.running_tasks,
-                })
-                .collect();
-            placer.place(
-                &candidates,
+        let decided = shared.view.with_pool(&cluster, |pool| {
+            if pool.present() == 0 {
+                return None;
+            }
+            let excluded: Vec<usize> = refused.iter().filter_map(|id| pool.slot(id)).collect();
+            let placements = placer.place_in_pool(
+                pool,
                 &PlacementRequest {
                     demand: &launch.demand,
                     count: pending.len(),
@@ -282,17 +267,39 @@ pub async fn run(
                     constraints: &constraints,
                     strategies: &strategies,
                 },
+                &excluded,
+            );
+            Some(
+                placements
+                    .into_iter()
+                    .map(|placement| {
+                        placement.map(|p| {
+                            let id = pool.id(p.instance_index).cloned().unwrap_or_default();
+                            let arn = pool
+                                .record(p.instance_index)
+                                .map(|r| r.instance().container_instance_arn.clone())
+                                .unwrap_or_default();
+                            (id, arn, p.allocation)
+                        })
+                    })
+                    .collect::<Vec<_>>(),
             )
+        });
+        let Some(placements) = decided else {
+            if round == 0 && refused.is_empty() {
+                return Err(ApiError::invalid(
+                    "No Container Instances were found in your cluster.",
+                )
+                .into());
+            }
+            break;
         };
-        let instances: Vec<&ContainerInstance> =
-            entries.iter().map(|e| &e.instance.value).collect();
         let attempts = pending.iter().zip(placements).map(|(&i, placement)| {
             let launch = &launch;
             let task_id = &task_ids[i];
-            let instances = &instances;
             async move {
-                let placement = match placement {
-                    Ok(p) => p,
+                let (instance_id, instance_arn) = match placement {
+                    Ok((id, arn, _allocation)) => (id, arn),
                     Err(f) => {
                         return (
                             i,
@@ -304,11 +311,6 @@ pub async fn run(
                         )
                     }
                 };
-                let Some(instance) = instances.get(placement.instance_index) else {
-                    return (i, Attempt::Failed(Failure::new("", "MISSING")));
-                };
-                let instance_arn = instance.container_instance_arn.clone();
-                let instance_id = arn::container_instance_id(&instance_arn).1.to_string();
                 let op = OpKind::Allocate {
                     task_id: task_id.clone(),
                     demand: launch.demand.clone(),
@@ -338,17 +340,11 @@ pub async fn run(
                     },
                     Err(InstanceOpError::Shortfall(s)) => (
                         i,
-                        Attempt::Refused(
-                            instance_arn,
-                            Failure::new(instance.container_instance_arn.clone(), s.reason()),
-                        ),
+                        Attempt::Refused(instance_id, Failure::new(instance_arn, s.reason())),
                     ),
                     Err(InstanceOpError::Missing) => (
                         i,
-                        Attempt::Refused(
-                            instance_arn.clone(),
-                            Failure::new(instance_arn, "MISSING"),
-                        ),
+                        Attempt::Refused(instance_id, Failure::new(instance_arn, "MISSING")),
                     ),
                     Err(e) => (i, Attempt::Error(e.into())),
                 }
@@ -366,9 +362,9 @@ pub async fn run(
                     Metrics::inc(&shared.metrics.placement_failures);
                     failures.push(f);
                 }
-                Attempt::Refused(instance_arn, f) => {
+                Attempt::Refused(instance_id, f) => {
                     Metrics::inc(&shared.metrics.retries);
-                    refused.insert(instance_arn);
+                    refused.insert(instance_id);
                     if round + 1 == PLACEMENT_ROUNDS {
                         failures.push(f);
                     } else {
@@ -394,7 +390,8 @@ pub async fn run(
 enum Attempt {
     Placed(Box<TaskDone>),
     Failed(Failure),
-    Refused(String, Failure),
+    /// The instance (by id) refused: its record changed since the decision.
+    Refused(Arc<str>, Failure),
     Error(crate::shared::ExecError),
 }
 

@@ -1,0 +1,374 @@
+//! [`InstancePool`]: one cluster's container instances kept in the shape placement reads,
+//! updated incrementally as instance and task records change, so that a decision is a scan
+//! of flat per-instance figures instead of a walk over records.
+//!
+//! Each instance has a stable slot holding its remaining CPU and memory and whether it can
+//! take tasks (computed once per record, not per decision), its running-task count and its
+//! task groups. Task groups are also kept per group (group → slot → tasks), so the figures
+//! spread and distinctInstance need are built without touching the other groups. What only
+//! depends on an instance's facts (attributes, status, agent) and not on its tasks is cached
+//! per pool revision: the value of an attribute per slot (spread buckets) and the verdict of
+//! a memberOf expression per slot. The revision moves only when some instance's facts
+//! change, which placements (allocations) never do.
+
+use crate::candidate::Candidate;
+use crate::capacity::{eligibility, headroom, Shortfall};
+use crate::expr::{Expr, Facts};
+use berth_messages::model::ContainerInstance;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// An instance record as the pool keeps it; implemented by whatever wraps the record
+/// (a view's versioned record, or the record itself).
+pub trait InstanceRecord: Send + Sync {
+    fn instance(&self) -> &ContainerInstance;
+}
+
+impl InstanceRecord for ContainerInstance {
+    fn instance(&self) -> &ContainerInstance {
+        self
+    }
+}
+
+/// What a decision reads first about one slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) cpu: i64,
+    pub(crate) memory: i64,
+    pub(crate) eligible: Result<(), Shortfall>,
+    /// The slot has an instance record (task records can name an instance first).
+    pub(crate) present: bool,
+}
+
+impl Head {
+    const ABSENT: Head = Head {
+        cpu: 0,
+        memory: 0,
+        eligible: Err(Shortfall::Inactive),
+        present: false,
+    };
+
+    pub(crate) fn of(instance: &ContainerInstance) -> Self {
+        let (cpu, memory) = headroom(instance);
+        Self {
+            cpu,
+            memory,
+            eligible: eligibility(instance),
+            present: true,
+        }
+    }
+}
+
+/// The value of one attribute per slot, as bucket numbers (equal values, equal buckets;
+/// an absent attribute is a bucket of its own).
+#[derive(Debug, Default)]
+pub(crate) struct Column {
+    pub(crate) of: Vec<u32>,
+    pub(crate) buckets: usize,
+}
+
+impl Column {
+    pub(crate) fn build<'i>(
+        instances: impl Iterator<Item = Option<&'i ContainerInstance>>,
+        attribute: &str,
+    ) -> Self {
+        let mut values: HashMap<Option<&str>, u32> = HashMap::new();
+        let of = instances
+            .map(|instance| {
+                let value = instance.and_then(|i| {
+                    i.attributes
+                        .iter()
+                        .find(|a| a.name == attribute)
+                        .map(|a| a.value.as_deref().unwrap_or(""))
+                });
+                let next = values.len() as u32;
+                *values.entry(value).or_insert(next)
+            })
+            .collect();
+        Self {
+            of,
+            buckets: values.len(),
+        }
+    }
+}
+
+/// The slots holding tasks of one group, with their task counts: a dense list (scanned by
+/// decisions) plus its index (updated in O(1)).
+#[derive(Debug, Default)]
+struct GroupTasks {
+    entries: Vec<(usize, u32)>,
+    at: HashMap<usize, usize>,
+}
+
+impl GroupTasks {
+    fn set(&mut self, slot: usize, tasks: u32) {
+        match (self.at.get(&slot).copied(), tasks) {
+            (Some(i), 0) => {
+                self.at.remove(&slot);
+                self.entries.swap_remove(i);
+                if let Some((moved, _)) = self.entries.get(i) {
+                    self.at.insert(*moved, i);
+                }
+            }
+            (Some(i), n) => self.entries[i].1 = n,
+            (None, 0) => {}
+            (None, n) => {
+                self.at.insert(slot, self.entries.len());
+                self.entries.push((slot, n));
+            }
+        }
+    }
+}
+
+/// Facts-only results, valid for one pool revision.
+#[derive(Default)]
+struct Caches {
+    revision: u64,
+    columns: HashMap<String, Arc<Column>>,
+    verdicts: HashMap<String, Arc<[bool]>>,
+}
+
+/// One cluster's instances for placement. See the module documentation.
+#[derive(Default)]
+pub struct InstancePool {
+    ids: Vec<Arc<str>>,
+    by_id: HashMap<Arc<str>, usize>,
+    records: Vec<Option<Arc<dyn InstanceRecord>>>,
+    heads: Vec<Head>,
+    running: Vec<i64>,
+    groups_of: Vec<Arc<BTreeMap<String, u32>>>,
+    groups: HashMap<String, GroupTasks>,
+    present: usize,
+    /// Moves when an instance appears or its facts change.
+    revision: u64,
+    caches: Mutex<Caches>,
+}
+
+impl std::fmt::Debug for InstancePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstancePool")
+            .field("slots", &self.ids.len())
+            .field("present", &self.present)
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+static NO_GROUPS: std::sync::OnceLock<Arc<BTreeMap<String, u32>>> = std::sync::OnceLock::new();
+
+impl InstancePool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A pool of `instances` with the task groups and running counts of each (the slot of
+    /// the i-th item is i).
+    pub fn from_records(
+        instances: impl IntoIterator<Item = (Arc<dyn InstanceRecord>, BTreeMap<String, u32>, i64)>,
+    ) -> Self {
+        let mut pool = Self::new();
+        for (i, (record, groups, running)) in instances.into_iter().enumerate() {
+            let id: Arc<str> = Arc::from(format!("#{i}"));
+            pool.upsert(&id, record);
+            for (group, n) in groups {
+                pool.add_group_tasks(&id, &group, i64::from(n));
+            }
+            pool.add_running(&id, running);
+        }
+        pool
+    }
+
+    fn slot_or_insert(&mut self, id: &str) -> usize {
+        if let Some(slot) = self.by_id.get(id) {
+            return *slot;
+        }
+        let slot = self.ids.len();
+        let id: Arc<str> = Arc::from(id);
+        self.by_id.insert(id.clone(), slot);
+        self.ids.push(id);
+        self.records.push(None);
+        self.heads.push(Head::ABSENT);
+        self.running.push(0);
+        self.groups_of
+            .push(NO_GROUPS.get_or_init(Arc::default).clone());
+        slot
+    }
+
+    /// The instance `id` now has this record.
+    pub fn upsert(&mut self, id: &str, record: Arc<dyn InstanceRecord>) {
+        let slot = self.slot_or_insert(id);
+        let facts_changed = match &self.records[slot] {
+            Some(old) => !same_facts(old.instance(), record.instance()),
+            None => {
+                self.present += 1;
+                true
+            }
+        };
+        self.heads[slot] = Head::of(record.instance());
+        self.records[slot] = Some(record);
+        if facts_changed {
+            self.revision += 1;
+        }
+    }
+
+    /// `delta` more (or fewer) non-stopped tasks of `group` on instance `id`.
+    pub fn add_group_tasks(&mut self, id: &str, group: &str, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let slot = self.slot_or_insert(id);
+        let apply =
+            |n: u32| -> u32 { u32::try_from((i64::from(n) + delta).max(0)).unwrap_or(u32::MAX) };
+        let groups = Arc::make_mut(&mut self.groups_of[slot]);
+        let now = apply(groups.get(group).copied().unwrap_or(0));
+        if now == 0 {
+            groups.remove(group);
+        } else {
+            groups.insert(group.to_string(), now);
+        }
+        let per_slot = match self.groups.get_mut(group) {
+            Some(m) => m,
+            None => self.groups.entry(group.to_string()).or_default(),
+        };
+        per_slot.set(slot, now);
+        if per_slot.entries.is_empty() {
+            self.groups.remove(group);
+        }
+    }
+
+    /// `delta` more (or fewer) RUNNING tasks on instance `id`.
+    pub fn add_running(&mut self, id: &str, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let slot = self.slot_or_insert(id);
+        self.running[slot] += delta;
+    }
+
+    /// Slots, including those of instances named only by tasks so far.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Instances with a record.
+    pub fn present(&self) -> usize {
+        self.present
+    }
+
+    pub fn slot(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The instance id of a slot (the key it was upserted with).
+    pub fn id(&self, slot: usize) -> Option<&Arc<str>> {
+        self.ids.get(slot)
+    }
+
+    pub fn record(&self, slot: usize) -> Option<&Arc<dyn InstanceRecord>> {
+        self.records.get(slot)?.as_ref()
+    }
+
+    /// The candidate of a slot (what the cluster query language evaluates).
+    pub fn candidate(&self, slot: usize) -> Option<Candidate<'_>> {
+        let record = self.record(slot)?;
+        Some(Candidate {
+            instance: record.instance(),
+            groups: &self.groups_of[slot],
+            running_tasks: self.running[slot],
+        })
+    }
+
+    /// Non-stopped tasks per task group on a slot.
+    pub fn groups_of(&self, slot: usize) -> Option<&Arc<BTreeMap<String, u32>>> {
+        self.groups_of.get(slot)
+    }
+
+    pub fn running(&self, slot: usize) -> i64 {
+        self.running.get(slot).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn heads(&self) -> &[Head] {
+        &self.heads
+    }
+
+    /// The slots holding tasks of `group`, with their task counts, in no order.
+    pub(crate) fn group_tasks(&self, group: &str) -> &[(usize, u32)] {
+        self.groups.get(group).map_or(&[], |g| g.entries.as_slice())
+    }
+
+    fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
+        let mut caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
+        if caches.revision != self.revision {
+            *caches = Caches {
+                revision: self.revision,
+                ..Caches::default()
+            };
+        }
+        caches
+    }
+
+    pub(crate) fn column(&self, attribute: &str) -> Arc<Column> {
+        if let Some(column) = self.caches().columns.get(attribute) {
+            return column.clone();
+        }
+        let column = Arc::new(Column::build(
+            self.records
+                .iter()
+                .map(|r| r.as_ref().map(|r| r.instance())),
+            attribute,
+        ));
+        self.caches()
+            .columns
+            .insert(attribute.to_string(), column.clone());
+        column
+    }
+
+    /// Whether each slot satisfies `expr`; None for expressions that read tasks
+    /// (`task:group`, `runningTasksCount`), whose verdicts change with every placement.
+    pub(crate) fn verdicts(&self, expr: &Expr) -> Option<Arc<[bool]>> {
+        if expr.depends_on_tasks() {
+            return None;
+        }
+        let key = expr.to_string();
+        if let Some(v) = self.caches().verdicts.get(&key) {
+            return Some(v.clone());
+        }
+        let empty = BTreeMap::new();
+        let verdicts: Arc<[bool]> = self
+            .records
+            .iter()
+            .map(|r| {
+                r.as_ref().is_some_and(|r| {
+                    let candidate = Candidate {
+                        instance: r.instance(),
+                        groups: &empty,
+                        running_tasks: 0,
+                    };
+                    Facts {
+                        candidate: &candidate,
+                        placed: None,
+                    }
+                    .eval(expr)
+                })
+            })
+            .collect();
+        self.caches().verdicts.insert(key, verdicts.clone());
+        Some(verdicts)
+    }
+}
+
+/// Whether two records of one instance agree on everything placement reads besides its
+/// resources and tasks: what the query language and eligibility see.
+fn same_facts(a: &ContainerInstance, b: &ContainerInstance) -> bool {
+    a.status == b.status
+        && a.agent_connected == b.agent_connected
+        && a.attributes == b.attributes
+        && a.version_info.agent_version == b.version_info.agent_version
+        && a.registered_at.to_bits() == b.registered_at.to_bits()
+        && a.ec2_instance_id == b.ec2_instance_id
+        && a.container_instance_arn == b.container_instance_arn
+}
