@@ -9,7 +9,9 @@
 //! The interner only grows (bounded by [`MAX_INTERNED`] strings of at most
 //! [`MAX_SEGMENT`] bytes); segments beyond the bounds stay literals.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 /// Marker of a compacted string; never used by MessagePack.
@@ -49,11 +51,56 @@ pub enum Field<'a> {
     Other,
 }
 
+/// A fast hash for short keys (segments, names) the view looks up on every record;
+/// they are not attacker-chosen in a way that matters: the maps are bounded.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        self.0 = (h.rotate_left(5) ^ bytes.len() as u64).wrapping_mul(K);
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.write(&[i]);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.write(&(i as u64).to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
 /// Strings shared by every compact record of a view.
 #[derive(Default)]
 pub struct Interner {
-    lookup: Mutex<HashMap<Arc<[u8]>, u32>>,
+    lookup: Mutex<FastMap<Arc<[u8]>, u32>>,
     strings: RwLock<Vec<Arc<[u8]>>>,
+}
+
+thread_local! {
+    /// Where [`Interner::with_expanded`] expands records (reused: reads stay free of
+    /// large allocations).
+    static EXPANDED: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl Interner {
@@ -62,30 +109,48 @@ impl Interner {
         Encoder {
             lookup: self.lookup.lock().unwrap_or_else(PoisonError::into_inner),
             strings: &self.strings,
+            out: Vec::new(),
         }
     }
 
     /// MessagePack of a compact record.
+    #[cfg(test)]
     pub fn expand(&self, compact: &[u8]) -> Res<Vec<u8>> {
-        let strings = self.strings.read().unwrap_or_else(PoisonError::into_inner);
-        let mut r = Reader {
-            data: compact,
-            pos: 0,
-        };
-        let mut out = Vec::with_capacity(compact.len() * 4);
-        let mut scratch = Vec::new();
-        expand_item(&strings, &mut r, &mut out, &mut scratch, 0)?;
-        if r.pos != compact.len() {
-            return Err(CompactError::Trailing);
-        }
-        Ok(out)
+        self.with_expanded(compact, <[u8]>::to_vec)
+    }
+
+    /// Runs `f` on the MessagePack of a compact record.
+    pub fn with_expanded<R>(&self, compact: &[u8], f: impl FnOnce(&[u8]) -> R) -> Res<R> {
+        EXPANDED.with(|buffers| {
+            let mut buffers = buffers.try_borrow_mut().ok();
+            let mut own = (Vec::new(), Vec::new());
+            let (out, scratch) = match buffers.as_deref_mut() {
+                Some((out, scratch)) => (out, scratch),
+                None => (&mut own.0, &mut own.1),
+            };
+            out.clear();
+            {
+                let strings = self.strings.read().unwrap_or_else(PoisonError::into_inner);
+                let mut r = Reader {
+                    data: compact,
+                    pos: 0,
+                };
+                expand_item(&strings, &mut r, out, scratch, 0)?;
+                if r.pos != compact.len() {
+                    return Err(CompactError::Trailing);
+                }
+            }
+            Ok(f(out))
+        })
     }
 }
 
 /// The encoding side of an [`Interner`], held for a batch of records.
 pub struct Encoder<'a> {
-    lookup: MutexGuard<'a, HashMap<Arc<[u8]>, u32>>,
+    lookup: MutexGuard<'a, FastMap<Arc<[u8]>, u32>>,
     strings: &'a RwLock<Vec<Arc<[u8]>>>,
+    /// Reused output buffer; each record is copied out at its exact size.
+    out: Vec<u8>,
 }
 
 impl Encoder<'_> {
@@ -100,7 +165,21 @@ impl Encoder<'_> {
             data: record,
             pos: 0,
         };
-        let mut out = Vec::with_capacity(record.len() / 3);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let result = self.compact_into(&mut r, record, &mut out, &mut field);
+        let compact = result.map(|()| Box::from(&out[..]));
+        self.out = out;
+        compact
+    }
+
+    fn compact_into<'a>(
+        &mut self,
+        r: &mut Reader<'a>,
+        record: &'a [u8],
+        out: &mut Vec<u8>,
+        field: &mut impl FnMut(&'a [u8], Field<'a>),
+    ) -> Res<()> {
         let top = r.peek()?;
         let pairs = match top {
             0x80..=0x8f => {
@@ -125,27 +204,27 @@ impl Encoder<'_> {
                         m @ (0xa0..=0xbf | 0xd9..=0xdb) => {
                             r.u8()?;
                             let s = r.string(m)?;
-                            self.string(s, &mut out);
+                            self.string(s, out);
                             Some(s)
                         }
                         _ => {
-                            self.item(&mut r, &mut out, 1)?;
+                            self.item(r, out, 1)?;
                             None
                         }
                     };
                     let value = field_of(&mut r.clone())?;
-                    self.item(&mut r, &mut out, 1)?;
+                    self.item(r, out, 1)?;
                     if let Some(key) = key {
                         field(key, value);
                     }
                 }
             }
-            None => self.item(&mut r, &mut out, 0)?,
+            None => self.item(r, out, 0)?,
         }
         if r.pos != record.len() {
             return Err(CompactError::Trailing);
         }
-        Ok(out.into_boxed_slice())
+        Ok(())
     }
 
     fn item(&mut self, r: &mut Reader<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
@@ -171,9 +250,12 @@ impl Encoder<'_> {
 
     fn string(&mut self, s: &[u8], out: &mut Vec<u8>) {
         out.push(STRING);
-        let segments = s.iter().filter(|b| **b == b'/').count() + 1;
-        varint(out, segments as u32);
+        // The segment count goes first; one byte unless a string has 128 segments or more.
+        let count_at = out.len();
+        out.push(0);
+        let mut segments: u32 = 0;
         for segment in s.split(|b| *b == b'/') {
+            segments += 1;
             if let Some(packed) = pack_hex(segment) {
                 varint(out, HEX);
                 out.extend_from_slice(&packed);
@@ -183,6 +265,13 @@ impl Encoder<'_> {
                 varint(out, ((segment.len() as u32) << 2) | LITERAL);
                 out.extend_from_slice(segment);
             }
+        }
+        if segments < 0x80 {
+            out[count_at] = segments as u8;
+        } else {
+            let mut count = Vec::with_capacity(5);
+            varint(&mut count, segments);
+            out.splice(count_at..=count_at, count);
         }
     }
 

@@ -3,9 +3,8 @@
 //! (instance ids, families, groups, `startedBy`). Both keep the order of the strings they
 //! stand for where order matters (task ids: paging is by task id).
 
-use crate::compact::{pack_hex, unpack_hex};
+use crate::compact::{pack_hex, unpack_hex, FastMap};
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A task id; orders exactly as the id strings do.
@@ -55,7 +54,7 @@ impl Ord for TaskKey {
     fn cmp(&self, other: &Self) -> Ordering {
         match (self, other) {
             // Big-endian nibbles order as their hex digits do.
-            (Self::Hex(a), Self::Hex(b)) => a.cmp(b),
+            (Self::Hex(a), Self::Hex(b)) => u128::from_be_bytes(*a).cmp(&u128::from_be_bytes(*b)),
             (Self::Other(a), Self::Other(b)) => a.cmp(b),
             _ => self.with_bytes(|a| other.with_bytes(|b| a.cmp(b))),
         }
@@ -76,7 +75,7 @@ pub const NO_SYM: Sym = Sym::MAX;
 /// Reference-counted interning of the strings tasks share within a cluster.
 #[derive(Default)]
 pub struct Symbols {
-    ids: HashMap<Arc<str>, Sym>,
+    ids: FastMap<Arc<str>, Sym>,
     slots: Vec<(Arc<str>, u32)>,
     free: Vec<Sym>,
 }
