@@ -33,8 +33,15 @@ pub struct Profile {
 
 /// Starts `perf record` on `pid`; `None` when perf is missing or refuses.
 pub fn start(pid: u32, output: &Path) -> Option<Recording> {
-    let child = Command::new("perf")
-        .args(["record", "-F", FREQUENCY, "-p", &pid.to_string(), "-o"])
+    let mut command = Command::new("perf");
+    command.args(["record", "-F", FREQUENCY, "-p", &pid.to_string()]);
+    // Call graphs for a closer look (`perf report -i <file>`); off by default: they cost
+    // the profiled process noticeably.
+    if std::env::var_os("BERTH_BENCH_CALL_GRAPH").is_some() {
+        command.args(["--call-graph", "dwarf,8192"]);
+    }
+    let child = command
+        .arg("-o")
         .arg(output)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -3,6 +3,11 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// The control plane allocates and frees many small records per placement; mimalloc
+/// spends about half the CPU glibc's allocator did there (measured by the benchmark).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let config = berth_control::ControlConfig::parse();
     let filter = EnvFilter::builder()

@@ -65,6 +65,8 @@ impl Head {
 pub(crate) struct Column {
     pub(crate) of: Vec<u32>,
     pub(crate) buckets: usize,
+    /// The slots of each bucket, ascending.
+    pub(crate) members: Vec<Vec<usize>>,
 }
 
 impl Column {
@@ -73,7 +75,7 @@ impl Column {
         attribute: &str,
     ) -> Self {
         let mut values: HashMap<Option<&str>, u32> = HashMap::new();
-        let of = instances
+        let of: Vec<u32> = instances
             .map(|instance| {
                 let value = instance.and_then(|i| {
                     i.attributes
@@ -85,9 +87,14 @@ impl Column {
                 *values.entry(value).or_insert(next)
             })
             .collect();
+        let mut members = vec![Vec::new(); values.len()];
+        for (slot, bucket) in of.iter().enumerate() {
+            members[*bucket as usize].push(slot);
+        }
         Self {
             of,
             buckets: values.len(),
+            members,
         }
     }
 }

@@ -113,7 +113,7 @@ impl StrategyPlacer {
             // A failure changes nothing, so every later task of the batch fails alike.
             let result = match results.last() {
                 Some(Err(failure)) => Err(failure.clone()),
-                _ => round.place_one(&mut self.rng),
+                _ => round.place_one(&mut self.rng, request.count - results.len()),
             };
             results.push(result);
         }
@@ -323,6 +323,10 @@ struct Round<'r, S: Source> {
     ties: Vec<usize>,
     /// Best few by memory, best first: (memory, scan rank, index) (without strategies).
     best: Vec<(i64, Reverse<usize>, usize)>,
+    /// The batch's candidates by memory, kept from its first scan (without strategies).
+    shortlist: Option<Vec<(i64, Reverse<usize>, usize)>>,
+    /// Where the batch's scan started.
+    start: usize,
     k: usize,
 }
 
@@ -415,6 +419,8 @@ impl<'r, S: Source> Round<'r, S> {
             buckets,
             ties: Vec::new(),
             best: Vec::with_capacity(k),
+            shortlist: None,
+            start: 0,
             k,
         }
     }
@@ -453,7 +459,7 @@ impl<'r, S: Source> Round<'r, S> {
 
     /// The first constraint the slot breaks, by index: its memberOf verdict, or
     /// distinctInstance once it holds a task of the group.
-    #[inline]
+    #[inline(always)]
     fn unmet(&mut self, slot: usize) -> Option<u16> {
         if self.member_of.is_empty() && self.distinct.is_none() {
             return None;
@@ -491,7 +497,12 @@ impl<'r, S: Source> Round<'r, S> {
             .map(|(i, _, _)| *i)
     }
 
-    fn place_one(&mut self, rng: &mut StdRng) -> Result<Placement, PlacementFailure> {
+    /// Places one task; `remaining` counts it and the tasks of the batch after it.
+    fn place_one(
+        &mut self,
+        rng: &mut StdRng,
+        remaining: usize,
+    ) -> Result<Placement, PlacementFailure> {
         let demand = self.request.demand;
         let (cpu, memory) = (demand.cpu.max(0), demand.memory.max(0));
         let needs_ports = !demand.ports.is_empty()
@@ -503,65 +514,87 @@ impl<'r, S: Source> Round<'r, S> {
         self.ties.clear();
         self.best.clear();
         if by_memory {
-            // Ties of memory go to the earliest in a scan from a random start.
-            let start = rng.gen_range(0..n);
-            for (rank, slot) in (start..n).chain(0..start).enumerate() {
-                if !self.eligible(slot) {
-                    continue;
+            match self.shortlist.take() {
+                None => {
+                    // The batch's first decision scans every instance and keeps enough of
+                    // the best for the whole batch: k plus one per later task. Untouched
+                    // instances keep their figures and touched ones only lose, so the best
+                    // k of every later decision are among them.
+                    self.start = rng.gen_range(0..n);
+                    let limit = self.k + remaining.saturating_sub(1);
+                    let start = self.start;
+                    for slot in (start..n).chain(0..start) {
+                        if !self.eligible(slot) {
+                            continue;
+                        }
+                        let (free_cpu, free_memory) = self.remaining(slot);
+                        if free_cpu < cpu || free_memory < memory {
+                            continue;
+                        }
+                        let enters = self.best.len() < limit
+                            || self.best.last().is_some_and(|(m, _, _)| free_memory > *m);
+                        if !enters
+                            || self.unmet(slot).is_some()
+                            || (needs_ports && !self.ports_free(slot))
+                        {
+                            continue;
+                        }
+                        let rank = self.rank(slot);
+                        self.insert_best((free_memory, Reverse(rank), slot), limit);
+                    }
+                    self.shortlist = Some(self.best.clone());
                 }
-                let (free_cpu, free_memory) = self.remaining(slot);
-                if free_cpu < cpu || free_memory < memory {
-                    continue;
+                Some(shortlist) => {
+                    let mut kept = Vec::with_capacity(shortlist.len());
+                    for (free_memory, rank, slot) in shortlist {
+                        if !self.touched.contains(slot) {
+                            kept.push((free_memory, rank, slot));
+                            continue;
+                        }
+                        let (free_cpu, free_memory) = self.remaining(slot);
+                        if free_cpu < cpu
+                            || free_memory < memory
+                            || self.unmet(slot).is_some()
+                            || (needs_ports && !self.ports_free(slot))
+                        {
+                            continue;
+                        }
+                        kept.push((free_memory, rank, slot));
+                    }
+                    kept.sort_unstable_by_key(|e| Reverse((e.0, e.1)));
+                    self.best.extend(kept.iter().take(self.k).copied());
+                    self.shortlist = Some(kept);
                 }
-                let enters = self.best.len() < self.k
-                    || self.best.last().is_some_and(|(m, _, _)| free_memory > *m);
-                if !enters || self.unmet(slot).is_some() || (needs_ports && !self.ports_free(slot))
-                {
-                    continue;
-                }
-                self.insert_best((free_memory, Reverse(rank), slot));
             }
+            self.best.truncate(self.k);
         } else {
             // Every candidate tied for the best key is kept; one is drawn below.
             let mut best_key: Option<Key> = None;
-            for slot in 0..n {
-                if !self.eligible(slot) {
-                    continue;
-                }
-                let (free_cpu, free_memory) = self.remaining(slot);
-                if free_cpu < cpu || free_memory < memory {
-                    continue;
-                }
-                // Lexicographic, one score at a time: most slots lose on the first.
-                let (cpu_left, memory_left) = (free_cpu - cpu, free_memory - memory);
-                let mut key: Key = [0; MAX_STRATEGIES];
-                let mut ordering = if best_key.is_none() {
-                    Ordering::Less
-                } else {
-                    Ordering::Equal
-                };
-                for (i, score) in self.scores.iter().enumerate() {
-                    key[i] = self.score(*score, slot, cpu_left, memory_left);
-                    if let Some(best) = &best_key {
-                        if ordering == Ordering::Equal {
-                            ordering = key[i].cmp(&best[i]);
-                            if ordering == Ordering::Greater {
-                                break;
+            match self.scores.first() {
+                Some(Score::SpreadAttribute(b)) => {
+                    // The first score is the bucket's: only the least loaded buckets with a
+                    // fitting instance can win, so they are visited in that order and the
+                    // first level with a candidate ends the search.
+                    let b = *b;
+                    let column = self.buckets[b].column.clone();
+                    let mut order: Vec<usize> = (0..column.buckets).collect();
+                    order.sort_by_key(|bucket| self.buckets[b].tasks[*bucket]);
+                    let mut i = 0;
+                    while i < order.len() && self.ties.is_empty() {
+                        let level = self.buckets[b].tasks[order[i]];
+                        while i < order.len() && self.buckets[b].tasks[order[i]] == level {
+                            for &slot in &column.members[order[i]] {
+                                self.consider(slot, (cpu, memory), needs_ports, &mut best_key, 1);
                             }
+                            i += 1;
                         }
                     }
                 }
-                if ordering == Ordering::Greater
-                    || self.unmet(slot).is_some()
-                    || (needs_ports && !self.ports_free(slot))
-                {
-                    continue;
+                _ => {
+                    for slot in 0..n {
+                        self.consider(slot, (cpu, memory), needs_ports, &mut best_key, 0);
+                    }
                 }
-                if ordering == Ordering::Less {
-                    self.ties.clear();
-                    best_key = Some(key);
-                }
-                self.ties.push(slot);
             }
         }
 
@@ -602,6 +635,54 @@ impl<'r, S: Source> Round<'r, S> {
         }
     }
 
+    /// Adds `slot` to the ties if it fits and its key is at least as good as the best so
+    /// far (a better key starts the ties over). The scores before `known` are equal for
+    /// every slot the caller considers, and not computed.
+    #[inline(always)]
+    fn consider(
+        &mut self,
+        slot: usize,
+        (cpu, memory): (i64, i64),
+        needs_ports: bool,
+        best_key: &mut Option<Key>,
+        known: usize,
+    ) {
+        if !self.eligible(slot) {
+            return;
+        }
+        let (free_cpu, free_memory) = self.remaining(slot);
+        if free_cpu < cpu || free_memory < memory {
+            return;
+        }
+        // Lexicographic, one score at a time: most slots lose on the first.
+        let (cpu_left, memory_left) = (free_cpu - cpu, free_memory - memory);
+        let mut key: Key = [0; MAX_STRATEGIES];
+        let mut ordering = if best_key.is_none() {
+            Ordering::Less
+        } else {
+            Ordering::Equal
+        };
+        for (i, score) in self.scores.iter().enumerate().skip(known) {
+            key[i] = self.score(*score, slot, cpu_left, memory_left);
+            if let Some(best) = best_key {
+                if ordering == Ordering::Equal {
+                    ordering = key[i].cmp(&best[i]);
+                    if ordering == Ordering::Greater {
+                        return;
+                    }
+                }
+            }
+        }
+        if self.unmet(slot).is_some() || (needs_ports && !self.ports_free(slot)) {
+            return;
+        }
+        if ordering == Ordering::Less {
+            self.ties.clear();
+            *best_key = Some(key);
+        }
+        self.ties.push(slot);
+    }
+
     #[inline]
     fn score(&self, score: Score, slot: usize, cpu_left: i64, memory_left: i64) -> i64 {
         match score {
@@ -632,9 +713,10 @@ impl<'r, S: Source> Round<'r, S> {
         capacity_with(self.source.instance(slot), cpu, memory, tcp, udp)
     }
 
-    /// Keeps `best` sorted best first (most memory, then earliest in the scan), at most k.
-    fn insert_best(&mut self, entry: (i64, Reverse<usize>, usize)) {
-        if self.best.len() == self.k {
+    /// Keeps `best` sorted best first (most memory, then earliest in the scan), at most
+    /// `limit`.
+    fn insert_best(&mut self, entry: (i64, Reverse<usize>, usize), limit: usize) {
+        if self.best.len() >= limit {
             self.best.pop();
         }
         let at = self
@@ -643,6 +725,12 @@ impl<'r, S: Source> Round<'r, S> {
             .position(|e| (entry.0, entry.1) > (e.0, e.1))
             .unwrap_or(self.best.len());
         self.best.insert(at, entry);
+    }
+
+    /// A slot's place in the batch's scan (which starts at a random slot).
+    fn rank(&self, slot: usize) -> usize {
+        let n = self.heads.len();
+        (slot + n - self.start) % n
     }
 
     fn take(&mut self, slot: usize, allocation: &Allocation) {
