@@ -25,6 +25,8 @@ const MAX_INTERNED: usize = 1 << 16;
 const MAX_SEGMENT: usize = 64;
 /// Deepest nesting accepted (journal records nest a handful of levels).
 const MAX_DEPTH: u32 = 64;
+/// Strings of a record remembered by position (see [`Encoder::memo`]).
+const MEMO: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompactError {
@@ -110,6 +112,8 @@ impl Interner {
             lookup: self.lookup.lock().unwrap_or_else(PoisonError::into_inner),
             strings: &self.strings,
             out: Vec::new(),
+            memo: Vec::new(),
+            ordinal: 0,
         }
     }
 
@@ -145,12 +149,21 @@ impl Interner {
     }
 }
 
+/// A string and its compact encoding.
+type Memo = (Box<[u8]>, Box<[u8]>);
+
 /// The encoding side of an [`Interner`], held for a batch of records.
 pub struct Encoder<'a> {
     lookup: MutexGuard<'a, FastMap<Arc<[u8]>, u32>>,
     strings: &'a RwLock<Vec<Arc<[u8]>>>,
     /// Reused output buffer; each record is copied out at its exact size.
     out: Vec<u8>,
+    /// The n-th string of the previous records with its encoding, when that encoding is
+    /// fully interned: records of one kind repeat their field names and most values at
+    /// the same positions, so most strings are a comparison away from their encoding.
+    memo: Vec<Option<Memo>>,
+    /// Position of the next string in the current record.
+    ordinal: usize,
 }
 
 impl Encoder<'_> {
@@ -167,6 +180,7 @@ impl Encoder<'_> {
         };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
+        self.ordinal = 0;
         let result = self.compact_into(&mut r, record, &mut out, &mut field);
         let compact = result.map(|()| Box::from(&out[..]));
         self.out = out;
@@ -249,6 +263,26 @@ impl Encoder<'_> {
     }
 
     fn string(&mut self, s: &[u8], out: &mut Vec<u8>) {
+        let ordinal = self.ordinal;
+        self.ordinal += 1;
+        if let Some(Some((source, encoded))) = self.memo.get(ordinal) {
+            if **source == *s {
+                out.extend_from_slice(encoded);
+                return;
+            }
+        }
+        let start = out.len();
+        if self.encode_string(s, out) && ordinal < MEMO {
+            if self.memo.len() <= ordinal {
+                self.memo.resize(ordinal + 1, None);
+            }
+            self.memo[ordinal] = Some((Box::from(s), Box::from(&out[start..])));
+        }
+    }
+
+    /// Encodes a string; true when every segment is interned.
+    fn encode_string(&mut self, s: &[u8], out: &mut Vec<u8>) -> bool {
+        let mut interned = true;
         out.push(STRING);
         // The segment count goes first; one byte unless a string has 128 segments or more.
         let count_at = out.len();
@@ -257,11 +291,13 @@ impl Encoder<'_> {
         for segment in s.split(|b| *b == b'/') {
             segments += 1;
             if let Some(packed) = pack_hex(segment) {
+                interned = false;
                 varint(out, HEX);
                 out.extend_from_slice(&packed);
             } else if let Some(id) = self.intern(segment) {
                 varint(out, (id << 2) | INTERNED);
             } else {
+                interned = false;
                 varint(out, ((segment.len() as u32) << 2) | LITERAL);
                 out.extend_from_slice(segment);
             }
@@ -273,6 +309,7 @@ impl Encoder<'_> {
             varint(&mut count, segments);
             out.splice(count_at..=count_at, count);
         }
+        interned
     }
 
     fn intern(&mut self, segment: &[u8]) -> Option<u32> {
@@ -596,6 +633,43 @@ mod tests {
             "expansion gives the same MessagePack back"
         );
         compact
+    }
+
+    /// Records compacted one after the other by one encoder (its memo in play).
+    #[test]
+    fn records_in_a_row_round_trip() {
+        let interner = Interner::default();
+        let mut encoder = interner.encoder();
+        let mut records = Vec::new();
+        for (i, id) in [
+            "0123456789abcdef0123456789abcdef",
+            "not-hex",
+            "fedcba9876543210fedcba9876543210",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut t = task(id, &["a1b2c3d4e5f60718293a4b5c6d7e8f90"]);
+            if i == 1 {
+                t.group = "family:other".into();
+                t.started_by = None;
+                t.containers[0].name = "taskArn".into();
+            }
+            records.push((t.clone(), codec::encode_record(&t).unwrap()));
+        }
+        records.push(records[0].clone());
+        let compacts: Vec<Box<[u8]>> = records
+            .iter()
+            .map(|(_, r)| encoder.compact(r, |_, _| {}).unwrap())
+            .collect();
+        drop(encoder);
+        for ((t, record), compact) in records.iter().zip(&compacts) {
+            let expanded = interner.expand(compact).unwrap();
+            assert_eq!(&expanded, record);
+            let back: Task = codec::decode_record(&expanded).unwrap();
+            assert_eq!(&back, t);
+        }
+        assert_eq!(compacts[0], compacts[3]);
     }
 
     #[test]
