@@ -12,6 +12,7 @@ use berth_journal::{JournalError, Versioned};
 use berth_messages::model::{Allocation, ContainerInstance};
 use berth_messages::{subjects, ApiError};
 use berth_placement::{Demand, Shortfall};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Gives up a batch after this many consecutive conflicts (the command is retried
@@ -78,7 +79,8 @@ pub enum OpKind {
 pub struct OpDone {
     pub version: u64,
     pub allocation: Option<Allocation>,
-    pub instance: ContainerInstance,
+    /// The record as written (or read), shared by every operation of the batch.
+    pub instance: Arc<Versioned<ContainerInstance>>,
 }
 
 /// One operation with its command id and where its result goes.
@@ -119,7 +121,7 @@ pub struct InstanceActor {
     cluster: String,
     instance_id: String,
     subject: String,
-    record: Option<Versioned<ContainerInstance>>,
+    record: Option<Arc<Versioned<ContainerInstance>>>,
     pending: Vec<InstanceOp>,
     in_flight: bool,
 }
@@ -149,7 +151,7 @@ impl InstanceActor {
         let mut cached = self.record.take();
         if let Some(seen) = self.shared.view.instance(&self.cluster, &self.instance_id) {
             if cached.as_ref().is_none_or(|c| c.version < seen.version) {
-                cached = Some((*seen).clone());
+                cached = Some(seen);
             }
         }
         let shared = self.shared.clone();
@@ -190,15 +192,15 @@ impl Handler<InstanceOp> for InstanceActor {
 async fn commit(
     shared: Shared,
     subject: String,
-    mut record: Option<Versioned<ContainerInstance>>,
+    mut record: Option<Arc<Versioned<ContainerInstance>>>,
     mut batch: Vec<InstanceOp>,
-) -> Option<Versioned<ContainerInstance>> {
+) -> Option<Arc<Versioned<ContainerInstance>>> {
     let mut conflicts = 0;
     let mut must_read = record.is_none();
     loop {
         if must_read {
             match shared.journal.read::<ContainerInstance>(&subject).await {
-                Ok(r) => record = r,
+                Ok(r) => record = r.map(Arc::new),
                 Err(e) => {
                     fail_all(batch, || InstanceOpError::Journal(clone_journal_error(&e)));
                     return None;
@@ -236,10 +238,10 @@ async fn commit(
             .await
         {
             Ok(version) => {
-                let written = Versioned {
+                let written = Arc::new(Versioned {
                     value: next,
                     version,
-                };
+                });
                 respond(batch, results, Some(&written));
                 return Some(written);
             }
@@ -290,7 +292,10 @@ fn apply(
                 berth_placement::fit_resources(&berth_placement::remaining(instance), demand)
             }
             .map_err(InstanceOpError::Shortfall)?;
-            berth_placement::allocate(instance, task_id, allocation.clone());
+            // remainingResources is refreshed once for the whole batch before the write.
+            instance
+                .allocations
+                .insert(task_id.clone(), allocation.clone());
             *changed = true;
             Ok(Some(allocation))
         }
@@ -316,14 +321,14 @@ fn apply(
 fn respond(
     batch: Vec<InstanceOp>,
     results: Vec<Result<Option<Allocation>, InstanceOpError>>,
-    record: Option<&Versioned<ContainerInstance>>,
+    record: Option<&Arc<Versioned<ContainerInstance>>>,
 ) {
     for (op, result) in batch.into_iter().zip(results) {
         let answer = result.and_then(|allocation| match record {
             Some(r) => Ok(OpDone {
                 version: r.version,
                 allocation,
-                instance: r.value.clone(),
+                instance: r.clone(),
             }),
             None => Err(InstanceOpError::Missing),
         });

@@ -92,7 +92,12 @@ pub async fn register(
     let done = InstanceOp::run(shared, &cluster, &instance_id, &d.command_id, upsert).await?;
     Ok((
         CommandResponse::ContainerInstance(ContainerInstanceResponse {
-            container_instance: presented(shared, &cluster, done.instance, done.version),
+            container_instance: presented(
+                shared,
+                &cluster,
+                done.instance.value.clone(),
+                done.version,
+            ),
         }),
         done.version,
     ))
@@ -161,7 +166,12 @@ pub async fn deregister(
         })?;
     Ok((
         CommandResponse::ContainerInstance(ContainerInstanceResponse {
-            container_instance: presented(shared, &cluster, done.instance, done.version),
+            container_instance: presented(
+                shared,
+                &cluster,
+                done.instance.value.clone(),
+                done.version,
+            ),
         }),
         done.version,
     ))
@@ -205,7 +215,12 @@ pub async fn update_state(
         match InstanceOp::run(shared, &cluster, &instance_id, &d.command_id, mutate).await {
             Ok(done) => {
                 last = last.max(done.version);
-                instances.push(presented(shared, &cluster, done.instance, done.version));
+                instances.push(presented(
+                    shared,
+                    &cluster,
+                    done.instance.value.clone(),
+                    done.version,
+                ));
             }
             Err(InstanceOpError::Missing) => failures.push(Failure::new(arn, reason::MISSING)),
             Err(InstanceOpError::Rejected(e)) => {
