@@ -42,6 +42,10 @@ pub struct ControlConfig {
     /// Seconds a STOPPED task stays in the journal and the API before it is purged.
     #[arg(long, env = "BERTH_STOPPED_TASK_RETENTION", default_value_t = 3600.0)]
     pub stopped_task_retention: f64,
+    /// Seconds between reconciliation passes; an allocation left behind for a STOPPED task
+    /// is released once it has stayed so for a whole interval.
+    #[arg(long, env = "BERTH_RECONCILE_INTERVAL", default_value_t = 10.0)]
+    pub reconcile_interval: f64,
     /// Clusters to create at start-up if they do not exist (comma separated).
     #[arg(
         long = "create-cluster",
@@ -66,6 +70,7 @@ impl Default for ControlConfig {
             api_timeout: 30.0,
             create_clusters: Vec::new(),
             stopped_task_retention: 3600.0,
+            reconcile_interval: 10.0,
             log_json: false,
         }
     }
@@ -98,6 +103,10 @@ impl ControlConfig {
 
     pub fn stopped_task_retention(&self) -> Duration {
         Duration::from_secs_f64(self.stopped_task_retention.max(1.0))
+    }
+
+    pub fn reconcile_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.reconcile_interval.max(0.05))
     }
 
     pub fn api_timeout(&self) -> Duration {

@@ -5,8 +5,6 @@
 //! purging twice is harmless.
 
 use crate::shared::Shared;
-use berth_journal::view::TaskFilter;
-use berth_messages::model::TaskStatus;
 use berth_messages::subjects;
 use std::time::Duration;
 
@@ -32,33 +30,22 @@ pub async fn run(shared: Shared) {
 }
 
 async fn expire(shared: &Shared, cluster: &str, cutoff: f64) {
-    let filter = TaskFilter {
-        desired_status: Some(TaskStatus::Stopped),
-        ..TaskFilter::default()
-    };
     let mut after: Option<String> = None;
     loop {
         let page = shared
             .view
-            .page_tasks(cluster, &filter, after.as_deref(), 1000);
-        for entry in &page.items {
-            let task = &entry.task.value;
-            let expired = task.last_status == TaskStatus::Stopped
-                && task.stopped_at.is_some_and(|t| t < cutoff);
-            if !expired {
-                continue;
-            }
-            let task_id = berth_messages::arn::task_id(&task.task_arn).1;
-            let subject = subjects::task(cluster, &entry.instance_id, task_id);
+            .page_stopped_before(cluster, cutoff, after.as_deref(), 1000);
+        for task in &page.items {
+            let subject = subjects::task(cluster, &task.instance_id, &task.task_id);
             match shared.journal.purge_subject(&subject).await {
                 Ok(_) => {
                     shared
                         .view
-                        .forget_task(cluster, task_id, entry.task.version);
-                    tracing::debug!(cluster, task = task_id, "stopped task expired");
+                        .forget_task(cluster, &task.task_id, task.version);
+                    tracing::debug!(cluster, task = %task.task_id, "stopped task expired");
                 }
                 Err(e) => {
-                    tracing::warn!(cluster, task = task_id, error = %e, "cannot purge expired task")
+                    tracing::warn!(cluster, task = %task.task_id, error = %e, "cannot purge expired task")
                 }
             }
         }
@@ -66,5 +53,6 @@ async fn expire(shared: &Shared, cluster: &str, cutoff: f64) {
             Some(n) => after = Some(n),
             None => return,
         }
+        tokio::task::yield_now().await;
     }
 }

@@ -8,6 +8,8 @@
 //! version it read (0 to create), so a write on a stale read is refused with
 //! [`JournalError::Conflict`] and the writer re-reads and re-validates.
 
+mod compact;
+mod keys;
 pub mod view;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream, Context};

@@ -4,10 +4,21 @@
 //! reads are O(log n), counters are kept incrementally and paging never sorts a whole
 //! cluster. A record's version is its stream sequence.
 //!
-//! One task applies records; readers take short read locks and get cloned `Arc`s back.
-//! Long scans (filtered task and task-definition pages) release their lock every
-//! few thousand entries so that they never hold up the apply loop for long.
+//! One task applies records, in batches of whatever the consumer has ready; readers take
+//! short read locks and get cloned `Arc`s back. Long scans (filtered task and
+//! task-definition pages) release their lock every few thousand entries so that they
+//! never hold up the apply loop for long.
+//!
+//! Tasks are the bulk of the state (millions), so the view keeps each one lean: its record
+//! in the compact form of [`crate::compact`] (decoded on read), keyed by a 16-byte id,
+//! with the fields its indexes need as per-cluster symbols. During catch-up only point
+//! lookups and counters are kept; the ordered task sets (per instance, family, group...)
+//! are bulk-built once, just before the view reports itself ready. The view also keeps the
+//! allocations that instance records still hold for STOPPED tasks, so that reconciliation
+//! never walks every allocation.
 
+use crate::compact::{CompactError, FastMap, Field, Interner};
+use crate::keys::{Sym, Symbols, TaskKey, NO_SYM};
 use crate::{Journal, JournalError, Result, Versioned};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream;
@@ -20,7 +31,7 @@ use berth_messages::model::{
 use berth_messages::streams;
 use berth_messages::subjects::{self, StateKey};
 use berth_placement::{InstancePool, InstanceRecord};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +50,9 @@ const SCAN_CHUNK: usize = 3;
 /// consumer lost with its server while the client stays connected (to another node of
 /// the cluster) is noticed and recreated within seconds.
 const PULL_EXPIRY: Duration = Duration::from_secs(4);
+
+/// Most messages applied under one lock (and one progress update).
+const APPLY_BATCH: usize = 512;
 
 /// How often the apply loop looks for a reconnection of the client.
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
@@ -138,6 +152,8 @@ struct Progress {
 #[derive(Default)]
 struct Inner {
     progress: watch::Sender<Progress>,
+    /// Strings shared by the compact task records.
+    interner: Interner,
     clusters: RwLock<BTreeMap<String, Arc<Versioned<Cluster>>>>,
     scopes: RwLock<HashMap<String, Arc<Scope>>>,
     families: RwLock<BTreeMap<String, FamilyEntry>>,
@@ -151,23 +167,99 @@ struct Scope {
     data: RwLock<ScopeData>,
 }
 
-type IdSet = BTreeSet<Arc<str>>;
+type IdSet = BTreeSet<TaskKey>;
 
 #[derive(Default)]
 struct ScopeData {
     instances: BTreeMap<String, Arc<Versioned<ContainerInstance>>>,
     registered: i64,
-    tasks: BTreeMap<Arc<str>, Arc<TaskEntry>>,
+    /// Instance ids, families, groups and `startedBy` values of this cluster's tasks.
+    syms: Symbols,
+    tasks: BTreeMap<TaskKey, StoredTask>,
     running: i64,
     pending: i64,
     on_instance: HashMap<Arc<str>, InstanceTasks>,
-    by_family: HashMap<Arc<str>, IdSet>,
-    by_started_by: HashMap<Arc<str>, IdSet>,
-    by_group: HashMap<Arc<str>, IdSet>,
+    by_family: HashMap<Sym, IdSet>,
+    by_started_by: HashMap<Sym, IdSet>,
+    by_group: HashMap<Sym, IdSet>,
+    /// Every desired status but RUNNING (which nearly every task has: a filter on it
+    /// scans, an index would only cost memory).
     by_desired: HashMap<TaskStatus, IdSet>,
+    /// (instance id, task) for allocations an instance record still holds for a task
+    /// whose record is STOPPED, with the journal sequence since which it is so.
+    stale: BTreeMap<(Arc<str>, TaskKey), u64>,
+    /// Whether the ordered task sets (tasks per instance, family, `startedBy`, group,
+    /// desired status) are kept; catch-up leaves them out and builds them at its end.
+    indexed: bool,
     /// The instances as placement scans them (remaining resources, task groups, running
     /// counts), kept up to date by the apply loop.
     pool: InstancePool,
+}
+
+/// A task as the view keeps it: the record in compact form and what the indexes need.
+struct StoredTask {
+    version: u64,
+    /// `stoppedAt` of the record; NaN when it has none.
+    stopped_at: f64,
+    record: Box<[u8]>,
+    instance: Sym,
+    group: Sym,
+    family: Sym,
+    started_by: Sym,
+    last: TaskStatus,
+    desired: TaskStatus,
+}
+
+/// A task record made compact outside the view's locks, ready to apply; its strings
+/// borrow from the message.
+struct PreparedTask<'a> {
+    stored: StoredTask,
+    instance_id: &'a str,
+    group: &'a str,
+    family: Option<&'a str>,
+    started_by: Option<&'a str>,
+}
+
+/// A task record of a batch with its cluster and task id, once prepared.
+type Prepared<'a> = Option<(&'a str, &'a str, PreparedTask<'a>)>;
+
+/// An empty vector with the allocation of `v`: batches reuse their buffers (same layout,
+/// only lifetimes differ, so collecting in place keeps the allocation).
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+/// Buffers the apply loop reuses from one batch to the next.
+#[derive(Default)]
+struct ApplyBuffers {
+    items: Vec<(&'static str, &'static [u8], u64)>,
+    prepared: Vec<Prepared<'static>>,
+}
+
+/// What a reader copies out of the view to decode a task outside the locks.
+struct RawTask {
+    instance_id: String,
+    version: u64,
+    record: Box<[u8]>,
+}
+
+/// An allocation held by an instance record for a task whose record is STOPPED.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleAllocation {
+    pub cluster: String,
+    pub instance_id: String,
+    pub task_id: String,
+    /// Journal sequence since which the allocation has been stale without interruption.
+    pub since: u64,
+}
+
+/// A STOPPED task past a `stoppedAt` cutoff (see [`View::page_stopped_before`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredTask {
+    pub task_id: String,
+    pub instance_id: String,
+    pub version: u64,
 }
 
 #[derive(Default)]
@@ -208,10 +300,6 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn family_of(task: &Task) -> Option<String> {
-    arn::task_definition_ref(&task.task_definition_arn).map(|r| r.family)
-}
-
 fn is_registered(status: InstanceStatus) -> bool {
     matches!(status, InstanceStatus::Active | InstanceStatus::Draining)
 }
@@ -224,24 +312,141 @@ fn task_weight(status: TaskStatus) -> (i64, i64) {
     )
 }
 
-fn index_insert(index: &mut HashMap<Arc<str>, IdSet>, key: &str, id: &Arc<str>) {
-    match index.get_mut(key) {
-        Some(set) => {
-            set.insert(id.clone());
-        }
-        None => {
-            index.insert(Arc::from(key), BTreeSet::from([id.clone()]));
-        }
-    }
+fn index_insert<K: std::hash::Hash + Eq>(index: &mut HashMap<K, IdSet>, key: K, id: &TaskKey) {
+    index.entry(key).or_default().insert(id.clone());
 }
 
-fn index_remove(index: &mut HashMap<Arc<str>, IdSet>, key: &str, id: &str) {
+fn index_remove<K: std::hash::Hash + Eq>(index: &mut HashMap<K, IdSet>, key: &K, id: &TaskKey) {
     if let Some(set) = index.get_mut(key) {
         set.remove(id);
         if set.is_empty() {
             index.remove(key);
         }
     }
+}
+
+/// The task status a journal string names.
+fn parse_status(s: &[u8]) -> Option<TaskStatus> {
+    use TaskStatus::*;
+    [
+        Provisioning,
+        Pending,
+        Activating,
+        Running,
+        Deactivating,
+        Stopping,
+        Deprovisioning,
+        Stopped,
+    ]
+    .into_iter()
+    .find(|status| status.as_str().as_bytes() == s)
+}
+
+/// The fields of a task record the view indexes, seen while making it compact.
+#[derive(Default)]
+struct TaskFields<'a> {
+    last: Option<TaskStatus>,
+    desired: Option<TaskStatus>,
+    group: Option<&'a [u8]>,
+    started_by: Option<&'a [u8]>,
+    definition: Option<&'a [u8]>,
+    stopped_at: Option<f64>,
+    /// Required ARN fields present as strings.
+    arns: u8,
+}
+
+impl<'a> TaskFields<'a> {
+    fn see(&mut self, key: &[u8], value: Field<'a>) {
+        match (key, value) {
+            (b"lastStatus", Field::Str(s)) => self.last = parse_status(s),
+            (b"desiredStatus", Field::Str(s)) => self.desired = parse_status(s),
+            (b"group", Field::Str(s)) => self.group = Some(s),
+            (b"startedBy", Field::Str(s)) => self.started_by = Some(s),
+            (b"stoppedAt", Field::Number(n)) => self.stopped_at = Some(n),
+            (b"taskDefinitionArn", Field::Str(s)) => {
+                self.definition = Some(s);
+                self.arns |= 1;
+            }
+            (b"taskArn", Field::Str(_)) => self.arns |= 2,
+            (b"clusterArn", Field::Str(_)) => self.arns |= 4,
+            (b"containerInstanceArn", Field::Str(_)) => self.arns |= 8,
+            _ => {}
+        }
+    }
+}
+
+/// The family a task definition reference names (as `arn::task_definition_ref` reads it).
+fn family_of(definition: &str) -> Option<&str> {
+    let body = match arn::split(definition) {
+        Some(("task-definition", rest)) => rest,
+        Some(_) => return None,
+        None => definition,
+    };
+    match body.split_once(':') {
+        Some((family, revision)) => revision
+            .parse::<u32>()
+            .ok()
+            .filter(|r| *r > 0)
+            .map(|_| family),
+        None => Some(body),
+    }
+}
+
+/// Makes a task record compact and extracts its indexed fields; `None` (logged) when the
+/// record is not a task.
+fn prepare_task<'a>(
+    encoder: &mut crate::compact::Encoder<'_>,
+    subject: &str,
+    instance_id: &'a str,
+    payload: &'a [u8],
+    version: u64,
+) -> Option<PreparedTask<'a>> {
+    let mut fields = TaskFields::default();
+    let record = match encoder.compact(payload, |k, v| fields.see(k, v)) {
+        Ok(record) => record,
+        Err(error) => {
+            tracing::warn!(subject, sequence = version, %error, "view skips an undecodable record");
+            return None;
+        }
+    };
+    let (Some(last), Some(desired), 15) = (fields.last, fields.desired, fields.arns) else {
+        tracing::warn!(
+            subject,
+            sequence = version,
+            "view skips a task record without its required fields"
+        );
+        return None;
+    };
+    let text = |s: Option<&'a [u8]>| s.map(std::str::from_utf8).transpose();
+    let (Ok(group), Ok(started_by), Ok(Some(definition))) = (
+        text(fields.group),
+        text(fields.started_by),
+        text(fields.definition),
+    ) else {
+        tracing::warn!(
+            subject,
+            sequence = version,
+            "view skips a task record with invalid text"
+        );
+        return None;
+    };
+    Some(PreparedTask {
+        stored: StoredTask {
+            version,
+            stopped_at: fields.stopped_at.unwrap_or(f64::NAN),
+            record,
+            instance: NO_SYM,
+            group: NO_SYM,
+            family: NO_SYM,
+            started_by: NO_SYM,
+            last,
+            desired,
+        },
+        instance_id,
+        group: group.unwrap_or_default(),
+        family: family_of(definition),
+        started_by,
+    })
 }
 
 /// Takes up to `limit` items of (resume key, item) pairs; `next` is set when more remain.
@@ -262,91 +467,274 @@ fn page_of<'a, V: 'a>(iter: impl Iterator<Item = (&'a str, V)>, limit: usize) ->
     Page { items, next: None }
 }
 
+/// Whether a desired status has an index (see `ScopeData::by_desired`).
+fn desired_indexed(status: TaskStatus) -> bool {
+    status != TaskStatus::Running
+}
+
 impl ScopeData {
-    fn index_task(&mut self, id: &Arc<str>, entry: &TaskEntry) {
-        let task = &entry.task.value;
-        let (running, pending) = task_weight(task.last_status);
-        self.running += running;
-        self.pending += pending;
-        let on = match self.on_instance.get_mut(entry.instance_id.as_str()) {
-            Some(on) => on,
-            None => self
-                .on_instance
-                .entry(Arc::from(entry.instance_id.as_str()))
-                .or_default(),
-        };
-        on.ids.insert(id.clone());
-        on.running += running;
-        on.pending += pending;
-        self.pool.add_running(&entry.instance_id, running);
-        if task.last_status != TaskStatus::Stopped {
-            self.pool
-                .add_group_tasks(&entry.instance_id, &task.group, 1);
-        }
-        if let Some(family) = family_of(task) {
-            index_insert(&mut self.by_family, &family, id);
-        }
-        if let Some(started_by) = &task.started_by {
-            index_insert(&mut self.by_started_by, started_by, id);
-        }
-        index_insert(&mut self.by_group, &task.group, id);
-        self.by_desired
-            .entry(task.desired_status)
-            .or_default()
-            .insert(id.clone());
+    fn sym(&self, sym: Sym) -> Option<&str> {
+        (sym != NO_SYM).then(|| self.syms.name(sym))
     }
 
-    fn unindex_task(&mut self, id: &str, entry: &TaskEntry) {
-        let task = &entry.task.value;
-        let (running, pending) = task_weight(task.last_status);
+    fn index_task(&mut self, id: &TaskKey, task: &StoredTask) {
+        let (running, pending) = task_weight(task.last);
+        self.running += running;
+        self.pending += pending;
+        let instance_id = self.syms.name(task.instance);
+        let on = match self.on_instance.get_mut(instance_id) {
+            Some(on) => on,
+            None => self.on_instance.entry(Arc::from(instance_id)).or_default(),
+        };
+        if self.indexed {
+            on.ids.insert(id.clone());
+        }
+        on.running += running;
+        on.pending += pending;
+        self.pool.add_running(instance_id, running);
+        if task.last != TaskStatus::Stopped {
+            self.pool
+                .add_group_tasks(instance_id, self.syms.name(task.group), 1);
+        }
+        if !self.indexed {
+            return;
+        }
+        if task.family != NO_SYM {
+            index_insert(&mut self.by_family, task.family, id);
+        }
+        if task.started_by != NO_SYM {
+            index_insert(&mut self.by_started_by, task.started_by, id);
+        }
+        index_insert(&mut self.by_group, task.group, id);
+        if desired_indexed(task.desired) {
+            index_insert(&mut self.by_desired, task.desired, id);
+        }
+    }
+
+    /// Builds the ordered task sets that catch-up leaves out: bulk-building a sorted set
+    /// costs far less than millions of inserts at random places (and packs it densely).
+    fn build_indexes(&mut self) {
+        if self.indexed {
+            return;
+        }
+        self.indexed = true;
+        let mut on: FastMap<Sym, Vec<TaskKey>> = FastMap::default();
+        let mut family: FastMap<Sym, Vec<TaskKey>> = FastMap::default();
+        let mut started_by: FastMap<Sym, Vec<TaskKey>> = FastMap::default();
+        let mut group: FastMap<Sym, Vec<TaskKey>> = FastMap::default();
+        let mut desired: HashMap<TaskStatus, Vec<TaskKey>> = HashMap::new();
+        for (key, task) in &self.tasks {
+            on.entry(task.instance).or_default().push(key.clone());
+            if task.family != NO_SYM {
+                family.entry(task.family).or_default().push(key.clone());
+            }
+            if task.started_by != NO_SYM {
+                started_by
+                    .entry(task.started_by)
+                    .or_default()
+                    .push(key.clone());
+            }
+            group.entry(task.group).or_default().push(key.clone());
+            if desired_indexed(task.desired) {
+                desired.entry(task.desired).or_default().push(key.clone());
+            }
+        }
+        // Keys come in order, so collecting builds each set without sorting.
+        let set = |keys: Vec<TaskKey>| keys.into_iter().collect::<IdSet>();
+        for (sym, keys) in on {
+            if let Some(o) = self.on_instance.get_mut(self.syms.name(sym)) {
+                o.ids = set(keys);
+            }
+        }
+        self.on_instance.retain(|_, o| !o.ids.is_empty());
+        self.by_family = family.into_iter().map(|(k, v)| (k, set(v))).collect();
+        self.by_started_by = started_by.into_iter().map(|(k, v)| (k, set(v))).collect();
+        self.by_group = group.into_iter().map(|(k, v)| (k, set(v))).collect();
+        self.by_desired = desired.into_iter().map(|(k, v)| (k, set(v))).collect();
+    }
+
+    fn unindex_task(&mut self, id: &TaskKey, task: &StoredTask) {
+        let (running, pending) = task_weight(task.last);
         self.running -= running;
         self.pending -= pending;
-        if let Some(on) = self.on_instance.get_mut(entry.instance_id.as_str()) {
-            on.ids.remove(id);
+        let instance_id = self.syms.name(task.instance);
+        if let Some(on) = self.on_instance.get_mut(instance_id) {
+            if self.indexed {
+                on.ids.remove(id);
+            }
             on.running -= running;
             on.pending -= pending;
-            self.pool.add_running(&entry.instance_id, -running);
-            if task.last_status != TaskStatus::Stopped {
+            self.pool.add_running(instance_id, -running);
+            if task.last != TaskStatus::Stopped {
                 self.pool
-                    .add_group_tasks(&entry.instance_id, &task.group, -1);
+                    .add_group_tasks(instance_id, self.syms.name(task.group), -1);
             }
-            if on.ids.is_empty() {
-                self.on_instance.remove(entry.instance_id.as_str());
+            if self.indexed && on.ids.is_empty() {
+                self.on_instance.remove(instance_id);
             }
         }
-        if let Some(family) = family_of(task) {
-            index_remove(&mut self.by_family, &family, id);
+        if !self.indexed {
+            return;
         }
-        if let Some(started_by) = &task.started_by {
-            index_remove(&mut self.by_started_by, started_by, id);
+        if task.family != NO_SYM {
+            index_remove(&mut self.by_family, &task.family, id);
+        }
+        if task.started_by != NO_SYM {
+            index_remove(&mut self.by_started_by, &task.started_by, id);
         }
         index_remove(&mut self.by_group, &task.group, id);
-        if let Some(set) = self.by_desired.get_mut(&task.desired_status) {
-            set.remove(id);
-            if set.is_empty() {
-                self.by_desired.remove(&task.desired_status);
+        if desired_indexed(task.desired) {
+            index_remove(&mut self.by_desired, &task.desired, id);
+        }
+    }
+
+    /// Takes the symbols of a prepared task.
+    fn acquire_syms(&mut self, prepared: &mut PreparedTask<'_>) {
+        let syms = &mut self.syms;
+        let stored = &mut prepared.stored;
+        stored.instance = syms.acquire(prepared.instance_id);
+        stored.group = syms.acquire(prepared.group);
+        stored.family = prepared.family.map_or(NO_SYM, |f| syms.acquire(f));
+        stored.started_by = prepared.started_by.map_or(NO_SYM, |s| syms.acquire(s));
+    }
+
+    fn release_syms(&mut self, task: &StoredTask) {
+        for sym in [task.instance, task.group, task.family, task.started_by] {
+            if sym != NO_SYM {
+                self.syms.release(sym);
             }
+        }
+    }
+
+    /// Applies a task record; returns whether the task is new to the view.
+    fn apply_task(&mut self, cluster: &str, task_id: &str, mut prepared: PreparedTask<'_>) -> bool {
+        let key = TaskKey::new(task_id);
+        let seq = prepared.stored.version;
+        if let Some(old) = self.tasks.get(&key) {
+            let old_instance = self.syms.name(old.instance);
+            if old_instance != prepared.instance_id {
+                tracing::warn!(
+                    cluster,
+                    task_id,
+                    instance_id = prepared.instance_id,
+                    other_instance = old_instance,
+                    sequence = seq,
+                    "task appears under two instances; keeping the newer record"
+                );
+            }
+            if old.version >= seq {
+                return false;
+            }
+        }
+        self.acquire_syms(&mut prepared);
+        let stored = prepared.stored;
+        let old = self.tasks.remove(&key);
+        let new = old.is_none();
+        if let Some(old) = &old {
+            self.unindex_task(&key, old);
+            if old.instance != stored.instance || stored.last != TaskStatus::Stopped {
+                let instance: Arc<str> = Arc::from(self.syms.name(old.instance));
+                self.stale.remove(&(instance, key.clone()));
+            }
+            self.release_syms(old);
+        }
+        self.index_task(&key, &stored);
+        if stored.last == TaskStatus::Stopped {
+            let instance_id = self.syms.name(stored.instance);
+            let held = self
+                .instances
+                .get(instance_id)
+                .is_some_and(|i| i.value.allocations.contains_key(task_id));
+            if held {
+                self.stale
+                    .entry((Arc::from(instance_id), key.clone()))
+                    .or_insert(seq);
+            }
+        }
+        self.tasks.insert(key, stored);
+        new
+    }
+
+    /// Drops a task; returns whether it was there at `version`.
+    fn forget_task(&mut self, task_id: &str, version: u64) -> bool {
+        let key = TaskKey::new(task_id);
+        match self.tasks.get(&key) {
+            Some(task) if task.version == version => {}
+            _ => return false,
+        }
+        let Some(task) = self.tasks.remove(&key) else {
+            return false;
+        };
+        self.unindex_task(&key, &task);
+        let instance: Arc<str> = Arc::from(self.syms.name(task.instance));
+        self.stale.remove(&(instance, key));
+        self.release_syms(&task);
+        true
+    }
+
+    /// Keeps [`ScopeData::stale`] in step with an instance record's allocations.
+    fn track_allocations(
+        &mut self,
+        instance_id: &str,
+        old: Option<&ContainerInstance>,
+        new: &ContainerInstance,
+        seq: u64,
+    ) {
+        let instance: Arc<str> = Arc::from(instance_id);
+        if let Some(old) = old {
+            for task_id in old.allocations.keys() {
+                if !new.allocations.contains_key(task_id) {
+                    self.stale
+                        .remove(&(instance.clone(), TaskKey::new(task_id)));
+                }
+            }
+        }
+        for task_id in new.allocations.keys() {
+            if old.is_some_and(|o| o.allocations.contains_key(task_id)) {
+                continue;
+            }
+            let key = TaskKey::new(task_id);
+            if self
+                .tasks
+                .get(&key)
+                .is_some_and(|t| t.last == TaskStatus::Stopped)
+            {
+                self.stale.entry((instance.clone(), key)).or_insert(seq);
+            }
+        }
+    }
+
+    fn raw(&self, task: &StoredTask) -> RawTask {
+        RawTask {
+            instance_id: self.syms.name(task.instance).to_string(),
+            version: task.version,
+            record: task.record.clone(),
         }
     }
 
     /// The smallest index set that holds every match, `Err` if nothing can match, `Ok(None)`
     /// if no filter has an index (scan every task).
     fn candidates(&self, filter: &TaskFilter) -> std::result::Result<Option<&IdSet>, ()> {
+        fn by_sym<'a>(
+            syms: &Symbols,
+            index: &'a HashMap<Sym, IdSet>,
+            name: &Option<String>,
+        ) -> Option<Option<&'a IdSet>> {
+            name.as_ref()
+                .map(|n| syms.get(n).and_then(|sym| index.get(&sym)))
+        }
         let wanted = [
             filter
                 .instance_id
                 .as_ref()
                 .map(|i| self.on_instance.get(i.as_str()).map(|o| &o.ids)),
+            by_sym(&self.syms, &self.by_family, &filter.family),
+            by_sym(&self.syms, &self.by_started_by, &filter.started_by),
+            by_sym(&self.syms, &self.by_group, &filter.group),
             filter
-                .family
-                .as_ref()
-                .map(|f| self.by_family.get(f.as_str())),
-            filter
-                .started_by
-                .as_ref()
-                .map(|s| self.by_started_by.get(s.as_str())),
-            filter.group.as_ref().map(|g| self.by_group.get(g.as_str())),
-            filter.desired_status.map(|s| self.by_desired.get(&s)),
+                .desired_status
+                .filter(|s| desired_indexed(*s))
+                .map(|s| self.by_desired.get(&s)),
         ];
         let mut best: Option<&IdSet> = None;
         for set in wanted.into_iter().flatten() {
@@ -358,25 +746,15 @@ impl ScopeData {
         Ok(best)
     }
 
-    fn matches(&self, filter: &TaskFilter, id: &str, entry: &TaskEntry) -> bool {
-        let task = &entry.task.value;
-        filter
-            .instance_id
-            .as_ref()
-            .is_none_or(|i| *i == entry.instance_id)
-            && filter
-                .desired_status
-                .is_none_or(|s| s == task.desired_status)
-            && filter
-                .started_by
-                .as_ref()
-                .is_none_or(|s| task.started_by.as_ref() == Some(s))
-            && filter.group.as_ref().is_none_or(|g| *g == task.group)
-            && filter.family.as_ref().is_none_or(|f| {
-                self.by_family
-                    .get(f.as_str())
-                    .is_some_and(|set| set.contains(id))
-            })
+    fn matches(&self, filter: &TaskFilter, task: &StoredTask) -> bool {
+        let is = |sym: Sym, wanted: &Option<String>| {
+            wanted.as_deref().is_none_or(|w| self.sym(sym) == Some(w))
+        };
+        filter.desired_status.is_none_or(|s| s == task.desired)
+            && is(task.instance, &filter.instance_id)
+            && is(task.started_by, &filter.started_by)
+            && is(task.group, &filter.group)
+            && is(task.family, &filter.family)
     }
 }
 
@@ -398,18 +776,77 @@ impl Inner {
         if let Some(scope) = self.scope(cluster) {
             return scope;
         }
+        // Scopes created after catch-up keep their task sets from the start.
+        let indexed = self.progress.borrow().ready;
         write(&self.scopes)
             .entry(cluster.to_string())
-            .or_default()
+            .or_insert_with(|| {
+                Arc::new(Scope {
+                    data: RwLock::new(ScopeData {
+                        indexed,
+                        ..ScopeData::default()
+                    }),
+                })
+            })
             .clone()
+    }
+
+    /// Builds the task sets catch-up left out, in every cluster.
+    fn build_indexes(&self) {
+        let started = std::time::Instant::now();
+        let scopes: Vec<Arc<Scope>> = read(&self.scopes).values().cloned().collect();
+        for scope in &scopes {
+            write(&scope.data).build_indexes();
+        }
+        tracing::info!(
+            clusters = scopes.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "view built its task indexes"
+        );
     }
 
     fn applied(&self) -> u64 {
         self.progress.borrow().applied
     }
 
+    /// Decodes a task copied out of the view; `None` (logged) if its record is not a task.
+    fn decode_task(&self, cluster: &str, raw: RawTask) -> Option<Arc<TaskEntry>> {
+        let decoded = self
+            .interner
+            .with_expanded(&raw.record, codec::decode_record::<Task>)
+            .map_err(|e: CompactError| e.to_string())
+            .and_then(|task| task.map_err(|e| e.to_string()));
+        match decoded {
+            Ok(mut value) => {
+                value.version = Some(raw.version);
+                Some(Arc::new(TaskEntry {
+                    cluster: cluster.to_string(),
+                    instance_id: raw.instance_id,
+                    task: Versioned {
+                        value,
+                        version: raw.version,
+                    },
+                }))
+            }
+            Err(error) => {
+                tracing::warn!(
+                    cluster,
+                    instance_id = raw.instance_id,
+                    sequence = raw.version,
+                    %error,
+                    "view cannot decode a task record"
+                );
+                None
+            }
+        }
+    }
+
     /// Records that `sequence` was applied (or skipped) and whether catch-up is complete.
     fn advance(&self, sequence: u64, caught_up: bool) {
+        let ready = self.progress.borrow().ready;
+        if caught_up && !ready {
+            self.build_indexes();
+        }
         let mut became_ready = false;
         self.progress.send_if_modified(|p| {
             let mut changed = false;
@@ -434,7 +871,67 @@ impl Inner {
     }
 
     /// Applies one journal message. Never fails: what cannot be applied is logged and skipped.
+    #[cfg(test)]
     fn apply(&self, subject: &str, payload: &[u8], sequence: u64) {
+        self.apply_batch(&[(subject, payload, sequence)]);
+    }
+
+    /// Applies journal messages in order. Task records are made compact first, outside
+    /// the view's locks; consecutive task records of one cluster are then applied under one
+    /// write lock.
+    #[cfg(test)]
+    fn apply_batch(&self, batch: &[(&str, &[u8], u64)]) {
+        self.apply_batch_with(batch, Vec::new());
+    }
+
+    /// [`Inner::apply_batch`] with a buffer to reuse; returns it (empty).
+    fn apply_batch_with<'a>(
+        &self,
+        batch: &[(&'a str, &'a [u8], u64)],
+        buffer: Vec<Prepared<'a>>,
+    ) -> Vec<Prepared<'static>> {
+        let mut prepared = recycle(buffer);
+        prepared.reserve(batch.len());
+        {
+            let mut encoder = self.interner.encoder();
+            for &(subject, payload, sequence) in batch {
+                prepared.push(match subjects::parse_state(subject) {
+                    Some(StateKey::Task {
+                        cluster,
+                        instance_id,
+                        task_id,
+                    }) => prepare_task(&mut encoder, subject, instance_id, payload, sequence)
+                        .map(|p| (cluster, task_id, p)),
+                    _ => None,
+                });
+            }
+        }
+        let mut items = batch.iter().zip(prepared.drain(..)).peekable();
+        while let Some((&(subject, payload, sequence), prepared)) = items.next() {
+            let Some((cluster, task_id, task)) = prepared else {
+                self.apply_other(subject, payload, sequence);
+                continue;
+            };
+            let scope = self.scope_or_create(cluster);
+            let mut data = write(&scope.data);
+            let mut added = usize::from(data.apply_task(cluster, task_id, task));
+            while let Some((_, Some((next_cluster, _, _)))) = items.peek() {
+                if *next_cluster != cluster {
+                    break;
+                }
+                if let Some((_, Some((_, task_id, task)))) = items.next() {
+                    added += usize::from(data.apply_task(cluster, task_id, task));
+                }
+            }
+            drop(data);
+            self.tasks_len.fetch_add(added, Ordering::Relaxed);
+        }
+        drop(items);
+        recycle(prepared)
+    }
+
+    /// Applies one journal message that is not a task record.
+    fn apply_other(&self, subject: &str, payload: &[u8], sequence: u64) {
         let Some(key) = subjects::parse_state(subject) else {
             tracing::warn!(
                 subject,
@@ -458,15 +955,8 @@ impl Inner {
                     self.apply_instance(cluster, instance_id, record, sequence);
                 }
             }
-            StateKey::Task {
-                cluster,
-                instance_id,
-                task_id,
-            } => {
-                if let Some(mut record) = decode::<Task>(subject, payload, sequence) {
-                    record.version = Some(sequence);
-                    self.apply_task(cluster, instance_id, task_id, record, sequence);
-                }
+            StateKey::Task { .. } => {
+                // Task records that could not be prepared (logged there).
             }
             StateKey::TaskDefinition { family, revision } => {
                 if let Some(record) = decode::<TaskDefinition>(subject, payload, sequence) {
@@ -506,59 +996,8 @@ impl Inner {
         data.registered += registered;
         let record = Arc::new(Versioned { value, version });
         data.pool.upsert(id, record.clone());
-        data.instances.insert(id.to_string(), record);
-    }
-
-    fn apply_task(&self, cluster: &str, instance_id: &str, task_id: &str, value: Task, seq: u64) {
-        let scope = self.scope_or_create(cluster);
-        let mut data = write(&scope.data);
-        let existing = data
-            .tasks
-            .get_key_value(task_id)
-            .map(|(id, entry)| (id.clone(), entry.clone()));
-        let id = match existing {
-            Some((_, old)) if old.task.version >= seq => {
-                if old.instance_id != instance_id {
-                    tracing::warn!(
-                        cluster,
-                        task_id,
-                        instance_id,
-                        kept_instance = old.instance_id.as_str(),
-                        sequence = seq,
-                        "task appears under two instances; keeping the newer record"
-                    );
-                }
-                return;
-            }
-            Some((id, old)) => {
-                if old.instance_id != instance_id {
-                    tracing::warn!(
-                        cluster,
-                        task_id,
-                        instance_id,
-                        dropped_instance = old.instance_id.as_str(),
-                        sequence = seq,
-                        "task appears under two instances; keeping the newer record"
-                    );
-                }
-                data.unindex_task(&id, &old);
-                id
-            }
-            None => {
-                self.tasks_len.fetch_add(1, Ordering::Relaxed);
-                Arc::from(task_id)
-            }
-        };
-        let entry = Arc::new(TaskEntry {
-            cluster: cluster.to_string(),
-            instance_id: instance_id.to_string(),
-            task: Versioned {
-                value,
-                version: seq,
-            },
-        });
-        data.index_task(&id, &entry);
-        data.tasks.insert(id, entry);
+        let old = data.instances.insert(id.to_string(), record.clone());
+        data.track_allocations(id, old.as_deref().map(|o| &o.value), &record.value, version);
     }
 
     fn apply_task_definition(
@@ -725,6 +1164,39 @@ fn resume_policy(inner: &Inner) -> DeliverPolicy {
     }
 }
 
+/// Applies a batch of consumed messages and records the progress.
+fn apply_messages(
+    inner: &Inner,
+    batch: &[async_nats::jetstream::Message],
+    ready_at: u64,
+    buffers: &mut ApplyBuffers,
+) {
+    let mut items: Vec<(&str, &[u8], u64)> = recycle(std::mem::take(&mut buffers.items));
+    let mut last = 0;
+    let mut caught_up = false;
+    for message in batch {
+        match message.info() {
+            Ok(info) => {
+                items.push((
+                    message.subject.as_str(),
+                    &message.payload[..],
+                    info.stream_sequence,
+                ));
+                last = last.max(info.stream_sequence);
+                caught_up |= info.pending == 0 || info.stream_sequence >= ready_at;
+            }
+            Err(error) => {
+                tracing::warn!(%error, subject = %message.subject, "view skips a message without JetStream metadata");
+            }
+        }
+    }
+    buffers.prepared = inner.apply_batch_with(&items, std::mem::take(&mut buffers.prepared));
+    if !items.is_empty() {
+        inner.advance(last, caught_up);
+    }
+    buffers.items = recycle(items);
+}
+
 async fn apply_loop(
     inner: Arc<Inner>,
     client: async_nats::Client,
@@ -737,31 +1209,46 @@ async fn apply_loop(
     let mut check = tokio::time::interval(RECONNECT_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = MIN_BACKOFF;
+    let mut batch = Vec::with_capacity(APPLY_BATCH);
+    let mut buffers = ApplyBuffers::default();
     loop {
         let interruption = loop {
             tokio::select! {
-                next = messages.next() => match next {
-                    Some(Ok(message)) => {
-                        let (sequence, pending) = match message.info() {
-                            Ok(info) => (info.stream_sequence, info.pending),
-                            Err(error) => {
-                                tracing::warn!(%error, subject = %message.subject, "view skips a message without JetStream metadata");
-                                continue;
+                next = messages.next() => {
+                    batch.clear();
+                    let mut ended = None;
+                    let mut next = next;
+                    loop {
+                        match next {
+                            Some(Ok(message)) => batch.push(message),
+                            Some(Err(error)) => {
+                                tracing::warn!(%error, "view consumer failed; recreating it");
+                                ended = Some(Interruption::Failed);
+                                break;
                             }
-                        };
-                        inner.apply(message.subject.as_str(), &message.payload, sequence);
-                        inner.advance(sequence, pending == 0 || sequence >= ready_at);
+                            None => {
+                                tracing::warn!("view consumer ended; recreating it");
+                                ended = Some(Interruption::Failed);
+                                break;
+                            }
+                        }
+                        if batch.len() == APPLY_BATCH {
+                            break;
+                        }
+                        match messages.next().now_or_never() {
+                            Some(more) => next = more,
+                            None => break,
+                        }
+                    }
+                    if !batch.is_empty() {
+                        apply_messages(&inner, &batch, ready_at, &mut buffers);
+                        batch.clear();
                         backoff = MIN_BACKOFF;
                     }
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "view consumer failed; recreating it");
-                        break Interruption::Failed;
+                    if let Some(interruption) = ended {
+                        break interruption;
                     }
-                    None => {
-                        tracing::warn!("view consumer ended; recreating it");
-                        break Interruption::Failed;
-                    }
-                },
+                }
                 _ = check.tick() => {
                     let now = statistics.connects.load(Ordering::Relaxed);
                     if now != connects {
@@ -924,8 +1411,12 @@ impl View {
 
     pub fn task(&self, cluster: &str, task_id: &str) -> Option<Arc<TaskEntry>> {
         let scope = self.inner.scope(cluster)?;
-        let data = read(&scope.data);
-        data.tasks.get(task_id).cloned()
+        let raw = {
+            let data = read(&scope.data);
+            let task = data.tasks.get(&TaskKey::new(task_id))?;
+            data.raw(task)
+        };
+        self.inner.decode_task(cluster, raw)
     }
 
     /// Drops a task from the view if its record is still at `version` (the journal
@@ -935,15 +1426,11 @@ impl View {
         let Some(scope) = self.inner.scope(cluster) else {
             return false;
         };
-        let mut data = write(&scope.data);
-        let entry = match data.tasks.get_key_value(task_id) {
-            Some((id, entry)) if entry.task.version == version => (id.clone(), entry.clone()),
-            _ => return false,
-        };
-        data.unindex_task(&entry.0, &entry.1);
-        data.tasks.remove(task_id);
-        self.inner.tasks_len.fetch_sub(1, Ordering::Relaxed);
-        true
+        let forgotten = write(&scope.data).forget_task(task_id, version);
+        if forgotten {
+            self.inner.tasks_len.fetch_sub(1, Ordering::Relaxed);
+        }
+        forgotten
     }
 
     /// Every instance of a cluster with its task groups and running count, by id (what the
@@ -983,16 +1470,21 @@ impl View {
         let Some(scope) = self.inner.scope(cluster) else {
             return Vec::new();
         };
-        let data = read(&scope.data);
-        data.on_instance
-            .get(instance_id)
-            .map(|on| {
-                on.ids
-                    .iter()
-                    .filter_map(|id| data.tasks.get(id).cloned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let raws: Vec<RawTask> = {
+            let data = read(&scope.data);
+            data.on_instance
+                .get(instance_id)
+                .map(|on| {
+                    on.ids
+                        .iter()
+                        .filter_map(|id| data.tasks.get(id).map(|t| data.raw(t)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        raws.into_iter()
+            .filter_map(|raw| self.inner.decode_task(cluster, raw))
+            .collect()
     }
 
     /// Tasks matching `filter`, by task id.
@@ -1007,27 +1499,27 @@ impl View {
         let Some(scope) = self.inner.scope(cluster) else {
             return Page::empty();
         };
-        let mut found: Vec<(Arc<str>, Arc<TaskEntry>)> = Vec::new();
-        let mut cursor: Option<Arc<str>> = after.map(Arc::from);
+        let mut found: Vec<(TaskKey, RawTask)> = Vec::new();
+        let mut cursor: Option<TaskKey> = after.map(TaskKey::new);
         loop {
             let data = read(&scope.data);
             let Ok(candidates) = data.candidates(filter) else {
                 break;
             };
-            let lower = cursor.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let lower = cursor.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
             let (end, last) = match candidates {
                 Some(ids) => scan_tasks(
                     &data,
                     filter,
-                    ids.range::<str, _>((lower, Bound::Unbounded))
-                        .filter_map(|id| data.tasks.get_key_value(&**id)),
+                    ids.range((lower, Bound::Unbounded))
+                        .filter_map(|id| data.tasks.get_key_value(id)),
                     limit + 1,
                     &mut found,
                 ),
                 None => scan_tasks(
                     &data,
                     filter,
-                    data.tasks.range::<str, _>((lower, Bound::Unbounded)),
+                    data.tasks.range((lower, Bound::Unbounded)),
                     limit + 1,
                     &mut found,
                 ),
@@ -1040,9 +1532,91 @@ impl View {
         let next = (found.len() > limit).then(|| found[limit - 1].0.to_string());
         found.truncate(limit);
         Page {
-            items: found.into_iter().map(|(_, entry)| entry).collect(),
+            items: found
+                .into_iter()
+                .filter_map(|(_, raw)| self.inner.decode_task(cluster, raw))
+                .collect(),
             next,
         }
+    }
+
+    /// STOPPED tasks whose `stoppedAt` is before `cutoff` (seconds since the epoch), by
+    /// task id, without decoding their records: what the janitor purges.
+    pub fn page_stopped_before(
+        &self,
+        cluster: &str,
+        cutoff: f64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Page<ExpiredTask> {
+        let limit = limit.max(1);
+        let Some(scope) = self.inner.scope(cluster) else {
+            return Page::empty();
+        };
+        let mut items: Vec<(TaskKey, ExpiredTask)> = Vec::new();
+        let mut cursor: Option<TaskKey> = after.map(TaskKey::new);
+        'chunks: loop {
+            let data = read(&scope.data);
+            let Some(stopped) = data.by_desired.get(&TaskStatus::Stopped) else {
+                break;
+            };
+            let lower = cursor.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut last: Option<&TaskKey> = None;
+            for (examined, id) in stopped.range((lower, Bound::Unbounded)).enumerate() {
+                if examined == SCAN_CHUNK {
+                    cursor = last.cloned();
+                    continue 'chunks;
+                }
+                last = Some(id);
+                let Some(task) = data.tasks.get(id) else {
+                    continue;
+                };
+                if task.last == TaskStatus::Stopped && task.stopped_at < cutoff {
+                    items.push((
+                        id.clone(),
+                        ExpiredTask {
+                            task_id: id.to_string(),
+                            instance_id: data.syms.name(task.instance).to_string(),
+                            version: task.version,
+                        },
+                    ));
+                    if items.len() > limit {
+                        break 'chunks;
+                    }
+                }
+            }
+            break;
+        }
+        let next = (items.len() > limit).then(|| items[limit - 1].0.to_string());
+        items.truncate(limit);
+        Page {
+            items: items.into_iter().map(|(_, t)| t).collect(),
+            next,
+        }
+    }
+
+    /// Allocations that instance records hold for tasks whose record is STOPPED, in every
+    /// cluster (normally none: the task actor releases right after the STOPPED write).
+    pub fn stale_allocations(&self) -> Vec<StaleAllocation> {
+        let scopes: Vec<(String, Arc<Scope>)> = read(&self.inner.scopes)
+            .iter()
+            .map(|(name, scope)| (name.clone(), scope.clone()))
+            .collect();
+        let mut stale = Vec::new();
+        for (cluster, scope) in scopes {
+            let data = read(&scope.data);
+            stale.extend(
+                data.stale
+                    .iter()
+                    .map(|((instance_id, task), since)| StaleAllocation {
+                        cluster: cluster.clone(),
+                        instance_id: instance_id.to_string(),
+                        task_id: task.to_string(),
+                        since: *since,
+                    }),
+            );
+        }
+        stale
     }
 
     pub fn counts(&self, cluster: &str) -> ClusterCounts {
@@ -1207,18 +1781,18 @@ impl View {
 fn scan_tasks<'a>(
     data: &ScopeData,
     filter: &TaskFilter,
-    ids: impl Iterator<Item = (&'a Arc<str>, &'a Arc<TaskEntry>)>,
+    ids: impl Iterator<Item = (&'a TaskKey, &'a StoredTask)>,
     want: usize,
-    found: &mut Vec<(Arc<str>, Arc<TaskEntry>)>,
-) -> (ChunkEnd, Option<Arc<str>>) {
-    let mut last: Option<&Arc<str>> = None;
-    for (examined, (id, entry)) in ids.enumerate() {
+    found: &mut Vec<(TaskKey, RawTask)>,
+) -> (ChunkEnd, Option<TaskKey>) {
+    let mut last: Option<&TaskKey> = None;
+    for (examined, (id, task)) in ids.enumerate() {
         if examined == SCAN_CHUNK {
             return (ChunkEnd::Paused, last.cloned());
         }
         last = Some(id);
-        if data.matches(filter, id, entry) {
-            found.push((id.clone(), entry.clone()));
+        if data.matches(filter, task) {
+            found.push((id.clone(), data.raw(task)));
             if found.len() >= want {
                 return (ChunkEnd::Full, last.cloned());
             }
@@ -1242,6 +1816,8 @@ mod tests {
     struct Feed {
         view: View,
         seq: u64,
+        /// Whether the view counts as caught up (else records arrive during catch-up).
+        live: bool,
     }
 
     impl Feed {
@@ -1249,14 +1825,28 @@ mod tests {
             Self {
                 view: detached(),
                 seq: 0,
+                live: true,
             }
+        }
+
+        /// A feed whose records all arrive during catch-up, until [`Feed::catch_up`].
+        fn catching_up() -> Self {
+            Self {
+                live: false,
+                ..Self::new()
+            }
+        }
+
+        fn catch_up(&mut self) {
+            self.live = true;
+            self.view.inner.advance(self.seq, true);
         }
 
         fn put<T: serde::Serialize>(&mut self, subject: &str, record: &T) -> u64 {
             self.seq += 1;
             let payload = codec::encode_record(record).unwrap();
             self.view.inner.apply(subject, &payload, self.seq);
-            self.view.inner.advance(self.seq, true);
+            self.view.inner.advance(self.seq, self.live);
             self.seq
         }
     }
@@ -1443,7 +2033,12 @@ mod tests {
 
     #[test]
     fn task_pages_match_a_full_scan_for_every_filter() {
-        let mut feed = Feed::new();
+        // Applied live, and applied during catch-up (task sets built at its end).
+        task_pages_match_a_full_scan(Feed::new());
+        task_pages_match_a_full_scan(Feed::catching_up());
+    }
+
+    fn task_pages_match_a_full_scan(mut feed: Feed) {
         let mut state: BTreeMap<String, TaskSpec> = BTreeMap::new();
         let mut rng = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = move |n: u64| {
@@ -1470,6 +2065,11 @@ mod tests {
             };
             put_task(&mut feed, "c", &id, &s);
             state.insert(id, s);
+        }
+        if !feed.live {
+            assert!(!feed.view.is_ready());
+            feed.catch_up();
+            assert!(feed.view.is_ready());
         }
         let v = &feed.view;
         let running = state
@@ -1713,6 +2313,148 @@ mod tests {
         assert!(active[0].ends_with("/i2") && active[1].ends_with("/i3"));
         assert_eq!(v.page_instances("a", None, Some("i1"), 10).items.len(), 2);
         assert!(v.page_instances("zz", None, None, 10).items.is_empty());
+    }
+
+    fn stale(v: &View) -> Vec<(String, String, u64)> {
+        v.stale_allocations()
+            .into_iter()
+            .map(|s| {
+                assert_eq!(s.cluster, "c");
+                (s.instance_id, s.task_id, s.since)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stale_allocations_follow_task_and_instance_records() {
+        use berth_messages::model::Allocation;
+        let mut feed = Feed::new();
+        let holding = |id: &str, tasks: &[&str]| {
+            let mut i = instance("c", id, InstanceStatus::Active);
+            i.allocations = tasks
+                .iter()
+                .map(|t| (t.to_string(), Allocation::default()))
+                .collect();
+            i
+        };
+        let i1 = subjects::instance("c", "i1");
+        let stopped = spec("i1", "web", TaskStatus::Stopped);
+        let running = spec("i1", "web", TaskStatus::Running);
+        // A STOPPED task whose instance record comes later.
+        put_task(&mut feed, "c", "a", &stopped);
+        assert!(stale(&feed.view).is_empty());
+        let s1 = feed.put(&i1, &holding("i1", &["a", "b"]));
+        assert_eq!(stale(&feed.view), [("i1".into(), "a".into(), s1)]);
+        // A held task that stops afterwards.
+        put_task(&mut feed, "c", "b", &running);
+        assert_eq!(stale(&feed.view).len(), 1);
+        let sb = put_task(&mut feed, "c", "b", &stopped);
+        // A newer STOPPED record of a keeps the time it became stale.
+        put_task(&mut feed, "c", "a", &stopped);
+        assert_eq!(
+            stale(&feed.view),
+            [("i1".into(), "a".into(), s1), ("i1".into(), "b".into(), sb)]
+        );
+        // Releasing a; b is forgotten by the janitor.
+        feed.put(&i1, &holding("i1", &["b"]));
+        assert_eq!(stale(&feed.view), [("i1".into(), "b".into(), sb)]);
+        let b = feed.view.task("c", "b").unwrap();
+        assert!(feed.view.forget_task("c", "b", b.task.version));
+        assert!(stale(&feed.view).is_empty());
+        // A task the instance holds that is not stopped is never stale; nor is a stopped
+        // task another instance holds once its record names another instance.
+        let s2 = feed.put(&i1, &holding("i1", &["c1", "d"]));
+        put_task(&mut feed, "c", "c1", &running);
+        put_task(&mut feed, "c", "d", &stopped);
+        assert_eq!(stale(&feed.view).len(), 1);
+        assert!(s2 < stale(&feed.view)[0].2);
+        put_task(&mut feed, "c", "d", &spec("i2", "web", TaskStatus::Stopped));
+        assert!(stale(&feed.view).is_empty());
+        assert_eq!(feed.view.task("c", "d").unwrap().instance_id, "i2");
+    }
+
+    #[test]
+    fn stopped_tasks_page_by_stopped_at() {
+        let mut feed = Feed::new();
+        let mut put = |id: &str, last: TaskStatus, desired: TaskStatus, at: Option<f64>| {
+            let mut s = spec("i1", "web", last);
+            s.desired = desired;
+            let mut t = task("c", id, &s);
+            t.stopped_at = at;
+            feed.put(&subjects::task("c", "i1", id), &t)
+        };
+        use TaskStatus::{Running, Stopped};
+        let t1 = put("t1", Stopped, Stopped, Some(10.0));
+        put("t2", Stopped, Stopped, Some(30.0));
+        let t3 = put("t3", Stopped, Stopped, Some(20.5));
+        put("t4", Stopped, Stopped, None);
+        put("t5", Running, Stopped, Some(1.0));
+        put("t6", Running, Running, None);
+        let v = &feed.view;
+        for limit in [1, 2, 10] {
+            let pages = all_pages(|after| v.page_stopped_before("c", 25.0, after, limit));
+            let got: Vec<ExpiredTask> = pages.into_iter().flatten().collect();
+            assert_eq!(
+                got,
+                [
+                    ExpiredTask {
+                        task_id: "t1".into(),
+                        instance_id: "i1".into(),
+                        version: t1
+                    },
+                    ExpiredTask {
+                        task_id: "t3".into(),
+                        instance_id: "i1".into(),
+                        version: t3
+                    }
+                ],
+                "limit {limit}"
+            );
+        }
+        assert!(v.page_stopped_before("c", 5.0, None, 10).items.is_empty());
+        assert!(v.page_stopped_before("x", 50.0, None, 10).items.is_empty());
+    }
+
+    #[test]
+    fn task_records_read_back_as_written() {
+        let mut feed = Feed::new();
+        let mut s = spec("i1", "web", TaskStatus::Running);
+        s.started_by = Some("svc/web".into());
+        let mut t = task("c", "0123456789abcdef0123456789abcdef", &s);
+        t.containers = vec![berth_messages::model::Container {
+            container_arn: ArnScope::default().container(
+                "c",
+                "0123456789abcdef0123456789abcdef",
+                "ffffffffffffffffffffffffffffffff",
+            ),
+            name: "app".into(),
+            exit_code: Some(3),
+            ..Default::default()
+        }];
+        t.stopped_reason = Some("x".repeat(500));
+        let seq = feed.put(
+            &subjects::task("c", "i1", "0123456789abcdef0123456789abcdef"),
+            &t,
+        );
+        let entry = feed
+            .view
+            .task("c", "0123456789abcdef0123456789abcdef")
+            .unwrap();
+        t.version = Some(seq);
+        assert_eq!(entry.task.value, t);
+        assert_eq!(entry.task.version, seq);
+        let filter = TaskFilter {
+            started_by: Some("svc/web".into()),
+            ..Default::default()
+        };
+        assert_eq!(feed.view.page_tasks("c", &filter, None, 10).items.len(), 1);
+        // A map that is not a task (required fields missing) is skipped.
+        feed.put(
+            &subjects::task("c", "i1", "t2"),
+            &berth_messages::model::Tag::default(),
+        );
+        assert!(feed.view.task("c", "t2").is_none());
+        assert_eq!(feed.view.tasks_len(), 1);
     }
 
     #[tokio::test]
