@@ -379,3 +379,98 @@ fn same_facts(a: &ContainerInstance, b: &ContainerInstance) -> bool {
         && a.ec2_instance_id == b.ec2_instance_id
         && a.container_instance_arn == b.container_instance_arn
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capacity::tests::instance;
+    use crate::{allocate, parse};
+    use berth_messages::model::{Allocation, Attribute};
+
+    fn zoned(id: &str, zone: &str) -> ContainerInstance {
+        let mut i = instance(id, 1024, 2048);
+        i.attributes.push(Attribute {
+            name: "zone".into(),
+            value: Some(zone.into()),
+            ..Default::default()
+        });
+        i
+    }
+
+    fn record(i: &ContainerInstance) -> Arc<dyn InstanceRecord> {
+        Arc::new(i.clone())
+    }
+
+    #[test]
+    fn placements_keep_the_revision_and_facts_move_it() {
+        let mut pool = InstancePool::new();
+        let mut a = zoned("a", "z1");
+        pool.upsert("a", record(&a));
+        pool.upsert("b", record(&zoned("b", "z2")));
+        let revision = pool.revision;
+        let zone = pool.column("zone");
+        let expr = parse("attribute:zone == z1").unwrap();
+        let verdicts = pool.verdicts(&expr).unwrap();
+        assert_eq!(&*verdicts, &[true, false]);
+
+        allocate(
+            &mut a,
+            "t1",
+            Allocation {
+                cpu: 24,
+                memory: 48,
+                ..Default::default()
+            },
+        );
+        pool.upsert("a", record(&a));
+        assert_eq!(pool.revision, revision, "an allocation is not a fact");
+        assert_eq!((pool.heads()[0].cpu, pool.heads()[0].memory), (1000, 2000));
+        assert!(Arc::ptr_eq(&zone, &pool.column("zone")), "cache kept");
+
+        a.attributes[0].value = Some("z2".into());
+        pool.upsert("a", record(&a));
+        assert!(pool.revision > revision);
+        assert_eq!(&*pool.verdicts(&expr).unwrap(), &[false, false]);
+        let zone = pool.column("zone");
+        assert_eq!(zone.of[0], zone.of[1]);
+        assert_eq!(zone.members[zone.of[0] as usize], vec![0, 1]);
+    }
+
+    #[test]
+    fn expressions_that_read_tasks_are_not_cached() {
+        let mut pool = InstancePool::new();
+        pool.upsert("a", record(&zoned("a", "z1")));
+        assert!(pool
+            .verdicts(&parse("runningTasksCount < 3").unwrap())
+            .is_none());
+        assert!(pool
+            .verdicts(&parse("task:group == web").unwrap())
+            .is_none());
+    }
+
+    #[test]
+    fn group_tasks_follow_adds_and_removals() {
+        let mut pool = InstancePool::new();
+        // Tasks can name an instance before its record: the slot exists, absent.
+        pool.add_group_tasks("a", "web", 2);
+        pool.add_group_tasks("b", "web", 1);
+        pool.add_group_tasks("c", "web", 3);
+        assert_eq!(pool.present(), 0);
+        assert!(!pool.heads()[0].present);
+        pool.add_group_tasks("a", "web", -2);
+        let mut web: Vec<(usize, u32)> = pool.group_tasks("web").to_vec();
+        web.sort_unstable();
+        assert_eq!(web, vec![(1, 1), (2, 3)]);
+        pool.add_group_tasks("c", "web", -1);
+        pool.add_group_tasks("b", "web", -1);
+        assert_eq!(pool.group_tasks("web"), &[(2, 2)]);
+        assert_eq!(pool.groups_of(2).unwrap().get("web"), Some(&2));
+        assert!(pool.groups_of(0).unwrap().is_empty());
+        pool.add_group_tasks("c", "web", -5);
+        assert!(pool.group_tasks("web").is_empty());
+        pool.upsert("b", record(&zoned("b", "z1")));
+        assert_eq!(pool.present(), 1);
+        assert_eq!(pool.slot("b"), Some(1));
+        assert_eq!(pool.id(1).map(|id| &**id), Some("b"));
+    }
+}
