@@ -592,10 +592,12 @@ impl Handler<Shutdown> for TaskActor {
             self.stopped_waiters.push(tx);
         }
         self.drive(ctx);
-        let flush = self.reporter.flush();
+        // The flush is queued once the STOPPED report is (the waiter fires right after it
+        // is queued): a flush queued now would complete before that report is delivered.
+        let reporter = self.reporter.clone();
         Box::pin(async move {
             let _ = rx.await;
-            flush.await;
+            reporter.flush().await;
         })
     }
 }
