@@ -468,9 +468,15 @@ async fn essential_exit_stops_the_task_and_non_essential_exit_does_not() {
     )
     .await;
     let task = run_one(api, "c1", &td, None).await;
-    let running = wait_task(api, "c1", &task, "side container stopped", |t| {
-        container(t, "side")["lastStatus"] == "STOPPED"
-    })
+    // The side container may exit (and be reported) before the task is reported RUNNING:
+    // wait for both; a task stopped by the non-essential exit never gets there.
+    let running = wait_task(
+        api,
+        "c1",
+        &task,
+        "side container stopped, task running",
+        |t| container(t, "side")["lastStatus"] == "STOPPED" && t["lastStatus"] == "RUNNING",
+    )
     .await;
     assert_eq!(container(&running, "side")["exitCode"], 5, "{running}");
     assert_eq!(running["lastStatus"], "RUNNING", "{running}");
