@@ -441,6 +441,22 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    pub const ALL: [TaskStatus; 8] = [
+        Self::Provisioning,
+        Self::Pending,
+        Self::Activating,
+        Self::Running,
+        Self::Deactivating,
+        Self::Stopping,
+        Self::Deprovisioning,
+        Self::Stopped,
+    ];
+
+    /// The status an ECS string names (`RUNNING`, ...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Provisioning => "PROVISIONING",
@@ -596,6 +612,16 @@ pub struct Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_status_names_round_trip_like_serde() {
+        for status in TaskStatus::ALL {
+            assert_eq!(TaskStatus::from_name(status.as_str()), Some(status));
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json, status.as_str());
+        }
+        assert_eq!(TaskStatus::from_name("running"), None);
+    }
 
     #[test]
     fn task_status_orders_the_lifecycle() {

@@ -265,7 +265,7 @@ pub struct ExpiredTask {
 #[derive(Default)]
 struct InstanceTasks {
     ids: IdSet,
-    running: i64,
+    /// RUNNING tasks per instance live in the placement pool.
     pending: i64,
 }
 
@@ -327,19 +327,7 @@ fn index_remove<K: std::hash::Hash + Eq>(index: &mut HashMap<K, IdSet>, key: &K,
 
 /// The task status a journal string names.
 fn parse_status(s: &[u8]) -> Option<TaskStatus> {
-    use TaskStatus::*;
-    [
-        Provisioning,
-        Pending,
-        Activating,
-        Running,
-        Deactivating,
-        Stopping,
-        Deprovisioning,
-        Stopped,
-    ]
-    .into_iter()
-    .find(|status| status.as_str().as_bytes() == s)
+    std::str::from_utf8(s).ok().and_then(TaskStatus::from_name)
 }
 
 /// The fields of a task record the view indexes, seen while making it compact.
@@ -489,7 +477,6 @@ impl ScopeData {
         if self.indexed {
             on.ids.insert(id.clone());
         }
-        on.running += running;
         on.pending += pending;
         self.pool.add_running(instance_id, running);
         if task.last != TaskStatus::Stopped {
@@ -562,7 +549,6 @@ impl ScopeData {
             if self.indexed {
                 on.ids.remove(id);
             }
-            on.running -= running;
             on.pending -= pending;
             self.pool.add_running(instance_id, -running);
             if task.last != TaskStatus::Stopped {
@@ -1637,9 +1623,12 @@ impl View {
             return (0, 0);
         };
         let data = read(&scope.data);
-        data.on_instance
-            .get(instance_id)
-            .map_or((0, 0), |on| (on.running, on.pending))
+        let running = data
+            .pool
+            .slot(instance_id)
+            .map_or(0, |s| data.pool.running(s));
+        let pending = data.on_instance.get(instance_id).map_or(0, |on| on.pending);
+        (running, pending)
     }
 
     pub fn task_definition(

@@ -1607,14 +1607,13 @@ mod tests {
             let mut state = Pool::new(instances.iter().map(|(i, _, _)| i.clone()).collect());
             let id = |n: usize| format!("i{n}");
             let mut pool = InstancePool::new();
-            for (n, (i, web, db)) in instances.iter().enumerate() {
+            for (n, (_, web, db)) in instances.iter().enumerate() {
                 state.instances[n].container_instance_arn = format!("arn:aws:ecs:r:a:container-instance/c/{n}");
                 state = state.with_group(n, "web", *web).with_group(n, "db", *db);
                 // Tasks first, the record after (as a replay can deliver them).
                 pool.add_group_tasks(&id(n), "web", i64::from(*web));
                 pool.add_group_tasks(&id(n), "db", i64::from(*db));
                 pool.add_running(&id(n), i64::from(*web + *db));
-                let _ = i;
             }
             for (n, i) in state.instances.iter().enumerate() {
                 pool.upsert(&id(n), Arc::new(i.clone()));

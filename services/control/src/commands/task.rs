@@ -273,13 +273,14 @@ pub async fn run(
                 placements
                     .into_iter()
                     .map(|placement| {
+                        // The instance actor computes the allocation again on its record.
                         placement.map(|p| {
                             let id = pool.id(p.instance_index).cloned().unwrap_or_default();
                             let arn = pool
                                 .record(p.instance_index)
                                 .map(|r| r.instance().container_instance_arn.clone())
                                 .unwrap_or_default();
-                            (id, arn, p.allocation)
+                            (id, arn)
                         })
                     })
                     .collect::<Vec<_>>(),
@@ -299,7 +300,7 @@ pub async fn run(
             let task_id = &task_ids[i];
             async move {
                 let (instance_id, instance_arn) = match placement {
-                    Ok((id, arn, _allocation)) => (id, arn),
+                    Ok(instance) => instance,
                     Err(f) => {
                         return (
                             i,
