@@ -7,11 +7,13 @@
 //! control plane.
 
 use crate::api::{Api, CallError, ControlStats};
+use crate::processes::Traffic;
 use crate::procfs::{CpuMeter, CpuUse};
 use crate::profile::{self, Profile};
 use crate::stats::{Percentiles, Samples};
 use berth_messages::api::{RunTaskRequest, TasksResponse};
 use berth_messages::command::Action;
+use berth_messages::model::PlacementStrategy;
 use berth_messages::streams;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +32,10 @@ pub struct Load {
     pub family: String,
     pub tasks: usize,
     pub concurrency: usize,
+    /// The requests' `placementStrategy` (empty: Berth's default).
+    pub strategies: Vec<PlacementStrategy>,
+    /// The nats-server monitor ports whose traffic is counted around the load.
+    pub monitor_ports: Vec<u16>,
 }
 
 /// What a placement run measured.
@@ -58,6 +64,8 @@ pub struct PlacementRun {
     pub stages: Option<Stages>,
     /// How long the hollow instances took to register.
     pub registration: Duration,
+    /// What the nats-server(s) received and sent during the run.
+    pub traffic: Option<Traffic>,
 }
 
 /// The stages of a RunTask, from the client's clock, the control plane's `createdAt`
@@ -127,6 +135,7 @@ pub async fn run(
         last_sequence(&js, streams::CMD).await,
         last_sequence(&js, streams::OUTCOME).await,
     );
+    let traffic_before = Traffic::read(&load.monitor_ports).await;
     let recording =
         profile_target.and_then(|(pid, dir)| profile::start(pid, &dir.join("perf.data")));
     let meter = CpuMeter::start(pids);
@@ -162,6 +171,7 @@ pub async fn run(
                     task_definition: load.family.clone(),
                     count: Some(COUNT),
                     started_by: Some("berth-bench".into()),
+                    placement_strategy: load.strategies.clone(),
                     ..Default::default()
                 };
                 let t0 = Instant::now();
@@ -206,6 +216,7 @@ pub async fn run(
     }
     let elapsed = started.elapsed();
     let cpu = meter.stop();
+    let traffic_after = Traffic::read(&load.monitor_ports).await;
     let profile = match recording {
         Some(r) => r.finish().await,
         None => None,
@@ -237,6 +248,9 @@ pub async fn run(
         profile,
         stages,
         registration: Duration::ZERO,
+        traffic: traffic_after
+            .zip(traffic_before)
+            .map(|(after, before)| after.since(&before)),
     }
 }
 

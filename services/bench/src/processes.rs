@@ -58,6 +58,11 @@ impl Nats {
         }
     }
 
+    /// Monitor ports of the nats-server processes.
+    pub fn monitor_ports(&self) -> Vec<u16> {
+        self.nodes().iter().map(|n| n.monitor_port()).collect()
+    }
+
     /// Pids of the nats-server processes (found by their config file argument).
     pub fn pids(&self) -> Vec<u32> {
         self.nodes()
@@ -316,5 +321,49 @@ mod tests {
         assert_eq!(field(line, "tasks"), Some(100_000));
         assert_eq!(field(line, "applied"), Some(1_234));
         assert_eq!(field(line, "missing"), None);
+    }
+}
+
+/// Messages and bytes the nats-server(s) received and sent (`/varz`, summed over nodes).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Traffic {
+    pub in_msgs: u64,
+    pub out_msgs: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+}
+
+impl Traffic {
+    /// Reads every node's counters; `None` if one cannot be read.
+    pub async fn read(monitor_ports: &[u16]) -> Option<Traffic> {
+        let ports = monitor_ports.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut total = Traffic::default();
+            for port in ports {
+                let (status, body) = berth_testkit::http_get(port, "/varz").ok()?;
+                if status != 200 {
+                    return None;
+                }
+                let varz: serde_json::Value = serde_json::from_str(&body).ok()?;
+                let count = |name: &str| varz.get(name).and_then(serde_json::Value::as_u64);
+                total.in_msgs += count("in_msgs")?;
+                total.out_msgs += count("out_msgs")?;
+                total.in_bytes += count("in_bytes")?;
+                total.out_bytes += count("out_bytes")?;
+            }
+            Some(total)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    pub fn since(&self, before: &Traffic) -> Traffic {
+        Traffic {
+            in_msgs: self.in_msgs.saturating_sub(before.in_msgs),
+            out_msgs: self.out_msgs.saturating_sub(before.out_msgs),
+            in_bytes: self.in_bytes.saturating_sub(before.in_bytes),
+            out_bytes: self.out_bytes.saturating_sub(before.out_bytes),
+        }
     }
 }

@@ -334,14 +334,28 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
     }
 }
 
+/// "10k" or "10k, binpack(memory)": which placement run a row is about.
+fn placement_name(placement: &Placement) -> String {
+    match &placement.strategy {
+        Some(strategy) => format!("{}, {strategy}", size(placement.instances)),
+        None => size(placement.instances),
+    }
+}
+
 fn placement_rows(t: &mut Table, p: &str, c: &Ceiling, placement: &Placement) {
     let run = &placement.run;
-    let n = size(placement.instances);
+    let n = placement_name(placement);
     t.row(
         p,
         &format!(
-            "placement throughput on {n} hollow instances (RunTask count 10, {} in flight)",
-            run.concurrency
+            "placement throughput on {} hollow instances (RunTask count 10, {} in flight{})",
+            size(placement.instances),
+            run.concurrency,
+            placement
+                .strategy
+                .as_ref()
+                .map(|s| format!(", {s}"))
+                .unwrap_or_default()
         ),
         format!(
             "{} ({} tasks in {})",
@@ -397,7 +411,7 @@ fn where_time_goes(out: &mut String, phase: &Phase, placement: &Placement) {
     let _ = writeln!(
         out,
         "\n### Where the time goes: placement on {} instances ({})\n",
-        size(placement.instances),
+        placement_name(placement),
         phase.label
     );
     let ceiling = phase.ceiling.as_ref().map_or(0.0, |c| c.pipelined_rate);
@@ -419,6 +433,18 @@ fn where_time_goes(out: &mut String, phase: &Phase, placement: &Placement) {
         thousands(run.stats.placements),
         run.stats.placements as f64 / run.stats.group_commits.max(1) as f64
     );
+    if let Some(traffic) = &run.traffic {
+        let placed = run.placed.max(1) as f64;
+        let _ = writeln!(
+            out,
+            "- nats-server traffic per task placed (`/varz`, all nodes): {:.2} messages in and {:.2} out, \
+             {:.1} KB in and {:.1} KB out",
+            traffic.in_msgs as f64 / placed,
+            traffic.out_msgs as f64 / placed,
+            traffic.in_bytes as f64 / placed / 1000.0,
+            traffic.out_bytes as f64 / placed / 1000.0
+        );
+    }
     if let Some(stages) = &run.stages {
         let stage =
             |p: &crate::stats::Percentiles| format!("p50 {} / p99 {}", human(p.p50), human(p.p99));
@@ -563,6 +589,7 @@ fn goals(out: &mut String, results: &Results) {
         phase
             .placements
             .iter()
+            .filter(|p| p.strategy.is_none())
             .max_by_key(|p| p.instances)
             .map(|p| (p.clone(), ceiling))
     };
@@ -723,6 +750,7 @@ mod tests {
                 ceiling: Some(ceiling),
                 placements: vec![Placement {
                     instances: 10_000,
+                    strategy: None,
                     run: placement,
                 }],
                 recoveries: vec![Recovery {

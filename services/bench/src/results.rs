@@ -51,6 +51,8 @@ pub struct AuditSummary {
 #[derive(Debug, Clone, Default)]
 pub struct Placement {
     pub instances: usize,
+    /// The requests' placement strategy, as written in the report (`None`: the default).
+    pub strategy: Option<String>,
     pub run: PlacementRun,
 }
 

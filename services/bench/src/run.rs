@@ -24,6 +24,7 @@ use berth_messages::api::{
     TaskDefinitionResponse, TasksResponse,
 };
 use berth_messages::command::Action;
+use berth_messages::model::PlacementStrategy;
 use berth_messages::streams::{self, StreamOptions};
 use berth_sim::{SimConfig, SimHandle};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ use std::time::{Duration, Instant};
 const READS: &str = "reads";
 const PLACE: &str = "place";
 const PLACE_SMALL: &str = "place-small";
+/// Placement with binpack(memory): a RunTask's tasks share instances, so one instance
+/// write carries several placements.
+const PLACE_BINPACK: &str = "place-binpack";
 const PROC: &str = "proc";
 const PLACE_FAMILY: &str = "bench-place";
 const PROC_FAMILY: &str = "bench-proc";
@@ -240,6 +244,7 @@ struct Env {
     control: Option<ControlProcess>,
     controls_started: usize,
     nats_pids: Vec<u32>,
+    monitor_ports: Vec<u16>,
     sims: Vec<SimHandle>,
 }
 
@@ -278,6 +283,7 @@ impl Env {
             control: None,
             controls_started: 0,
             nats_pids: nats.pids(),
+            monitor_ports: nats.monitor_ports(),
             sims: Vec::new(),
         })
     }
@@ -563,7 +569,7 @@ async fn measure_single_node(
     phase.ceiling =
         Some(ceiling::measure(&env.client, 1, sizes.ceiling_writes, sizes.serial_writes).await?);
     env.start_control().await?;
-    for cluster in [READS, PLACE, PLACE_SMALL, PROC] {
+    for cluster in [READS, PLACE, PLACE_SMALL, PLACE_BINPACK, PROC] {
         env.create_cluster(cluster).await?;
     }
     let seed_definition = env.register(&seed::task_definition_request()).await?;
@@ -677,18 +683,42 @@ async fn placements(
     args: &Args,
     sizes: &Sizes,
 ) -> anyhow::Result<()> {
-    for (cluster, instances) in [
-        (PLACE, sizes.instances),
-        (PLACE_SMALL, sizes.instances_small),
+    for (cluster, instances, strategy) in [
+        (PLACE, sizes.instances, None),
+        (PLACE_SMALL, sizes.instances_small, None),
+        (PLACE_BINPACK, sizes.instances, Some(binpack_memory())),
     ] {
         if instances == 0 {
             continue;
         }
-        phase
-            .placements
-            .push(placement_run(env, args, sizes, cluster, instances, sizes.place_tasks).await?);
+        let run = placement_run(
+            env,
+            args,
+            sizes,
+            cluster,
+            instances,
+            sizes.place_tasks,
+            strategy,
+        );
+        phase.placements.push(run.await?);
     }
     Ok(())
+}
+
+fn binpack_memory() -> PlacementStrategy {
+    PlacementStrategy {
+        strategy_type: Some("binpack".into()),
+        field: Some("memory".into()),
+    }
+}
+
+/// How the report names a strategy: `binpack(memory)`.
+fn strategy_label(strategy: &PlacementStrategy) -> String {
+    format!(
+        "{}({})",
+        strategy.strategy_type.as_deref().unwrap_or_default(),
+        strategy.field.as_deref().unwrap_or_default()
+    )
 }
 
 async fn placement_run(
@@ -698,6 +728,7 @@ async fn placement_run(
     cluster: &str,
     instances: usize,
     tasks: usize,
+    strategy: Option<PlacementStrategy>,
 ) -> anyhow::Result<Placement> {
     tracing::info!(cluster, instances, "hollow instances for placement");
     // Hollow hosts that never start their tasks: the run measures placement alone.
@@ -722,6 +753,8 @@ async fn placement_run(
         family: PLACE_FAMILY.into(),
         tasks,
         concurrency: sizes.concurrency,
+        strategies: strategy.iter().cloned().collect(),
+        monitor_ports: env.monitor_ports.clone(),
     };
     let mut run = placement::run(&env.api, &load, env.cpu_groups(), profile_target).await;
     run.instances = instances;
@@ -729,7 +762,11 @@ async fn placement_run(
     if let Some(sim) = env.sims.pop() {
         sim.stop().await;
     }
-    Ok(Placement { instances, run })
+    Ok(Placement {
+        instances,
+        strategy: strategy.as_ref().map(strategy_label),
+        run,
+    })
 }
 
 async fn task_start(
@@ -806,15 +843,24 @@ async fn measure_three_nodes(
     phase.ceiling =
         Some(ceiling::measure(&env.client, 3, sizes.ceiling_writes, sizes.serial_writes).await?);
     env.start_control().await?;
-    for cluster in [READS, PLACE] {
+    for cluster in [READS, PLACE, PLACE_BINPACK] {
         env.create_cluster(cluster).await?;
     }
     let seed_definition = env.register(&seed::task_definition_request()).await?;
     env.register(&seed::definition(PLACE_FAMILY, 16, 32, Vec::new()))
         .await?;
-    phase
-        .placements
-        .push(placement_run(env, args, sizes, PLACE, sizes.r3_instances, sizes.r3_tasks).await?);
+    for (cluster, strategy) in [(PLACE, None), (PLACE_BINPACK, Some(binpack_memory()))] {
+        let run = placement_run(
+            env,
+            args,
+            sizes,
+            cluster,
+            sizes.r3_instances,
+            sizes.r3_tasks,
+            strategy,
+        );
+        phase.placements.push(run.await?);
+    }
 
     let (hollow, _) = env
         .start_sim(

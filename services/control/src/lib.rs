@@ -12,6 +12,7 @@ mod ids;
 mod janitor;
 mod liveness;
 mod reconcile;
+mod reservations;
 mod shared;
 mod validation;
 

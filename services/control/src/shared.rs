@@ -74,6 +74,8 @@ pub struct SharedInner {
     pub config: ControlConfig,
     pub arbiter: ArbiterHandle,
     pub metrics: Metrics,
+    /// Resources promised to placements whose instance writes are in flight.
+    pub reservations: Arc<crate::reservations::Reservations>,
     /// The replica's reply inbox for command outcomes (started on first use).
     pub replies: tokio::sync::OnceCell<Arc<crate::api::Replies>>,
     instances: DashMap<(String, String), Addr<InstanceActor>>,
@@ -105,6 +107,7 @@ impl Shared {
             config,
             arbiter,
             metrics: Metrics::default(),
+            reservations: Arc::default(),
             replies: tokio::sync::OnceCell::new(),
             instances: DashMap::new(),
             tasks: DashMap::new(),

@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// Marker of a compacted string; never used by MessagePack.
 const STRING: u8 = 0xc1;
@@ -106,10 +106,12 @@ thread_local! {
 }
 
 impl Interner {
-    /// Takes the encoding side for a batch of records.
+    /// An encoder for a batch of records. Several may work at once (on other threads):
+    /// each keeps the ids it has seen, and takes the shared lookup only for new ones.
     pub fn encoder(&self) -> Encoder<'_> {
         Encoder {
-            lookup: self.lookup.lock().unwrap_or_else(PoisonError::into_inner),
+            lookup: &self.lookup,
+            seen: FastMap::default(),
             strings: &self.strings,
             out: Vec::new(),
             memo: Vec::new(),
@@ -154,7 +156,9 @@ type Memo = (Box<[u8]>, Box<[u8]>);
 
 /// The encoding side of an [`Interner`], held for a batch of records.
 pub struct Encoder<'a> {
-    lookup: MutexGuard<'a, FastMap<Arc<[u8]>, u32>>,
+    lookup: &'a Mutex<FastMap<Arc<[u8]>, u32>>,
+    /// Ids this encoder already looked up.
+    seen: FastMap<Box<[u8]>, u32>,
     strings: &'a RwLock<Vec<Arc<[u8]>>>,
     /// Reused output buffer; each record is copied out at its exact size.
     out: Vec<u8>,
@@ -316,17 +320,26 @@ impl Encoder<'_> {
         if segment.is_empty() || segment.len() > MAX_SEGMENT {
             return None;
         }
-        if let Some(id) = self.lookup.get(segment) {
+        if let Some(id) = self.seen.get(segment) {
             return Some(*id);
         }
-        let mut strings = self.strings.write().unwrap_or_else(PoisonError::into_inner);
-        if strings.len() >= MAX_INTERNED {
-            return None;
-        }
-        let id = strings.len() as u32;
-        let s: Arc<[u8]> = Arc::from(segment);
-        strings.push(s.clone());
-        self.lookup.insert(s, id);
+        let mut lookup = self.lookup.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = match lookup.get(segment) {
+            Some(id) => *id,
+            None => {
+                let mut strings = self.strings.write().unwrap_or_else(PoisonError::into_inner);
+                if strings.len() >= MAX_INTERNED {
+                    return None;
+                }
+                let id = strings.len() as u32;
+                let s: Arc<[u8]> = Arc::from(segment);
+                strings.push(s.clone());
+                lookup.insert(s, id);
+                id
+            }
+        };
+        drop(lookup);
+        self.seen.insert(Box::from(segment), id);
         Some(id)
     }
 }

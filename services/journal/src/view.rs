@@ -54,6 +54,9 @@ const PULL_EXPIRY: Duration = Duration::from_secs(4);
 /// Most messages applied under one lock (and one progress update).
 const APPLY_BATCH: usize = 512;
 
+/// Batches at least this long (catch-up) are made compact on two threads.
+const PARALLEL_PREPARE: usize = 128;
+
 /// How often the apply loop looks for a reconnection of the client.
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -505,39 +508,85 @@ impl ScopeData {
             return;
         }
         self.indexed = true;
-        let mut on: FastMap<Sym, Vec<TaskKey>> = FastMap::default();
-        let mut family: FastMap<Sym, Vec<TaskKey>> = FastMap::default();
-        let mut started_by: FastMap<Sym, Vec<TaskKey>> = FastMap::default();
-        let mut group: FastMap<Sym, Vec<TaskKey>> = FastMap::default();
-        let mut desired: HashMap<TaskStatus, Vec<TaskKey>> = HashMap::new();
-        for (key, task) in &self.tasks {
-            on.entry(task.instance).or_default().push(key.clone());
-            if task.family != NO_SYM {
-                family.entry(task.family).or_default().push(key.clone());
+        /// Keys come in order, so collecting builds each set without sorting.
+        fn sets<K: std::hash::Hash + Eq>(
+            tasks: &BTreeMap<TaskKey, StoredTask>,
+            key_of: impl Fn(&StoredTask) -> Option<K>,
+        ) -> Vec<(K, IdSet)> {
+            let mut keys: FastMap<K, Vec<TaskKey>> = FastMap::default();
+            for (id, task) in tasks {
+                if let Some(k) = key_of(task) {
+                    keys.entry(k).or_default().push(id.clone());
+                }
             }
-            if task.started_by != NO_SYM {
-                started_by
-                    .entry(task.started_by)
-                    .or_default()
-                    .push(key.clone());
-            }
-            group.entry(task.group).or_default().push(key.clone());
-            if desired_indexed(task.desired) {
-                desired.entry(task.desired).or_default().push(key.clone());
-            }
+            keys.into_iter()
+                .map(|(k, ids)| (k, ids.into_iter().collect::<IdSet>()))
+                .collect()
         }
-        // Keys come in order, so collecting builds each set without sorting.
-        let set = |keys: Vec<TaskKey>| keys.into_iter().collect::<IdSet>();
-        for (sym, keys) in on {
+        let known = |sym: Sym| (sym != NO_SYM).then_some(sym);
+        // The sets are independent: built on the machine's cores at once (catch-up is over,
+        // nothing else is running in this replica yet).
+        let tasks = &self.tasks;
+        let (on, family, group, started_by, desired, stale) = std::thread::scope(|scope| {
+            let joined = |handle: std::thread::ScopedJoinHandle<'_, Vec<(Sym, IdSet)>>| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            };
+            let on = scope.spawn(|| sets(tasks, |t| Some(t.instance)));
+            let family = scope.spawn(|| sets(tasks, |t| known(t.family)));
+            let group = sets(tasks, |t| Some(t.group));
+            let started_by = sets(tasks, |t| known(t.started_by));
+            let desired = sets(tasks, |t| desired_indexed(t.desired).then_some(t.desired));
+            let stale = self.find_stale();
+            (
+                joined(on),
+                joined(family),
+                group,
+                started_by,
+                desired,
+                stale,
+            )
+        });
+        for (sym, ids) in on {
             if let Some(o) = self.on_instance.get_mut(self.syms.name(sym)) {
-                o.ids = set(keys);
+                o.ids = ids;
             }
         }
         self.on_instance.retain(|_, o| !o.ids.is_empty());
-        self.by_family = family.into_iter().map(|(k, v)| (k, set(v))).collect();
-        self.by_started_by = started_by.into_iter().map(|(k, v)| (k, set(v))).collect();
-        self.by_group = group.into_iter().map(|(k, v)| (k, set(v))).collect();
-        self.by_desired = desired.into_iter().map(|(k, v)| (k, set(v))).collect();
+        self.by_family = family.into_iter().collect();
+        self.by_started_by = started_by.into_iter().collect();
+        self.by_group = group.into_iter().collect();
+        self.by_desired = desired.into_iter().collect();
+        self.stale = stale;
+    }
+
+    /// Every allocation held for a STOPPED task, found by one merge of the instances'
+    /// allocations (sorted) with the ordered tasks, instead of a task lookup per
+    /// allocation while catching up.
+    fn find_stale(&self) -> BTreeMap<(Arc<str>, TaskKey), u64> {
+        let mut held: Vec<(TaskKey, &str, u64)> = Vec::new();
+        for (instance_id, instance) in &self.instances {
+            for task_id in instance.value.allocations.keys() {
+                held.push((
+                    TaskKey::new(task_id),
+                    instance_id.as_str(),
+                    instance.version,
+                ));
+            }
+        }
+        held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut stale = BTreeMap::new();
+        let mut tasks = self.tasks.iter().peekable();
+        for (key, instance_id, version) in held {
+            while tasks.next_if(|(task_key, _)| **task_key < key).is_some() {}
+            if let Some((task_key, task)) = tasks.peek() {
+                if **task_key == key && task.last == TaskStatus::Stopped {
+                    stale.insert((Arc::from(instance_id), key), version.max(task.version));
+                }
+            }
+        }
+        stale
     }
 
     fn unindex_task(&mut self, id: &TaskKey, task: &StoredTask) {
@@ -596,7 +645,8 @@ impl ScopeData {
     fn apply_task(&mut self, cluster: &str, task_id: &str, mut prepared: PreparedTask<'_>) -> bool {
         let key = TaskKey::new(task_id);
         let seq = prepared.stored.version;
-        if let Some(old) = self.tasks.get(&key) {
+        let existed = self.tasks.get(&key);
+        if let Some(old) = existed {
             let old_instance = self.syms.name(old.instance);
             if old_instance != prepared.instance_id {
                 tracing::warn!(
@@ -612,9 +662,14 @@ impl ScopeData {
                 return false;
             }
         }
+        let existed = existed.is_some();
         self.acquire_syms(&mut prepared);
         let stored = prepared.stored;
-        let old = self.tasks.remove(&key);
+        let old = if existed {
+            self.tasks.remove(&key)
+        } else {
+            None
+        };
         let new = old.is_none();
         if let Some(old) = &old {
             self.unindex_task(&key, old);
@@ -625,7 +680,7 @@ impl ScopeData {
             self.release_syms(old);
         }
         self.index_task(&key, &stored);
-        if stored.last == TaskStatus::Stopped {
+        if stored.last == TaskStatus::Stopped && self.indexed {
             let instance_id = self.syms.name(stored.instance);
             let held = self
                 .instances
@@ -666,6 +721,10 @@ impl ScopeData {
         new: &ContainerInstance,
         seq: u64,
     ) {
+        if !self.indexed {
+            // Catch-up: found in one merge at its end (see `find_stale`).
+            return;
+        }
         let instance: Arc<str> = Arc::from(instance_id);
         if let Some(old) = old {
             for task_id in old.allocations.keys() {
@@ -878,9 +937,9 @@ impl Inner {
     ) -> Vec<Prepared<'static>> {
         let mut prepared = recycle(buffer);
         prepared.reserve(batch.len());
-        {
+        let prepare = |part: &[(&'a str, &'a [u8], u64)], prepared: &mut Vec<Prepared<'a>>| {
             let mut encoder = self.interner.encoder();
-            for &(subject, payload, sequence) in batch {
+            for &(subject, payload, sequence) in part {
                 prepared.push(match subjects::parse_state(subject) {
                     Some(StateKey::Task {
                         cluster,
@@ -891,6 +950,22 @@ impl Inner {
                     _ => None,
                 });
             }
+        };
+        if batch.len() < PARALLEL_PREPARE {
+            prepare(batch, &mut prepared);
+        } else {
+            // Catch-up: both halves are made compact at once, on rayon's long-lived
+            // threads (a thread per batch would cost a fresh allocator heap each time).
+            let (first, second) = batch.split_at(batch.len() / 2);
+            let ((), later) = rayon::join(
+                || prepare(first, &mut prepared),
+                || {
+                    let mut later = Vec::with_capacity(second.len());
+                    prepare(second, &mut later);
+                    later
+                },
+            );
+            prepared.extend(later);
         }
         let mut items = batch.iter().zip(prepared.drain(..)).peekable();
         while let Some((&(subject, payload, sequence), prepared)) = items.next() {
@@ -2360,6 +2435,63 @@ mod tests {
         put_task(&mut feed, "c", "d", &spec("i2", "web", TaskStatus::Stopped));
         assert!(stale(&feed.view).is_empty());
         assert_eq!(feed.view.task("c", "d").unwrap().instance_id, "i2");
+    }
+
+    #[test]
+    fn stale_allocations_after_catch_up_match_live_tracking() {
+        use berth_messages::model::Allocation;
+        let holding = |id: &str, tasks: &[&str]| {
+            let mut i = instance("c", id, InstanceStatus::Active);
+            i.allocations = tasks
+                .iter()
+                .map(|t| (t.to_string(), Allocation::default()))
+                .collect();
+            i
+        };
+        let play = |feed: &mut Feed| {
+            let stopped = |on: &str| spec(on, "web", TaskStatus::Stopped);
+            let running = spec("i1", "web", TaskStatus::Running);
+            // Stopped before its instance record names it; held by i1.
+            put_task(feed, "c", "a", &stopped("i1"));
+            feed.put(
+                &subjects::instance("c", "i1"),
+                &holding("i1", &["a", "b", "e"]),
+            );
+            // Running, then stopped; running and held; never recorded as a task.
+            put_task(feed, "c", "b", &running);
+            put_task(feed, "c", "b", &stopped("i1"));
+            put_task(feed, "c", "c1", &running);
+            // Stopped on i2, which holds it after a release elsewhere.
+            put_task(feed, "c", "d", &stopped("i2"));
+            feed.put(&subjects::instance("c", "i2"), &holding("i2", &["c1", "d"]));
+            feed.put(&subjects::instance("c", "i2"), &holding("i2", &["d"]));
+        };
+        let mut live = Feed::new();
+        play(&mut live);
+        let mut recovering = Feed::catching_up();
+        play(&mut recovering);
+        assert!(stale(&recovering.view).is_empty());
+        recovering.catch_up();
+        let found: Vec<(String, String)> = stale(&recovering.view)
+            .into_iter()
+            .map(|(i, t, _)| (i, t))
+            .collect();
+        let tracked: Vec<(String, String)> = stale(&live.view)
+            .into_iter()
+            .map(|(i, t, _)| (i, t))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("i1".to_string(), "a".to_string()),
+                ("i1".to_string(), "b".to_string()),
+                ("i2".to_string(), "d".to_string())
+            ]
+        );
+        assert_eq!(found, tracked);
+        // Once caught up, records are tracked as they come.
+        recovering.put(&subjects::instance("c", "i1"), &holding("i1", &["b"]));
+        assert_eq!(stale(&recovering.view).len(), 2);
     }
 
     #[test]

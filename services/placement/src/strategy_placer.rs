@@ -77,7 +77,7 @@ impl StrategyPlacer {
         request: &PlacementRequest<'_>,
     ) -> Vec<Result<Placement, PlacementFailure>> {
         let source = Candidates::new(candidates);
-        self.place_from(&source, candidates.len(), request, &[])
+        self.place_from(&source, candidates.len(), request, &[], &[])
     }
 
     /// Places `request.count` tasks over the instances of `pool`, leaving out the slots in
@@ -89,8 +89,23 @@ impl StrategyPlacer {
         request: &PlacementRequest<'_>,
         excluded: &[usize],
     ) -> Vec<Result<Placement, PlacementFailure>> {
+        self.place_in_pool_reserving(pool, request, excluded, &[])
+    }
+
+    /// Like [`StrategyPlacer::place_in_pool`], counting `reserved` (slot, CPU, memory) as
+    /// already taken: what this scheduler promised to placements whose instance writes
+    /// are still in flight, which the pool does not show yet. Without it, concurrent
+    /// requests that score alike (binpack) all pick the same instance and most of them
+    /// are refused at commit.
+    pub fn place_in_pool_reserving(
+        &mut self,
+        pool: &InstancePool,
+        request: &PlacementRequest<'_>,
+        excluded: &[usize],
+        reserved: &[(usize, i64, i64)],
+    ) -> Vec<Result<Placement, PlacementFailure>> {
         let present = pool.present().saturating_sub(excluded.len());
-        self.place_from(pool, present, request, excluded)
+        self.place_from(pool, present, request, excluded, reserved)
     }
 
     fn place_from<S: Source>(
@@ -99,6 +114,7 @@ impl StrategyPlacer {
         present: usize,
         request: &PlacementRequest<'_>,
         excluded: &[usize],
+        reserved: &[(usize, i64, i64)],
     ) -> Vec<Result<Placement, PlacementFailure>> {
         if request.count == 0 {
             return Vec::new();
@@ -107,6 +123,7 @@ impl StrategyPlacer {
             return vec![Err(PlacementFailure::no_instances()); request.count];
         }
         let mut round = Round::new(source, present, request, excluded);
+        round.reserve(reserved);
         let mut results: Vec<Result<Placement, PlacementFailure>> =
             Vec::with_capacity(request.count);
         for _ in 0..request.count {
@@ -246,7 +263,6 @@ enum Score {
 /// What the batch took from one slot so far.
 #[derive(Clone, Copy)]
 struct Taken {
-    slot: usize,
     cpu: i64,
     memory: i64,
     placed: u32,
@@ -304,6 +320,8 @@ struct Round<'r, S: Source> {
     any_excluded: bool,
     touched: Bits,
     taken: Vec<Taken>,
+    /// Where each touched slot is in `taken` (sized on first use).
+    taken_at: Vec<u32>,
     /// Tasks of the request's group per slot (existing plus this batch's), when a
     /// constraint or strategy reads them.
     group: Option<Vec<u32>>,
@@ -405,6 +423,7 @@ impl<'r, S: Source> Round<'r, S> {
             any_excluded: !excluded_slots.is_empty(),
             touched: Bits::new(n),
             taken: Vec::new(),
+            taken_at: Vec::new(),
             group,
             promised: BTreeMap::new(),
             unmet: if member_of.is_empty() {
@@ -430,21 +449,55 @@ impl<'r, S: Source> Round<'r, S> {
     fn remaining(&self, slot: usize) -> (i64, i64) {
         let head = &self.heads[slot];
         if !self.taken.is_empty() && self.touched.contains(slot) {
-            if let Some(t) = self.taken.iter().find(|t| t.slot == slot) {
+            if let Some(t) = self.taken_of(slot) {
                 return (head.cpu - t.cpu, head.memory - t.memory);
             }
         }
         (head.cpu, head.memory)
     }
 
+    fn taken_of(&self, slot: usize) -> Option<&Taken> {
+        self.taken_at
+            .get(slot)
+            .and_then(|&i| self.taken.get(i as usize))
+    }
+
     fn placed(&self, slot: usize) -> u32 {
         if !self.touched.contains(slot) {
             return 0;
         }
-        self.taken
-            .iter()
-            .find(|t| t.slot == slot)
-            .map_or(0, |t| t.placed)
+        self.taken_of(slot).map_or(0, |t| t.placed)
+    }
+
+    /// Counts resources promised elsewhere as taken (no task of this batch placed).
+    fn reserve(&mut self, reserved: &[(usize, i64, i64)]) {
+        for &(slot, cpu, memory) in reserved {
+            if slot >= self.heads.len() {
+                continue;
+            }
+            self.touched.insert(slot);
+            let taken = self.taken_entry(slot);
+            taken.cpu = taken.cpu.saturating_add(cpu);
+            taken.memory = taken.memory.saturating_add(memory);
+        }
+    }
+
+    fn taken_entry(&mut self, slot: usize) -> &mut Taken {
+        if self.taken_at.is_empty() {
+            self.taken_at = vec![u32::MAX; self.heads.len()];
+        }
+        let at = &mut self.taken_at[slot];
+        if *at == u32::MAX {
+            *at = u32::try_from(self.taken.len()).unwrap_or(u32::MAX - 1);
+            self.taken.push(Taken {
+                cpu: 0,
+                memory: 0,
+                placed: 0,
+            });
+        }
+        let last = self.taken.len() - 1;
+        let index = (*at as usize).min(last);
+        &mut self.taken[index]
     }
 
     /// Whether the slot is a candidate at all: an instance record, ACTIVE, connected, and
@@ -735,19 +788,10 @@ impl<'r, S: Source> Round<'r, S> {
 
     fn take(&mut self, slot: usize, allocation: &Allocation) {
         self.touched.insert(slot);
-        match self.taken.iter_mut().find(|t| t.slot == slot) {
-            Some(t) => {
-                t.cpu = t.cpu.saturating_add(allocation.cpu);
-                t.memory = t.memory.saturating_add(allocation.memory);
-                t.placed = t.placed.saturating_add(1);
-            }
-            None => self.taken.push(Taken {
-                slot,
-                cpu: allocation.cpu,
-                memory: allocation.memory,
-                placed: 1,
-            }),
-        }
+        let taken = self.taken_entry(slot);
+        taken.cpu = taken.cpu.saturating_add(allocation.cpu);
+        taken.memory = taken.memory.saturating_add(allocation.memory);
+        taken.placed = taken.placed.saturating_add(1);
         if let Some(group) = &mut self.group {
             group[slot] = group[slot].saturating_add(1);
         }
@@ -1045,6 +1089,41 @@ mod tests {
             // CPU is checked before memory, and both ran out together.
             assert_eq!(failure.reason, "RESOURCE:CPU");
         }
+    }
+
+    #[test]
+    fn reserved_resources_count_as_taken() {
+        let mut instances = [
+            instance("roomy", 4096, 4096),
+            instance("fullest", 4096, 4096),
+        ];
+        allocate(&mut instances[1], "old", used(1000));
+        let mut pool = InstancePool::new();
+        for (n, i) in instances.iter().enumerate() {
+            pool.upsert(&format!("i{n}"), Arc::new(i.clone()));
+        }
+        let d = demand(500, 500);
+        let binpack = [Strategy::Binpack(BinpackField::Memory)];
+        let request = PlacementRequest {
+            demand: &d,
+            count: 2,
+            group: "web",
+            constraints: &[],
+            strategies: &binpack,
+        };
+        let fullest = pool.slot("i1").unwrap();
+        let slots = |r: Vec<Result<Placement, PlacementFailure>>| -> Vec<usize> {
+            r.into_iter().map(|p| p.unwrap().instance_index).collect()
+        };
+        let mut placer = StrategyPlacer::with_seed(5);
+        // Nothing promised: binpack fills the fullest instance.
+        let free = placer.place_in_pool_reserving(&pool, &request, &[], &[]);
+        assert_eq!(slots(free), [fullest, fullest]);
+        // 600 of its 1000 promised elsewhere: one more task fits there, then the other.
+        let r = placer.place_in_pool_reserving(&pool, &request, &[], &[(fullest, 600, 600)]);
+        assert_eq!(slots(r), [1 - fullest, 1 - fullest]);
+        let r = placer.place_in_pool_reserving(&pool, &request, &[], &[(fullest, 300, 300)]);
+        assert_eq!(slots(r), [fullest, 1 - fullest]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod server;
 mod wait;
 
 pub use bins::{nats_server_bin, workspace_bin};
+pub use monitor::http_get;
 pub use ports::free_port;
 pub use server::{NatsCluster, NatsServer};
 pub use wait::wait_for;

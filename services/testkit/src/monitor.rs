@@ -8,7 +8,7 @@ use std::time::Duration;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Status code and body of `GET path` on 127.0.0.1:`port`.
-pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&address, IO_TIMEOUT)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;

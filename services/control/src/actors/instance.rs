@@ -207,19 +207,32 @@ async fn commit(
                 }
             }
         }
-        let current = record.as_ref();
-        let mut next = current.map(|r| r.value.clone());
+        let expected = record.as_ref().map_or(0, |r| r.version);
+        // The actor is usually the record's only holder (the view keeps its own copy, and
+        // RunTask drops its share before its next await): then it is edited in place.
+        let mut next = record
+            .take()
+            .map(|r| Arc::try_unwrap(r).map_or_else(|shared| shared.value.clone(), |r| r.value));
         let mut results: Vec<Result<Option<Allocation>, InstanceOpError>> =
             Vec::with_capacity(batch.len());
         let mut changed = false;
         for op in batch.iter_mut() {
             results.push(apply(&mut next, &mut op.kind, &mut changed));
         }
-        let expected = current.map_or(0, |r| r.version);
-        let Some(mut next) = next.filter(|_| changed) else {
-            // Nothing to write: answer from the record as it is.
-            respond(batch, results, record.as_ref());
-            return record;
+        if !changed {
+            // Nothing to write (no operation changed the record): answer from it as it is.
+            let unchanged = next.map(|value| {
+                Arc::new(Versioned {
+                    value,
+                    version: expected,
+                })
+            });
+            respond(batch, results, unchanged.as_ref());
+            return unchanged;
+        }
+        let Some(mut next) = next else {
+            respond(batch, results, None);
+            return None;
         };
         next.remaining_resources = berth_placement::remaining_resources(&next);
         next.version = None;

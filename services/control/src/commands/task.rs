@@ -6,7 +6,7 @@
 
 use super::taskdef::resolve_for_launch;
 use super::Delivery;
-use crate::actors::instance::{InstanceOp, InstanceOpError, OpKind};
+use crate::actors::instance::{InstanceOp, InstanceOpError, OpDone, OpKind};
 use crate::actors::task::{locate, TaskDone, TaskOp, TaskOpKind};
 use crate::shared::{ExecResult, Metrics, Shared};
 use berth_journal::Versioned;
@@ -258,7 +258,16 @@ pub async fn run(
                 return None;
             }
             let excluded: Vec<usize> = refused.iter().filter_map(|id| pool.slot(id)).collect();
-            let placements = placer.place_in_pool(
+            // Strategies score instances alike for concurrent requests (binpack herds
+            // them onto one instance): they see what is promised but not yet written.
+            // Without strategies the draw among the best few already spreads them, and
+            // what they happen to share is written in one group commit.
+            let reserved = if strategies.is_empty() {
+                Vec::new()
+            } else {
+                shared.reservations.of(&cluster)
+            };
+            let placements = placer.place_in_pool_reserving(
                 pool,
                 &PlacementRequest {
                     demand: &launch.demand,
@@ -268,6 +277,7 @@ pub async fn run(
                     strategies: &strategies,
                 },
                 &excluded,
+                &reserved,
             );
             Some(
                 placements
@@ -280,7 +290,16 @@ pub async fn run(
                                 .record(p.instance_index)
                                 .map(|r| r.instance().container_instance_arn.clone())
                                 .unwrap_or_default();
-                            (id, arn)
+                            // Held until the task is written (the guard is dropped then).
+                            let promise = (!strategies.is_empty()).then(|| {
+                                shared.reservations.reserve(
+                                    &cluster,
+                                    p.instance_index,
+                                    launch.demand.cpu,
+                                    launch.demand.memory,
+                                )
+                            });
+                            (id, arn, promise)
                         })
                     })
                     .collect::<Vec<_>>(),
@@ -299,7 +318,7 @@ pub async fn run(
             let launch = &launch;
             let task_id = &task_ids[i];
             async move {
-                let (instance_id, instance_arn) = match placement {
+                let (instance_id, instance_arn, promise) = match placement {
                     Ok(instance) => instance,
                     Err(f) => {
                         return (
@@ -317,16 +336,21 @@ pub async fn run(
                     demand: launch.demand.clone(),
                     require_active: true,
                 };
-                match InstanceOp::run(
+                let answer = InstanceOp::run(
                     shared,
                     &launch.cluster,
                     &instance_id,
                     &launch.command_id,
                     op,
                 )
-                .await
-                {
-                    Ok(ok) => match ok.allocation {
+                .await;
+                // The promise is kept until the task record is written too, by which time
+                // the view has usually applied the instance write that replaces it.
+                let _promise = promise;
+                match answer {
+                    // Only the allocation is kept: the shared record is released before
+                    // the next await so that the instance actor can edit it in place.
+                    Ok(OpDone { allocation, .. }) => match allocation {
                         Some(allocation) => match launch
                             .create(shared, task_id, &instance_id, &allocation)
                             .await
@@ -443,8 +467,8 @@ pub async fn start(
             require_active: true,
         };
         match InstanceOp::run(shared, &cluster, instance_id, &d.command_id, op).await {
-            Ok(ok) => {
-                let Some(allocation) = ok.allocation else {
+            Ok(OpDone { allocation, .. }) => {
+                let Some(allocation) = allocation else {
                     return Err(ApiError::server("allocation without result").into());
                 };
                 Metrics::inc(&shared.metrics.placements);
