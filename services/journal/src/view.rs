@@ -2389,18 +2389,19 @@ mod tests {
             .collect()
     }
 
+    /// An ACTIVE instance of cluster `c` holding allocations for `tasks`.
+    fn holding(id: &str, tasks: &[&str]) -> ContainerInstance {
+        let mut i = instance("c", id, InstanceStatus::Active);
+        i.allocations = tasks
+            .iter()
+            .map(|t| (t.to_string(), berth_messages::model::Allocation::default()))
+            .collect();
+        i
+    }
+
     #[test]
     fn stale_allocations_follow_task_and_instance_records() {
-        use berth_messages::model::Allocation;
         let mut feed = Feed::new();
-        let holding = |id: &str, tasks: &[&str]| {
-            let mut i = instance("c", id, InstanceStatus::Active);
-            i.allocations = tasks
-                .iter()
-                .map(|t| (t.to_string(), Allocation::default()))
-                .collect();
-            i
-        };
         let i1 = subjects::instance("c", "i1");
         let stopped = spec("i1", "web", TaskStatus::Stopped);
         let running = spec("i1", "web", TaskStatus::Running);
@@ -2439,15 +2440,6 @@ mod tests {
 
     #[test]
     fn stale_allocations_after_catch_up_match_live_tracking() {
-        use berth_messages::model::Allocation;
-        let holding = |id: &str, tasks: &[&str]| {
-            let mut i = instance("c", id, InstanceStatus::Active);
-            i.allocations = tasks
-                .iter()
-                .map(|t| (t.to_string(), Allocation::default()))
-                .collect();
-            i
-        };
         let play = |feed: &mut Feed| {
             let stopped = |on: &str| spec(on, "web", TaskStatus::Stopped);
             let running = spec("i1", "web", TaskStatus::Running);
