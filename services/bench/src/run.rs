@@ -39,8 +39,6 @@ const PLACE_BINPACK: &str = "place-binpack";
 const PROC: &str = "proc";
 const PLACE_FAMILY: &str = "bench-place";
 const PROC_FAMILY: &str = "bench-proc";
-/// Seeded sizes above this run after the placement measurements.
-const PLACEMENT_BEFORE_SIZE: usize = 100_000;
 const CONTROL_START_TIMEOUT: Duration = Duration::from_secs(600);
 const VIEW_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -604,12 +602,9 @@ async fn measure_single_node(
         background_per_second: sizes.background_per_second,
         max_duration: sizes.read_max_duration,
     };
-    let mut placed = false;
+    // Placements run after the seeded sizes, so that each recovery replays a journal
+    // holding the seeded tasks and nothing else of size.
     for &size in &sizes.read_sizes {
-        if !placed && size > PLACEMENT_BEFORE_SIZE {
-            placements(env, phase, args, sizes).await?;
-            placed = true;
-        }
         tracing::info!(size, "R1: seeding");
         let seeding = seeder.seed_to(size).await?;
         env.wait_view(seeding.last_sequence, VIEW_TIMEOUT).await?;
@@ -631,9 +626,7 @@ async fn measure_single_node(
         let read = measure_reads(env, args, &read_load, &seeder, &hollow, largest).await;
         phase.reads.push(read);
     }
-    if !placed {
-        placements(env, phase, args, sizes).await?;
-    }
+    placements(env, phase, args, sizes).await?;
 
     if !args.skip_runtime {
         tracing::info!(

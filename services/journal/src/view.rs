@@ -561,28 +561,26 @@ impl ScopeData {
         self.stale = stale;
     }
 
-    /// Every allocation held for a STOPPED task, found by one merge of the instances'
-    /// allocations (sorted) with the ordered tasks, instead of a task lookup per
-    /// allocation while catching up.
+    /// Every allocation held for a STOPPED task, found in one pass over the instances'
+    /// allocations against the set of STOPPED tasks (usually few), instead of a task
+    /// lookup per allocation for every instance record applied while catching up.
     fn find_stale(&self) -> BTreeMap<(Arc<str>, TaskKey), u64> {
-        let mut held: Vec<(TaskKey, &str, u64)> = Vec::new();
+        let stopped: HashMap<&TaskKey, u64> = self
+            .tasks
+            .iter()
+            .filter(|(_, task)| task.last == TaskStatus::Stopped)
+            .map(|(key, task)| (key, task.version))
+            .collect();
+        let mut stale = BTreeMap::new();
+        if stopped.is_empty() {
+            return stale;
+        }
         for (instance_id, instance) in &self.instances {
             for task_id in instance.value.allocations.keys() {
-                held.push((
-                    TaskKey::new(task_id),
-                    instance_id.as_str(),
-                    instance.version,
-                ));
-            }
-        }
-        held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut stale = BTreeMap::new();
-        let mut tasks = self.tasks.iter().peekable();
-        for (key, instance_id, version) in held {
-            while tasks.next_if(|(task_key, _)| **task_key < key).is_some() {}
-            if let Some((task_key, task)) = tasks.peek() {
-                if **task_key == key && task.last == TaskStatus::Stopped {
-                    stale.insert((Arc::from(instance_id), key), version.max(task.version));
+                let key = TaskKey::new(task_id);
+                if let Some(version) = stopped.get(&key) {
+                    let since = instance.version.max(*version);
+                    stale.insert((Arc::from(instance_id.as_str()), key), since);
                 }
             }
         }
