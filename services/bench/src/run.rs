@@ -1,10 +1,11 @@
 //! The order of a run. Phase R1 (one nats-server, R1 streams): the journal ceiling; a
 //! `berth-control` process; read latency under churn at growing seeded sizes, with a
-//! fresh replica's recovery and memory at the recovery sizes; placement throughput on
-//! the large and the small hollow clusters (before any size above 100,000 tasks, so the
-//! big seeded cluster does not share the machine with it); task start latency with a
-//! real `berth-agent`; then quiescence and the audit. Phase R3 (3-node cluster, R3
-//! streams): ceiling, placement throughput and reads, then the audit.
+//! fresh replica's recovery and memory at the recovery sizes (so a recovery replays the
+//! seeded tasks and nothing else of size); task start latency with a real
+//! `berth-agent`; placement throughput on the large and the small hollow clusters and
+//! with binpack (last: their hosts' disconnection is a burst of writes); then
+//! quiescence and the audit. Phase R3 (3-node cluster, R3 streams): ceiling, placement
+//! throughput (default and binpack) and reads, then the audit.
 
 use crate::api::Api;
 use crate::ceiling;
@@ -603,7 +604,7 @@ async fn measure_single_node(
         max_duration: sizes.read_max_duration,
     };
     // Placements run after the seeded sizes, so that each recovery replays a journal
-    // holding the seeded tasks and nothing else of size.
+    // holding the seeded tasks and nothing else of size, and after the task start.
     for &size in &sizes.read_sizes {
         tracing::info!(size, "R1: seeding");
         let seeding = seeder.seed_to(size).await?;
@@ -626,8 +627,6 @@ async fn measure_single_node(
         let read = measure_reads(env, args, &read_load, &seeder, &hollow, largest).await;
         phase.reads.push(read);
     }
-    placements(env, phase, args, sizes).await?;
-
     if !args.skip_runtime {
         tracing::info!(
             tasks = sizes.start_tasks,
@@ -635,6 +634,9 @@ async fn measure_single_node(
         );
         phase.start = Some(task_start(env, sizes, bins).await?);
     }
+    // Last: once their hollow hosts stop, the placement clusters' instances are flipped
+    // to disconnected in a burst of writes that other measurements must not share.
+    placements(env, phase, args, sizes).await?;
     Ok(())
 }
 
