@@ -535,17 +535,22 @@ impl<'r, S: Source> Round<'r, S> {
     }
 
     fn first_unmet_member_of(&self, slot: usize) -> Option<u16> {
-        let placed = self.placed(slot);
-        let candidate = self.source.candidate(slot);
-        let facts = Facts {
-            candidate: &candidate,
-            placed: (placed > 0).then_some((self.request.group, placed)),
+        // Cached verdicts are read first; the instance's facts are gathered only for an
+        // expression without one (it reads tasks).
+        let evaluate = |e: &Expr| {
+            let placed = self.placed(slot);
+            let candidate = self.source.candidate(slot);
+            Facts {
+                candidate: &candidate,
+                placed: (placed > 0).then_some((self.request.group, placed)),
+            }
+            .eval(e)
         };
         self.member_of
             .iter()
             .find(|(_, e, cached)| match cached {
                 Some(verdicts) => !verdicts.get(slot).copied().unwrap_or(false),
-                None => !facts.eval(e),
+                None => !evaluate(e),
             })
             .map(|(i, _, _)| *i)
     }
