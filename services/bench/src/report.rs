@@ -342,6 +342,14 @@ fn placement_name(placement: &Placement) -> String {
     }
 }
 
+/// "10k instances" or "10k instances, binpack(memory)".
+fn placement_title(placement: &Placement) -> String {
+    match &placement.strategy {
+        Some(strategy) => format!("{} instances, {strategy}", size(placement.instances)),
+        None => format!("{} instances", size(placement.instances)),
+    }
+}
+
 fn placement_rows(t: &mut Table, p: &str, c: &Ceiling, placement: &Placement) {
     let run = &placement.run;
     let n = placement_name(placement);
@@ -410,8 +418,8 @@ fn where_time_goes(out: &mut String, phase: &Phase, placement: &Placement) {
     let run = &placement.run;
     let _ = writeln!(
         out,
-        "\n### Where the time goes: placement on {} instances ({})\n",
-        placement_name(placement),
+        "\n### Where the time goes: placement on {} ({})\n",
+        placement_title(placement),
         phase.label
     );
     let ceiling = phase.ceiling.as_ref().map_or(0.0, |c| c.pipelined_rate);

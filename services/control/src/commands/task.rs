@@ -24,6 +24,9 @@ use std::time::Duration;
 /// Placement rounds for tasks whose chosen instance refused (another scheduler won).
 const PLACEMENT_ROUNDS: usize = 4;
 
+/// Longest a placement promise waits for the view to show its allocation.
+const PROMISE_WAIT: Duration = Duration::from_millis(500);
+
 /// Everything needed to build the tasks of one launch.
 struct Launch {
     cluster: String,
@@ -344,20 +347,29 @@ pub async fn run(
                     op,
                 )
                 .await;
-                // The promise is kept until the task record is written too, by which time
-                // the view has usually applied the instance write that replaces it.
-                let _promise = promise;
+                // The promise (if any) is kept until the task record is written and the
+                // view shows the instance write that replaces it; it ends with this block.
                 match answer {
                     // Only the allocation is kept: the shared record is released before
                     // the next await so that the instance actor can edit it in place.
-                    Ok(OpDone { allocation, .. }) => match allocation {
-                        Some(allocation) => match launch
-                            .create(shared, task_id, &instance_id, &allocation)
-                            .await
-                        {
-                            Ok(t) => (i, Attempt::Placed(Box::new(t))),
-                            Err(e) => (i, Attempt::Error(e)),
-                        },
+                    Ok(OpDone {
+                        allocation,
+                        version,
+                        ..
+                    }) => match allocation {
+                        Some(allocation) => {
+                            let created = launch
+                                .create(shared, task_id, &instance_id, &allocation)
+                                .await;
+                            if promise.is_some() {
+                                // The promise ends once the view shows the allocation.
+                                shared.view.wait_for(version, PROMISE_WAIT).await;
+                            }
+                            match created {
+                                Ok(t) => (i, Attempt::Placed(Box::new(t))),
+                                Err(e) => (i, Attempt::Error(e)),
+                            }
+                        }
                         None => (
                             i,
                             Attempt::Error(ApiError::server("allocation without result").into()),
