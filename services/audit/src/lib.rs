@@ -24,6 +24,11 @@ use std::time::Duration;
 /// How long the replay waits for the next message before giving up.
 pub const REPLAY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Times the replay consumer is asked for before the audit fails.
+const CONSUMER_ATTEMPTS: u32 = 5;
+/// Pause before asking again, times the attempt number.
+const CONSUMER_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
 /// Clock skew tolerated between this process and the server when deciding whether a
 /// command's outcome may have aged out of `BERTH_OUTCOME`.
 const OUTCOME_EXPIRY_MARGIN: Duration = Duration::from_secs(60);
@@ -148,19 +153,33 @@ async fn replay(
         stream: name.clone(),
         reason,
     };
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter.to_string(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            headers_only,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| replay_error(e.to_string()))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| replay_error(e.to_string()))?;
+    // A JetStream API request can time out while a busy cluster elects or catches up;
+    // the consumer is asked for again a few times before the audit gives up.
+    let mut attempt = 1;
+    let mut messages = loop {
+        let created = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter.to_string(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                headers_only,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string());
+        let started = match created {
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(messages) => break messages,
+            Err(reason) if attempt < CONSUMER_ATTEMPTS => {
+                tracing::warn!(stream = %name, attempt, %reason, "audit consumer not created; asking again");
+                tokio::time::sleep(CONSUMER_RETRY_PAUSE * attempt).await;
+                attempt += 1;
+            }
+            Err(reason) => return Err(replay_error(reason)),
+        }
+    };
     let mut sequence = 0;
     loop {
         let next = tokio::time::timeout(REPLAY_IDLE_TIMEOUT, messages.next())
