@@ -57,7 +57,8 @@ impl Reservations {
     }
 }
 
-/// A promise; released when dropped (the instance write answered, whatever the answer).
+/// A promise; released when dropped (once the placement is written and shown by the
+/// view, or refused).
 pub struct Reservation {
     reservations: Arc<Reservations>,
     cluster: String,

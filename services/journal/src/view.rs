@@ -192,7 +192,8 @@ struct ScopeData {
     /// whose record is STOPPED, with the journal sequence since which it is so.
     stale: BTreeMap<(Arc<str>, TaskKey), u64>,
     /// Whether the ordered task sets (tasks per instance, family, `startedBy`, group,
-    /// desired status) are kept; catch-up leaves them out and builds them at its end.
+    /// desired status) and the stale allocations are kept; catch-up leaves them out and
+    /// builds them at its end.
     indexed: bool,
     /// The instances as placement scans them (remaining resources, task groups, running
     /// counts), kept up to date by the apply loop.
@@ -720,7 +721,7 @@ impl ScopeData {
         seq: u64,
     ) {
         if !self.indexed {
-            // Catch-up: found in one merge at its end (see `find_stale`).
+            // Catch-up: found in one pass at its end (see `find_stale`).
             return;
         }
         let instance: Arc<str> = Arc::from(instance_id);

@@ -286,6 +286,9 @@ enum Lack {
 /// pool's cached verdict per slot when the expression does not read tasks.
 type MemberOf<'e> = (u16, &'e Expr, Option<Arc<[bool]>>);
 
+/// A slot with nothing in `Round::taken`.
+const NOT_TAKEN: usize = usize::MAX;
+
 /// Memo states of a slot's first unmet memberOf constraint.
 const UNMET_UNKNOWN: u16 = u16::MAX;
 const UNMET_NONE: u16 = u16::MAX - 1;
@@ -320,8 +323,8 @@ struct Round<'r, S: Source> {
     any_excluded: bool,
     touched: Bits,
     taken: Vec<Taken>,
-    /// Where each touched slot is in `taken` (sized on first use).
-    taken_at: Vec<u32>,
+    /// Where each touched slot is in `taken` (`NOT_TAKEN` if nowhere; sized on first use).
+    taken_at: Vec<usize>,
     /// Tasks of the request's group per slot (existing plus this batch's), when a
     /// constraint or strategy reads them.
     group: Option<Vec<u32>>,
@@ -457,9 +460,7 @@ impl<'r, S: Source> Round<'r, S> {
     }
 
     fn taken_of(&self, slot: usize) -> Option<&Taken> {
-        self.taken_at
-            .get(slot)
-            .and_then(|&i| self.taken.get(i as usize))
+        self.taken_at.get(slot).and_then(|&i| self.taken.get(i))
     }
 
     fn placed(&self, slot: usize) -> u32 {
@@ -484,20 +485,17 @@ impl<'r, S: Source> Round<'r, S> {
 
     fn taken_entry(&mut self, slot: usize) -> &mut Taken {
         if self.taken_at.is_empty() {
-            self.taken_at = vec![u32::MAX; self.heads.len()];
+            self.taken_at = vec![NOT_TAKEN; self.heads.len()];
         }
-        let at = &mut self.taken_at[slot];
-        if *at == u32::MAX {
-            *at = u32::try_from(self.taken.len()).unwrap_or(u32::MAX - 1);
+        if self.taken_at[slot] == NOT_TAKEN {
+            self.taken_at[slot] = self.taken.len();
             self.taken.push(Taken {
                 cpu: 0,
                 memory: 0,
                 placed: 0,
             });
         }
-        let last = self.taken.len() - 1;
-        let index = (*at as usize).min(last);
-        &mut self.taken[index]
+        &mut self.taken[self.taken_at[slot]]
     }
 
     /// Whether the slot is a candidate at all: an instance record, ACTIVE, connected, and

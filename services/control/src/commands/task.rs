@@ -350,8 +350,8 @@ pub async fn run(
                 // The promise (if any) is kept until the task record is written and the
                 // view shows the instance write that replaces it; it ends with this block.
                 match answer {
-                    // Only the allocation is kept: the shared record is released before
-                    // the next await so that the instance actor can edit it in place.
+                    // The shared record is not kept across the next await, so that the
+                    // instance actor can edit it in place.
                     Ok(OpDone {
                         allocation,
                         version,
