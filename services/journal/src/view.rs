@@ -1,6 +1,7 @@
 //! The in-memory view of the whole Berth state that every `berth-control` replica keeps.
-//! It follows `BERTH_STATE` with an ordered consumer (last record per subject, then live
-//! changes) and indexes clusters, instances, tasks and task definitions so that point
+//! It catches up on `BERTH_STATE` with a consumer of the last record per subject that
+//! pulls thousands of messages at a time, then follows live changes with an ordered
+//! consumer from the last applied sequence, and indexes clusters, instances, tasks and task definitions so that point
 //! reads are O(log n), counters are kept incrementally and paging never sorts a whole
 //! cluster. A record's version is its stream sequence.
 //!
@@ -20,7 +21,8 @@
 use crate::compact::{CompactError, FastMap, Field, Interner};
 use crate::keys::{Sym, Symbols, TaskKey, NO_SYM};
 use crate::{Journal, JournalError, Result, Versioned};
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream;
 use berth_messages::arn;
 use berth_messages::codec;
@@ -56,6 +58,12 @@ const APPLY_BATCH: usize = 512;
 
 /// Batches at least this long (catch-up) are made compact on two threads.
 const PARALLEL_PREPARE: usize = 128;
+
+/// Messages and bytes the catch-up consumer asks for per pull.
+const CATCH_UP_BATCH: usize = 8192;
+const CATCH_UP_BATCH_BYTES: usize = 16 << 20;
+/// The server removes a catch-up consumer left behind (a replica gone mid catch-up).
+const CATCH_UP_INACTIVE: Duration = Duration::from_secs(10);
 
 /// How often the apply loop looks for a reconnection of the client.
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
@@ -1181,25 +1189,79 @@ fn parse_task_definition_key(key: &str, descending: bool) -> (&str, u32) {
     }
 }
 
-async fn ordered_messages(
+/// The view's feed of journal messages: the catch-up consumer or the ordered consumer.
+type Feed = futures::stream::BoxStream<'static, std::result::Result<jetstream::Message, String>>;
+
+/// The consumer for `deliver_policy`: a catch-up consumer when the view is not ready yet
+/// (large pulls: the ordered consumer asks for 500 messages at a time, which bounds a
+/// replay of millions of records by round trips rather than by either process), the
+/// ordered consumer afterwards. Returns the feed, the messages pending at creation and
+/// the name of the catch-up consumer.
+async fn consumer_feed(
     stream: &stream::Stream,
     deliver_policy: DeliverPolicy,
-) -> Result<(pull::Ordered, u64)> {
+    catching_up: bool,
+) -> Result<(Feed, u64, Option<String>)> {
+    if !catching_up {
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subjects::STATE_ALL.to_string(),
+                deliver_policy,
+                max_expires: PULL_EXPIRY,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| JournalError::Consumer(e.to_string()))?;
+        let pending = consumer.cached_info().num_pending;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| JournalError::Consumer(e.to_string()))?;
+        let feed = messages.map(|m| m.map_err(|e| e.to_string())).boxed();
+        return Ok((feed, pending, None));
+    }
+    // Ephemeral, unacknowledged, in memory on one server, like the ordered consumer; gaps
+    // in its delivery sequence (a consumer lost with its server) end the feed, and the
+    // apply loop starts catch-up again (records already applied are skipped by version).
     let consumer = stream
-        .create_consumer(pull::OrderedConfig {
+        .create_consumer(pull::Config {
             filter_subject: subjects::STATE_ALL.to_string(),
             deliver_policy,
+            ack_policy: AckPolicy::None,
+            max_deliver: 1,
             max_expires: PULL_EXPIRY,
+            inactive_threshold: CATCH_UP_INACTIVE,
+            num_replicas: 1,
+            memory_storage: true,
             ..Default::default()
         })
         .await
         .map_err(|e| JournalError::Consumer(e.to_string()))?;
     let pending = consumer.cached_info().num_pending;
+    let name = consumer.cached_info().name.clone();
     let messages = consumer
+        .stream()
+        .max_messages_per_batch(CATCH_UP_BATCH)
+        .max_bytes_per_batch(CATCH_UP_BATCH_BYTES)
+        .expires(PULL_EXPIRY)
+        .heartbeat(PULL_EXPIRY / 2)
         .messages()
         .await
         .map_err(|e| JournalError::Consumer(e.to_string()))?;
-    Ok((messages, pending))
+    let mut delivered = 0u64;
+    let feed = messages.map(move |message| {
+        let message = message.map_err(|e| e.to_string())?;
+        let info = message.info().map_err(|e| e.to_string())?;
+        if info.consumer_sequence != delivered + 1 {
+            return Err(format!(
+                "catch-up consumer skipped from delivery {delivered} to {}",
+                info.consumer_sequence
+            ));
+        }
+        delivered = info.consumer_sequence;
+        Ok(message)
+    });
+    Ok((feed.boxed(), pending, Some(name)))
 }
 
 /// Why the apply loop replaces its consumer.
@@ -1209,6 +1271,8 @@ enum Interruption {
     /// The client reconnected: the server may have lost the ephemeral consumer, and the
     /// ordered consumer would take many seconds to notice.
     Reconnected,
+    /// Catch-up is complete: the ordered consumer takes over after the last applied record.
+    CaughtUp,
 }
 
 /// The consumer to create after an interruption: the rest of the catch-up (records already
@@ -1261,7 +1325,8 @@ async fn apply_loop(
     inner: Arc<Inner>,
     client: async_nats::Client,
     stream: stream::Stream,
-    mut messages: pull::Ordered,
+    mut messages: Feed,
+    mut catch_up_consumer: Option<String>,
     ready_at: u64,
 ) {
     let statistics = client.statistics();
@@ -1308,6 +1373,9 @@ async fn apply_loop(
                     if let Some(interruption) = ended {
                         break interruption;
                     }
+                    if catch_up_consumer.is_some() && inner.progress.borrow().ready {
+                        break Interruption::CaughtUp;
+                    }
                 }
                 _ = check.tick() => {
                     let now = statistics.connects.load(Ordering::Relaxed);
@@ -1323,14 +1391,24 @@ async fn apply_loop(
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        if let Some(name) = catch_up_consumer.take() {
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                if let Err(error) = stream.delete_consumer(&name).await {
+                    tracing::debug!(%error, name, "view could not delete its catch-up consumer; the server drops it when idle");
+                }
+            });
+        }
         loop {
             let policy = resume_policy(&inner);
-            match ordered_messages(&stream, policy).await {
-                Ok((next, pending)) => {
+            let catching_up = !inner.progress.borrow().ready;
+            match consumer_feed(&stream, policy, catching_up).await {
+                Ok((next, pending, catch_up)) => {
                     if pending == 0 {
                         inner.mark_ready();
                     }
                     messages = next;
+                    catch_up_consumer = catch_up;
                     break;
                 }
                 Err(error) => {
@@ -1352,7 +1430,8 @@ impl View {
             .get_stream(streams::STATE)
             .await
             .map_err(|e| JournalError::Consumer(e.to_string()))?;
-        let (messages, pending) = ordered_messages(&stream, DeliverPolicy::LastPerSubject).await?;
+        let (messages, pending, catch_up_consumer) =
+            consumer_feed(&stream, DeliverPolicy::LastPerSubject, true).await?;
         // Every message pending at creation has a sequence at most this one; a message
         // at or past it (or one with nothing pending behind it) completes catch-up.
         let ready_at = if pending == 0 {
@@ -1369,6 +1448,7 @@ impl View {
             journal.client().clone(),
             stream,
             messages,
+            catch_up_consumer,
             ready_at,
         ));
         Ok(View {
