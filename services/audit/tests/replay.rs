@@ -50,7 +50,7 @@ fn task(last: TaskStatus, desired: TaskStatus) -> Task {
 
 async fn outcome(journal: &Journal, command_id: &str, action: &str) {
     journal
-        .record_outcome(&Outcome {
+        .record_outcome(Outcome {
             command_id: command_id.into(),
             action: action.into(),
             cluster: CLUSTER.into(),

@@ -206,7 +206,7 @@ impl Seeder {
             request_digest: None,
         };
         self.journal
-            .record_outcome(&outcome)
+            .record_outcome(outcome)
             .await
             .context("recording the seeding command's outcome")?;
         report.elapsed = started.elapsed();

@@ -287,22 +287,31 @@ impl Journal {
 
     /// The outcome recorded for a command, if any.
     pub async fn read_outcome(&self, command_id: &str) -> Result<Option<Outcome>> {
+        Ok(self
+            .read_outcome_encoded(command_id)
+            .await?
+            .map(|(outcome, _)| outcome))
+    }
+
+    /// A command's outcome with its encoded record, if it has one.
+    pub async fn read_outcome_encoded(&self, command_id: &str) -> Result<Option<(Outcome, Bytes)>> {
         let subject = subjects::outcome(command_id);
         match direct_last(&self.outcomes, &subject).await? {
             None => Ok(None),
             Some((payload, _, _)) => codec::decode_record(&payload)
-                .map(Some)
+                .map(|outcome| Some((outcome, payload)))
                 .map_err(|source| JournalError::Decode { subject, source }),
         }
     }
 
-    /// Records a command's outcome exactly once. If another processor recorded one
-    /// first, that one is returned instead and stays the only outcome.
-    pub async fn record_outcome(&self, outcome: &Outcome) -> Result<Outcome> {
+    /// Records a command's outcome exactly once and returns it with its encoded record. If
+    /// another processor recorded one first, that one is returned instead and stays the
+    /// only outcome.
+    pub async fn record_outcome(&self, outcome: Outcome) -> Result<(Outcome, Bytes)> {
         let subject = subjects::outcome(&outcome.command_id);
-        let payload = codec::encode_record(outcome)?;
+        let payload = Bytes::from(codec::encode_record(&outcome)?);
         let publish = jetstream::message::PublishMessage::build()
-            .payload(payload.into())
+            .payload(payload.clone())
             .expected_last_subject_sequence(0)
             .message_id(format!("outcome-{}", outcome.command_id))
             .header(headers::COMMAND_ID, outcome.command_id.as_str());
@@ -311,9 +320,9 @@ impl Journal {
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => Ok(outcome.clone()),
+            Ok(()) => Ok((outcome, payload)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => self
-                .read_outcome(&outcome.command_id)
+                .read_outcome_encoded(&outcome.command_id)
                 .await?
                 .ok_or_else(|| JournalError::Read {
                     subject,

@@ -59,6 +59,21 @@ impl Replies {
         Ok(replies)
     }
 
+    /// Hands `outcome` to the call waiting on `subject` if that subject is this inbox's;
+    /// false when it belongs to another replica (or client).
+    pub fn deliver_local(&self, subject: &str, outcome: Outcome) -> bool {
+        let Some(token) = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+        else {
+            return false;
+        };
+        if let Some((_, tx)) = self.pending.remove(token) {
+            let _ = tx.send(outcome);
+        }
+        true
+    }
+
     pub fn register(self: &Arc<Self>) -> Waiter {
         let token = crate::ids::fresh_command_id();
         let (tx, rx) = oneshot::channel();

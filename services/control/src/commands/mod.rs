@@ -17,7 +17,7 @@ mod taskdef;
 
 use crate::shared::{ExecError, ExecResult, Metrics, Shared};
 use async_nats::jetstream::{self, consumer::pull, AckKind};
-use berth_messages::codec::{self, Encoding};
+use berth_messages::codec::Encoding;
 use berth_messages::command::{Action, CommandRequest, CommandResponse, Outcome};
 use berth_messages::{headers, streams, subjects, validate, ApiError};
 use futures::StreamExt;
@@ -128,10 +128,10 @@ async fn process(shared: Shared, msg: jetstream::Message) {
     let span = tracing::info_span!("command", command_id = %command_id, action = %action_name, cluster = %scope, delivered);
     async move {
         Metrics::inc(&shared.metrics.commands);
-        match shared.journal.read_outcome(&command_id).await {
-            Ok(Some(existing)) => {
+        match shared.journal.read_outcome_encoded(&command_id).await {
+            Ok(Some((existing, encoded))) => {
                 tracing::debug!("command already has an outcome");
-                publish_reply(&shared, reply_to.as_deref(), &existing).await;
+                publish_reply(&shared, reply_to.as_deref(), existing, encoded).await;
                 ack(&msg).await;
                 return;
             }
@@ -180,9 +180,9 @@ async fn process(shared: Shared, msg: jetstream::Message) {
             journal_sequence: sequence,
             request_digest: request_digest(&msg.payload),
         };
-        match shared.journal.record_outcome(&outcome).await {
-            Ok(recorded) => {
-                publish_reply(&shared, reply_to.as_deref(), &recorded).await;
+        match shared.journal.record_outcome(outcome).await {
+            Ok((recorded, encoded)) => {
+                publish_reply(&shared, reply_to.as_deref(), recorded, encoded).await;
                 ack(&msg).await;
             }
             Err(e) => {
@@ -214,20 +214,27 @@ pub fn request_digest(body: &[u8]) -> Option<String> {
     )
 }
 
-async fn publish_reply(shared: &Shared, reply_to: Option<&str>, outcome: &Outcome) {
+/// Sends an outcome to its reply subject: handed over in memory when the waiting API call
+/// is this replica's own, published otherwise.
+async fn publish_reply(
+    shared: &Shared,
+    reply_to: Option<&str>,
+    outcome: Outcome,
+    encoded: bytes::Bytes,
+) {
     let Some(reply_to) = reply_to else { return };
-    match codec::encode_record(outcome) {
-        Ok(bytes) => {
-            if let Err(e) = shared
-                .journal
-                .client()
-                .publish(reply_to.to_string(), bytes.into())
-                .await
-            {
-                tracing::debug!(error = %e, "cannot publish outcome to its reply subject");
-            }
+    if let Some(replies) = shared.replies.get() {
+        if replies.deliver_local(reply_to, outcome) {
+            return;
         }
-        Err(e) => tracing::error!(error = %e, "cannot encode outcome"),
+    }
+    if let Err(e) = shared
+        .journal
+        .client()
+        .publish(reply_to.to_string(), encoded)
+        .await
+    {
+        tracing::debug!(error = %e, "cannot publish outcome to its reply subject");
     }
 }
 
