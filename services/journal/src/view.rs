@@ -37,7 +37,7 @@ use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -64,6 +64,9 @@ const CATCH_UP_BATCH: usize = 8192;
 const CATCH_UP_BATCH_BYTES: usize = 16 << 20;
 /// The server removes a catch-up consumer left behind (a replica gone mid catch-up).
 const CATCH_UP_INACTIVE: Duration = Duration::from_secs(10);
+
+/// Bound of the instance records offered by this replica's writers and not yet applied.
+const MAX_WRITTEN_INSTANCES: usize = 4096;
 
 /// How often the apply loop looks for a reconnection of the client.
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
@@ -170,6 +173,9 @@ struct Inner {
     families: RwLock<BTreeMap<String, FamilyEntry>>,
     instances_len: AtomicUsize,
     tasks_len: AtomicUsize,
+    /// Instance records this replica wrote, by sequence, until the apply loop reaches
+    /// them: it takes the record instead of decoding the message.
+    written_instances: Mutex<BTreeMap<u64, Arc<Versioned<ContainerInstance>>>>,
 }
 
 /// Everything that lives under one cluster's subjects.
@@ -1018,9 +1024,17 @@ impl Inner {
                 cluster,
                 instance_id,
             } => {
-                if let Some(mut record) = decode::<ContainerInstance>(subject, payload, sequence) {
-                    record.version = Some(sequence);
-                    self.apply_instance(cluster, instance_id, record, sequence);
+                if let Some(record) = self.take_written_instance(sequence) {
+                    self.apply_instance(cluster, instance_id, record);
+                } else if let Some(mut value) =
+                    decode::<ContainerInstance>(subject, payload, sequence)
+                {
+                    value.version = Some(sequence);
+                    let record = Arc::new(Versioned {
+                        value,
+                        version: sequence,
+                    });
+                    self.apply_instance(cluster, instance_id, record);
                 }
             }
             StateKey::Task { .. } => {
@@ -1050,10 +1064,26 @@ impl Inner {
         clusters.insert(cluster.to_string(), Arc::new(Versioned { value, version }));
     }
 
-    fn apply_instance(&self, cluster: &str, id: &str, value: ContainerInstance, version: u64) {
+    /// The record this replica wrote at `sequence`, if it offered it; forgets the ones
+    /// before it (the apply loop has passed them).
+    fn take_written_instance(&self, sequence: u64) -> Option<Arc<Versioned<ContainerInstance>>> {
+        let mut written = self
+            .written_instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if written.is_empty() {
+            return None;
+        }
+        let record = written.remove(&sequence);
+        *written = written.split_off(&sequence);
+        record
+    }
+
+    fn apply_instance(&self, cluster: &str, id: &str, record: Arc<Versioned<ContainerInstance>>) {
+        let version = record.version;
         let scope = self.scope_or_create(cluster);
         let mut data = write(&scope.data);
-        let registered = i64::from(is_registered(value.status));
+        let registered = i64::from(is_registered(record.value.status));
         match data.instances.get(id) {
             Some(old) if old.version >= version => return,
             Some(old) => data.registered -= i64::from(is_registered(old.value.status)),
@@ -1062,7 +1092,6 @@ impl Inner {
             }
         }
         data.registered += registered;
-        let record = Arc::new(Versioned { value, version });
         data.pool.upsert(id, record.clone());
         let old = data.instances.insert(id.to_string(), record.clone());
         data.track_allocations(id, old.as_deref().map(|o| &o.value), &record.value, version);
@@ -1432,6 +1461,7 @@ impl View {
             .map_err(|e| JournalError::Consumer(e.to_string()))?;
         let (messages, pending, catch_up_consumer) =
             consumer_feed(&stream, DeliverPolicy::LastPerSubject, true).await?;
+        tracing::info!(pending, "view catching up with the journal");
         // Every message pending at creation has a sequence at most this one; a message
         // at or past it (or one with nothing pending behind it) completes catch-up.
         let ready_at = if pending == 0 {
@@ -1486,6 +1516,24 @@ impl View {
     /// Stream sequence of the last message applied (or skipped).
     pub fn applied_sequence(&self) -> u64 {
         self.inner.applied()
+    }
+
+    /// Offers an instance record this replica has just written (its `version` the
+    /// sequence the journal acknowledged, its value exactly what was written) so that the
+    /// apply loop takes it instead of decoding the message. Records the view has already
+    /// passed are ignored; the view never holds more than [`MAX_WRITTEN_INSTANCES`].
+    pub fn offer_written_instance(&self, record: &Arc<Versioned<ContainerInstance>>) {
+        if record.version <= self.inner.applied() {
+            return;
+        }
+        let mut written = self
+            .inner
+            .written_instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if written.len() < MAX_WRITTEN_INSTANCES {
+            written.insert(record.version, record.clone());
+        }
     }
 
     pub fn cluster(&self, name: &str) -> Option<Arc<Versioned<Cluster>>> {
@@ -2043,6 +2091,41 @@ mod tests {
             status,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn written_instance_records_are_taken_instead_of_decoded() {
+        let mut feed = Feed::new();
+        let subject = subjects::instance("c", "i-1");
+        feed.put(&subject, &instance("c", "i-1", InstanceStatus::Active));
+        // The writer offers the record it wrote at the next sequence: the view keeps that
+        // very record (the message is not decoded).
+        let mut value = instance("c", "i-1", InstanceStatus::Draining);
+        value.version = Some(feed.seq + 1);
+        let written = Arc::new(Versioned {
+            value: value.clone(),
+            version: feed.seq + 1,
+        });
+        feed.view.offer_written_instance(&written);
+        feed.put(&subject, &instance("c", "i-1", InstanceStatus::Draining));
+        let applied = feed.view.instance("c", "i-1").unwrap();
+        assert!(Arc::ptr_eq(&applied, &written));
+        // Offers the view has passed are ignored, and offers never applied are forgotten
+        // once the apply loop is past them.
+        feed.view.offer_written_instance(&written);
+        let stale = Arc::new(Versioned {
+            value: value.clone(),
+            version: feed.seq + 1,
+        });
+        feed.view.offer_written_instance(&stale);
+        feed.seq += 1; // a message the view never receives
+        let decoded = feed.put(&subject, &instance("c", "i-1", InstanceStatus::Active));
+        let applied = feed.view.instance("c", "i-1").unwrap();
+        assert!(!Arc::ptr_eq(&applied, &stale));
+        assert_eq!(applied.version, decoded);
+        assert_eq!(applied.value.status, InstanceStatus::Active);
+        assert_eq!(applied.value.version, Some(decoded));
+        assert!(feed.view.inner.written_instances.lock().unwrap().is_empty());
     }
 
     fn definition(family: &str, revision: u32, status: TaskDefinitionStatus) -> TaskDefinition {

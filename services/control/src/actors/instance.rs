@@ -208,8 +208,8 @@ async fn commit(
             }
         }
         let expected = record.as_ref().map_or(0, |r| r.version);
-        // The actor is usually the record's only holder (the view keeps its own copy, and
-        // RunTask drops its share before its next await): then it is edited in place.
+        // Shared with the view once written (the view applies the record the actor wrote
+        // instead of decoding it): edited in place only when the actor is its only holder.
         let mut next = record
             .take()
             .map(|r| Arc::try_unwrap(r).map_or_else(|shared| shared.value.clone(), |r| r.value));
@@ -251,10 +251,12 @@ async fn commit(
             .await
         {
             Ok(version) => {
+                next.version = Some(version);
                 let written = Arc::new(Versioned {
                     value: next,
                     version,
                 });
+                shared.view.offer_written_instance(&written);
                 respond(batch, results, Some(&written));
                 return Some(written);
             }
