@@ -131,13 +131,17 @@ impl Shared {
     }
 }
 
-/// Connects to NATS with Berth's client settings.
+/// Connects to NATS with Berth's client settings, on a cluster to the server that leads
+/// the state stream (where the agent's task consumer lives).
 async fn connect(config: &AgentConfig) -> Result<async_nats::Client, AgentError> {
-    berth_journal::connect(&berth_journal::JournalConfig {
-        servers: config.nats.clone(),
-        name: "berth-agent".into(),
-        ..Default::default()
-    })
+    berth_journal::connect_near(
+        &berth_journal::JournalConfig {
+            servers: config.nats.clone(),
+            name: "berth-agent".into(),
+            ..Default::default()
+        },
+        berth_messages::streams::STATE,
+    )
     .await
     .map_err(|e| AgentError::Connect(e.to_string()))
 }

@@ -42,9 +42,12 @@ fn subject(n: usize) -> String {
     format!("{SUBJECT_PREFIX}.{n}")
 }
 
-/// Measures both figures on `client`'s server(s).
+/// Measures both figures on `client`'s server(s); on a cluster, from a connection to the
+/// server that leads the ceiling stream, as Berth's own processes connect to the one that
+/// leads the state stream (`urls`: the servers).
 pub async fn measure(
     client: &async_nats::Client,
+    urls: &[String],
     replicas: usize,
     pipelined_writes: usize,
     serial_writes: usize,
@@ -77,7 +80,34 @@ pub async fn measure(
         }
     }
     created.context("cannot create the ceiling stream")?;
-    let result = run(&js, pipelined_writes, serial_writes).await;
+    // A new replicated stream may still be electing its leader.
+    for _ in 0..40 {
+        let mut stream = js.get_stream(STREAM).await?;
+        let info = stream.info().await?;
+        if replicas < 2 || info.cluster.as_ref().is_some_and(|c| c.leader.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let near = match berth_journal::leader_first(client, urls, STREAM).await {
+        Some(addrs) => Some(
+            async_nats::ConnectOptions::new()
+                .name("berth-bench-ceiling")
+                .retain_servers_order()
+                .connect(addrs)
+                .await
+                .context("connecting to the ceiling stream's leader")?,
+        ),
+        None => None,
+    };
+    let writer = match &near {
+        Some(near) => jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .max_ack_inflight(WINDOW + 1)
+            .build(near.clone()),
+        None => js.clone(),
+    };
+    let result = run(&writer, pipelined_writes, serial_writes).await;
     if let Err(e) = js.delete_stream(STREAM).await {
         tracing::warn!(error = %e, "cannot delete the ceiling stream");
     }

@@ -287,6 +287,18 @@ impl Env {
         })
     }
 
+    /// The journal ceiling on this setup's server(s), with its streams' replicas.
+    async fn measure_ceiling(&self, sizes: &Sizes) -> anyhow::Result<ceiling::Ceiling> {
+        ceiling::measure(
+            &self.client,
+            &self.urls,
+            self.replicas,
+            sizes.ceiling_writes,
+            sizes.serial_writes,
+        )
+        .await
+    }
+
     /// Starts a replica and waits until it serves the API.
     async fn start_control(&mut self) -> anyhow::Result<()> {
         self.controls_started += 1;
@@ -565,8 +577,7 @@ async fn measure_single_node(
     bins: &Bins,
 ) -> anyhow::Result<()> {
     tracing::info!("R1: journal ceiling");
-    phase.ceiling =
-        Some(ceiling::measure(&env.client, 1, sizes.ceiling_writes, sizes.serial_writes).await?);
+    phase.ceiling = Some(env.measure_ceiling(sizes).await?);
     env.start_control().await?;
     for cluster in [READS, PLACE, PLACE_SMALL, PLACE_BINPACK, PROC] {
         env.create_cluster(cluster).await?;
@@ -835,8 +846,7 @@ async fn measure_three_nodes(
     sizes: &Sizes,
 ) -> anyhow::Result<()> {
     tracing::info!("R3: journal ceiling");
-    phase.ceiling =
-        Some(ceiling::measure(&env.client, 3, sizes.ceiling_writes, sizes.serial_writes).await?);
+    phase.ceiling = Some(env.measure_ceiling(sizes).await?);
     env.start_control().await?;
     for cluster in [READS, PLACE, PLACE_BINPACK] {
         env.create_cluster(cluster).await?;

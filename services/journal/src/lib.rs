@@ -118,28 +118,112 @@ pub fn stream_config(spec: &StreamSpec) -> stream::Config {
 
 /// Connects to NATS with Berth's client settings.
 pub async fn connect(config: &JournalConfig) -> Result<async_nats::Client> {
-    let addrs = config
-        .servers
+    connect_to(config, server_addrs(&config.servers)?, false).await
+}
+
+fn server_addrs(servers: &[String]) -> Result<Vec<async_nats::ServerAddr>> {
+    servers
         .iter()
         .map(|s| s.parse::<async_nats::ServerAddr>())
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| JournalError::Connect(e.to_string()))?;
-    async_nats::ConnectOptions::new()
+        .map_err(|e| JournalError::Connect(e.to_string()))
+}
+
+async fn connect_to(
+    config: &JournalConfig,
+    addrs: Vec<async_nats::ServerAddr>,
+    keep_order: bool,
+) -> Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
         .name(&config.name)
         .request_timeout(Some(config.request_timeout))
         .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
+        .connection_timeout(Duration::from_secs(5));
+    if keep_order {
+        options = options.retain_servers_order();
+    }
+    options
         .connect(addrs)
         .await
         .map_err(|e| JournalError::Connect(e.to_string()))
 }
 
+/// [`connect`], then, on a cluster where `stream` exists, to the server that leads it
+/// (see [`leader_first`]); stays on the first connection if that fails.
+pub async fn connect_near(config: &JournalConfig, stream: &str) -> Result<async_nats::Client> {
+    let client = connect(config).await?;
+    let Some(addrs) = leader_first(&client, &config.servers, stream).await else {
+        return Ok(client);
+    };
+    match connect_to(config, addrs, true).await {
+        Ok(near) => Ok(near),
+        Err(error) => {
+            tracing::warn!(%error, stream, "cannot connect to the stream's leader; staying where connected");
+            Ok(client)
+        }
+    }
+}
+
+/// With several servers configured (a cluster), the configured servers with the one that
+/// leads `stream` first: that server stores the stream's writes first and serves its
+/// single-replica consumers, so a client connected elsewhere pays a route hop each way
+/// for every write, acknowledgement and delivery. `None` when the client is already
+/// there, or the stream, its leader or the leader's address is unknown.
+pub async fn leader_first(
+    client: &async_nats::Client,
+    servers: &[String],
+    stream: &str,
+) -> Option<Vec<async_nats::ServerAddr>> {
+    if servers.len() < 2 {
+        return None;
+    }
+    let mut handle = jetstream::new(client.clone())
+        .get_stream(stream)
+        .await
+        .ok()?;
+    let leader = handle.info().await.ok()?.cluster.as_ref()?.leader.clone()?;
+    if client.server_info().server_name == leader {
+        return None;
+    }
+    let mut addrs = server_addrs(servers).ok()?;
+    for i in 0..addrs.len() {
+        let probe = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(addrs[i].clone())
+            .await;
+        if probe.is_ok_and(|probe| probe.server_info().server_name == leader) {
+            addrs.swap(0, i);
+            return Some(addrs);
+        }
+    }
+    None
+}
+
 impl Journal {
     /// Connects and provisions the streams (idempotent: existing streams are updated to
     /// the contract's settings).
+    /// On a cluster the journal's client connects to the server that leads
+    /// `BERTH_STATE` once the streams exist (see [`leader_first`]).
     pub async fn open(config: &JournalConfig) -> Result<Self> {
         let client = connect(config).await?;
-        Self::with_client(client, config).await
+        let journal = Self::with_client(client, config).await?;
+        let Some(addrs) = leader_first(journal.client(), &config.servers, streams::STATE).await
+        else {
+            return Ok(journal);
+        };
+        match connect_to(config, addrs, true).await {
+            Ok(client) => {
+                tracing::info!(
+                    server = %client.server_info().server_name,
+                    "connected to the server that leads the state stream"
+                );
+                Self::with_client(client, config).await
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot connect to the state stream's leader; staying where connected");
+                Ok(journal)
+            }
+        }
     }
 
     /// Provisions the streams on an existing connection and returns a handle.

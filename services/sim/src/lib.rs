@@ -131,14 +131,26 @@ pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         None => Vec::new(),
     };
     let servers = config.nats.join(",");
-    let client = async_nats::ConnectOptions::new()
+    let connect_error = |e: async_nats::ConnectError| SimError::Connect {
+        servers: servers.clone(),
+        reason: e.to_string(),
+    };
+    let mut client = async_nats::ConnectOptions::new()
         .name("berth-sim")
         .connect(config.nats.clone())
         .await
-        .map_err(|e| SimError::Connect {
-            servers: servers.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(connect_error)?;
+    // Like an agent: on a cluster, connected to the server that leads the state stream.
+    if let Some(addrs) =
+        berth_journal::leader_first(&client, &config.nats, berth_messages::streams::STATE).await
+    {
+        client = async_nats::ConnectOptions::new()
+            .name("berth-sim")
+            .retain_servers_order()
+            .connect(addrs)
+            .await
+            .map_err(connect_error)?;
+    }
 
     let fleet = Arc::new(fleet::Fleet::new(&config.cluster, config.instances));
     let mut tasks = JoinSet::new();

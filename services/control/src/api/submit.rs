@@ -4,11 +4,16 @@
 
 use super::Reply;
 use crate::shared::Shared;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::HeaderMap;
 use berth_messages::codec::Encoding;
 use berth_messages::command::{Action, CommandRequest, Outcome};
 use berth_messages::{headers, subjects, ApiError, ErrorType};
 use std::time::{Duration, Instant};
+
+/// Publishes of a command refused for want of a stream, and the pause between them.
+const STREAM_ATTEMPTS: u32 = 20;
+const STREAM_RETRY: Duration = Duration::from_millis(100);
 
 pub async fn submit(
     shared: &Shared,
@@ -95,14 +100,34 @@ async fn publish_and_wait(
     h.insert(headers::MSG_ID, command_id);
     h.insert(headers::REPLY_TO, waiter.subject.as_str());
     h.insert(headers::CONTENT_TYPE, headers::MSGPACK);
-    let ack = shared
-        .journal
-        .jetstream()
-        .publish_with_headers(subjects::command(scope, action.as_str()), h, payload.into())
-        .await
-        .map_err(|e| ApiError::server(format!("cannot publish command: {e}")))?
-        .await
-        .map_err(|e| ApiError::server(format!("command not accepted by the stream: {e}")))?;
+    let subject = subjects::command(scope, action.as_str());
+    let payload = bytes::Bytes::from(payload);
+    let mut attempt = 1;
+    let ack = loop {
+        let published = match shared
+            .journal
+            .jetstream()
+            .publish_with_headers(subject.clone(), h.clone(), payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => return Err(ApiError::server(format!("cannot publish command: {e}"))),
+        };
+        match published {
+            Ok(ack) => break ack,
+            // Right after the streams are created on a cluster, a server may not know yet
+            // that the command stream listens on the subject (the same id is deduplicated).
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound && attempt < STREAM_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(STREAM_RETRY).await;
+            }
+            Err(e) => {
+                return Err(ApiError::server(format!(
+                    "command not accepted by the stream: {e}"
+                )))
+            }
+        }
+    };
     let deadline = Instant::now() + shared.config.api_timeout();
     let poll = if ack.duplicate {
         Duration::from_millis(50)
