@@ -52,10 +52,13 @@ pub async fn measure(
     pipelined_writes: usize,
     serial_writes: usize,
 ) -> anyhow::Result<Ceiling> {
-    let js = jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .max_ack_inflight(WINDOW + 1)
-        .build(client.clone());
+    let context = |client: &async_nats::Client| {
+        jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .max_ack_inflight(WINDOW + 1)
+            .build(client.clone())
+    };
+    let js = context(client);
     let options = StreamOptions {
         replicas,
         ..StreamOptions::default()
@@ -100,13 +103,7 @@ pub async fn measure(
         ),
         None => None,
     };
-    let writer = match &near {
-        Some(near) => jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .max_ack_inflight(WINDOW + 1)
-            .build(near.clone()),
-        None => js.clone(),
-    };
+    let writer = near.as_ref().map_or_else(|| js.clone(), context);
     let result = run(&writer, pipelined_writes, serial_writes).await;
     if let Err(e) = js.delete_stream(STREAM).await {
         tracing::warn!(error = %e, "cannot delete the ceiling stream");

@@ -152,14 +152,26 @@ async fn connect_to(
 /// (see [`leader_first`]); stays on the first connection if that fails.
 pub async fn connect_near(config: &JournalConfig, stream: &str) -> Result<async_nats::Client> {
     let client = connect(config).await?;
-    let Some(addrs) = leader_first(&client, &config.servers, stream).await else {
-        return Ok(client);
-    };
+    Ok(near_leader(config, &client, stream).await.unwrap_or(client))
+}
+
+/// A new connection with the server that leads `stream` first, when [`leader_first`]
+/// finds one other than `client`'s and it can be reached.
+async fn near_leader(
+    config: &JournalConfig,
+    client: &async_nats::Client,
+    stream: &str,
+) -> Option<async_nats::Client> {
+    let addrs = leader_first(client, &config.servers, stream).await?;
+    let leader = format!("{}:{}", addrs[0].host(), addrs[0].port());
     match connect_to(config, addrs, true).await {
-        Ok(near) => Ok(near),
+        Ok(near) => {
+            tracing::info!(stream, server = %leader, "connected to the server that leads the stream");
+            Some(near)
+        }
         Err(error) => {
             tracing::warn!(%error, stream, "cannot connect to the stream's leader; staying where connected");
-            Ok(client)
+            None
         }
     }
 }
@@ -201,28 +213,13 @@ pub async fn leader_first(
 
 impl Journal {
     /// Connects and provisions the streams (idempotent: existing streams are updated to
-    /// the contract's settings).
-    /// On a cluster the journal's client connects to the server that leads
-    /// `BERTH_STATE` once the streams exist (see [`leader_first`]).
+    /// the contract's settings). On a cluster the journal's client then connects to the
+    /// server that leads `BERTH_STATE` (see [`leader_first`]).
     pub async fn open(config: &JournalConfig) -> Result<Self> {
-        let client = connect(config).await?;
-        let journal = Self::with_client(client, config).await?;
-        let Some(addrs) = leader_first(journal.client(), &config.servers, streams::STATE).await
-        else {
-            return Ok(journal);
-        };
-        match connect_to(config, addrs, true).await {
-            Ok(client) => {
-                tracing::info!(
-                    server = %client.server_info().server_name,
-                    "connected to the server that leads the state stream"
-                );
-                Self::with_client(client, config).await
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot connect to the state stream's leader; staying where connected");
-                Ok(journal)
-            }
+        let journal = Self::with_client(connect(config).await?, config).await?;
+        match near_leader(config, journal.client(), streams::STATE).await {
+            Some(client) => Self::with_client(client, config).await,
+            None => Ok(journal),
         }
     }
 

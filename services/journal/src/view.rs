@@ -1,9 +1,9 @@
 //! The in-memory view of the whole Berth state that every `berth-control` replica keeps.
 //! It catches up on `BERTH_STATE` with a consumer of the last record per subject that
 //! pulls thousands of messages at a time, then follows live changes with an ordered
-//! consumer from the last applied sequence, and indexes clusters, instances, tasks and task definitions so that point
-//! reads are O(log n), counters are kept incrementally and paging never sorts a whole
-//! cluster. A record's version is its stream sequence.
+//! consumer from the last applied sequence, and indexes clusters, instances, tasks and
+//! task definitions so that point reads are O(log n), counters are kept incrementally and
+//! paging never sorts a whole cluster. A record's version is its stream sequence.
 //!
 //! One task applies records, in batches of whatever the consumer has ready; readers take
 //! short read locks and get cloned `Arc`s back. Long scans (filtered task and
@@ -1074,9 +1074,13 @@ impl Inner {
         if written.is_empty() {
             return None;
         }
-        let record = written.remove(&sequence);
-        *written = written.split_off(&sequence);
-        record
+        while let Some(entry) = written.first_entry() {
+            if *entry.key() >= sequence {
+                break;
+            }
+            entry.remove();
+        }
+        written.remove(&sequence)
     }
 
     fn apply_instance(&self, cluster: &str, id: &str, record: Arc<Versioned<ContainerInstance>>) {

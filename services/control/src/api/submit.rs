@@ -96,10 +96,13 @@ async fn publish_and_wait(
         .await
         .map_err(|e| ApiError::server(format!("cannot subscribe to the reply inbox: {e}")))?;
     let mut waiter = replies.register();
-    let mut h = HeaderMap::new();
-    h.insert(headers::MSG_ID, command_id);
-    h.insert(headers::REPLY_TO, waiter.subject.as_str());
-    h.insert(headers::CONTENT_TYPE, headers::MSGPACK);
+    let command_headers = || {
+        let mut h = HeaderMap::new();
+        h.insert(headers::MSG_ID, command_id);
+        h.insert(headers::REPLY_TO, waiter.subject.as_str());
+        h.insert(headers::CONTENT_TYPE, headers::MSGPACK);
+        h
+    };
     let subject = subjects::command(scope, action.as_str());
     let payload = bytes::Bytes::from(payload);
     let mut attempt = 1;
@@ -107,7 +110,7 @@ async fn publish_and_wait(
         let published = match shared
             .journal
             .jetstream()
-            .publish_with_headers(subject.clone(), h.clone(), payload.clone())
+            .publish_with_headers(subject.clone(), command_headers(), payload.clone())
             .await
         {
             Ok(ack) => ack.await,
