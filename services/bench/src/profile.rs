@@ -36,9 +36,16 @@ pub fn start(pid: u32, output: &Path) -> Option<Recording> {
     let mut command = Command::new("perf");
     command.args(["record", "-F", FREQUENCY, "-p", &pid.to_string()]);
     // Call graphs for a closer look (`perf report -i <file>`); off by default: they cost
-    // the profiled process noticeably.
-    if std::env::var_os("BERTH_BENCH_CALL_GRAPH").is_some() {
-        command.args(["--call-graph", "dwarf,8192"]);
+    // the profiled process noticeably. `fp` walks frame pointers (for a build with
+    // `-C force-frame-pointers=yes`), anything else unwinds with DWARF.
+    match std::env::var("BERTH_BENCH_CALL_GRAPH").as_deref() {
+        Ok("fp") => {
+            command.args(["--call-graph", "fp"]);
+        }
+        Ok(_) => {
+            command.args(["--call-graph", "dwarf,8192"]);
+        }
+        Err(_) => {}
     }
     let child = command
         .arg("-o")

@@ -113,8 +113,9 @@ fn bench(c: &mut Criterion) {
         parse("attribute:ecs.instance-type in [m5.large, m5.xlarge] and agentVersion >= 1.70.0")
             .expect("benchmark expression parses"),
     )];
-    let cases: [(&str, &[Constraint], &[Strategy], usize); 5] = [
+    let cases: [(&str, &[Constraint], &[Strategy], usize); 6] = [
         ("binpack(memory), 1 task", &[], &binpack, 1),
+        ("binpack(memory), batch of 10 tasks", &[], &binpack, 10),
         (
             "spread(attribute:ecs.availability-zone), 1 task",
             &[],

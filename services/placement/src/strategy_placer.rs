@@ -30,7 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::borrow::Cow;
 use std::cmp::{Ordering, Reverse};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// One placement decision's input besides the candidates.
@@ -52,12 +52,18 @@ pub struct PlacementRequest<'a> {
 /// seeded, it is deterministic.
 pub struct StrategyPlacer {
     rng: StdRng,
+    /// Scan every instance for every task of a batch (the reference the incremental path
+    /// is checked against).
+    rescan_every_decision: bool,
 }
 
 impl StrategyPlacer {
     pub fn new() -> Self {
         Self {
-            rng: StdRng::from_entropy(),
+            // Seeded from the thread's generator: no system call per placer (one per
+            // RunTask).
+            rng: StdRng::from_rng(rand::thread_rng()).unwrap_or_else(|_| StdRng::from_entropy()),
+            rescan_every_decision: false,
         }
     }
 
@@ -65,6 +71,7 @@ impl StrategyPlacer {
     pub fn with_seed(seed: u64) -> Self {
         Self {
             rng: StdRng::seed_from_u64(seed),
+            rescan_every_decision: false,
         }
     }
 
@@ -123,6 +130,7 @@ impl StrategyPlacer {
             return vec![Err(PlacementFailure::no_instances()); request.count];
         }
         let mut round = Round::new(source, present, request, excluded);
+        round.incremental &= !self.rescan_every_decision;
         round.reserve(reserved);
         let mut results: Vec<Result<Placement, PlacementFailure>> =
             Vec::with_capacity(request.count);
@@ -261,7 +269,7 @@ enum Score {
 }
 
 /// What the batch took from one slot so far.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Taken {
     cpu: i64,
     memory: i64,
@@ -285,9 +293,6 @@ enum Lack {
 /// A memberOf constraint: its index among the constraints, the expression, and the
 /// pool's cached verdict per slot when the expression does not read tasks.
 type MemberOf<'e> = (u16, &'e Expr, Option<Arc<[bool]>>);
-
-/// A slot with nothing in `Round::taken`.
-const NOT_TAKEN: usize = usize::MAX;
 
 /// Memo states of a slot's first unmet memberOf constraint.
 const UNMET_UNKNOWN: u16 = u16::MAX;
@@ -322,9 +327,9 @@ struct Round<'r, S: Source> {
     excluded: Bits,
     any_excluded: bool,
     touched: Bits,
-    taken: Vec<Taken>,
-    /// Where each touched slot is in `taken` (`NOT_TAKEN` if nowhere; sized on first use).
-    taken_at: Vec<usize>,
+    /// What this batch and the reservations took, by touched slot (a handful of slots: a
+    /// map, not a vector as long as the pool, which would cost a fresh allocation per call).
+    taken: HashMap<usize, Taken>,
     /// Tasks of the request's group per slot (existing plus this batch's), when a
     /// constraint or strategy reads them.
     group: Option<Vec<u32>>,
@@ -349,6 +354,14 @@ struct Round<'r, S: Source> {
     /// Where the batch's scan started.
     start: usize,
     k: usize,
+    /// Whether a decision may start from the previous one's ties (with strategies whose
+    /// scores are per instance: a placement changes only its own instance's key).
+    incremental: bool,
+    /// The best key of the last full scan and the slots tied for it that no placement of
+    /// this batch has touched since, in slot order.
+    base: Option<(Key, Vec<usize>)>,
+    /// Slots this batch placed on since the last full scan, in slot order.
+    changed: Vec<usize>,
 }
 
 impl<'r, S: Source> Round<'r, S> {
@@ -425,8 +438,7 @@ impl<'r, S: Source> Round<'r, S> {
             excluded,
             any_excluded: !excluded_slots.is_empty(),
             touched: Bits::new(n),
-            taken: Vec::new(),
-            taken_at: Vec::new(),
+            taken: HashMap::new(),
             group,
             promised: BTreeMap::new(),
             unmet: if member_of.is_empty() {
@@ -444,6 +456,13 @@ impl<'r, S: Source> Round<'r, S> {
             shortlist: None,
             start: 0,
             k,
+            incremental: !request.strategies.is_empty()
+                && !request
+                    .strategies
+                    .iter()
+                    .any(|s| matches!(s, Strategy::Spread(SpreadField::Attribute(_)))),
+            base: None,
+            changed: Vec::new(),
         }
     }
 
@@ -460,7 +479,7 @@ impl<'r, S: Source> Round<'r, S> {
     }
 
     fn taken_of(&self, slot: usize) -> Option<&Taken> {
-        self.taken_at.get(slot).and_then(|&i| self.taken.get(i))
+        self.taken.get(&slot)
     }
 
     fn placed(&self, slot: usize) -> u32 {
@@ -484,18 +503,7 @@ impl<'r, S: Source> Round<'r, S> {
     }
 
     fn taken_entry(&mut self, slot: usize) -> &mut Taken {
-        if self.taken_at.is_empty() {
-            self.taken_at = vec![NOT_TAKEN; self.heads.len()];
-        }
-        if self.taken_at[slot] == NOT_TAKEN {
-            self.taken_at[slot] = self.taken.len();
-            self.taken.push(Taken {
-                cpu: 0,
-                memory: 0,
-                placed: 0,
-            });
-        }
-        &mut self.taken[self.taken_at[slot]]
+        self.taken.entry(slot).or_default()
     }
 
     /// Whether the slot is a candidate at all: an instance record, ACTIVE, connected, and
@@ -626,12 +634,11 @@ impl<'r, S: Source> Round<'r, S> {
         } else {
             // Every candidate tied for the best key is kept; one is drawn below.
             let mut best_key: Option<Key> = None;
-            match self.scores.first() {
+            match self.scores.first().copied() {
                 Some(Score::SpreadAttribute(b)) => {
                     // The first score is the bucket's: only the least loaded buckets with a
                     // fitting instance can win, so they are visited in that order and the
                     // first level with a candidate ends the search.
-                    let b = *b;
                     let column = self.buckets[b].column.clone();
                     let mut order: Vec<usize> = (0..column.buckets).collect();
                     order.sort_by_key(|bucket| self.buckets[b].tasks[*bucket]);
@@ -646,9 +653,14 @@ impl<'r, S: Source> Round<'r, S> {
                         }
                     }
                 }
+                _ if self.incremental && self.ties_since_last_scan((cpu, memory), needs_ports) => {}
                 _ => {
                     for slot in 0..n {
                         self.consider(slot, (cpu, memory), needs_ports, &mut best_key, 0);
+                    }
+                    if self.incremental {
+                        self.base = best_key.map(|key| (key, self.ties.clone()));
+                        self.changed.clear();
                     }
                 }
             }
@@ -684,11 +696,69 @@ impl<'r, S: Source> Round<'r, S> {
                 }
             };
             self.take(slot, &allocation);
+            if self.incremental {
+                if let Some((_, base)) = &mut self.base {
+                    if let Ok(at) = base.binary_search(&slot) {
+                        base.remove(at);
+                    }
+                }
+                if let Err(at) = self.changed.binary_search(&slot) {
+                    self.changed.insert(at, slot);
+                }
+            }
             return Ok(Placement {
                 instance_index: slot,
                 allocation,
             });
         }
+    }
+
+    /// The ties of a later decision of the batch without a scan: an untouched instance
+    /// keeps its key, so the best are among the last scan's ties and the instances placed
+    /// on since; both are in slot order, so the ties come out exactly as a scan finds them.
+    /// Every untouched instance outside the last scan's ties has a worse key than they had,
+    /// so they are needed only once those ties are all placed on and no instance placed on
+    /// since is as good: then (or with no previous scan) this returns false and the caller
+    /// scans.
+    fn ties_since_last_scan(&mut self, need: (i64, i64), needs_ports: bool) -> bool {
+        let Some((base_key, base)) = self.base.take() else {
+            return false;
+        };
+        let mut best_key: Option<Key> = None;
+        let changed = std::mem::take(&mut self.changed);
+        for &slot in &changed {
+            self.consider(slot, need, needs_ports, &mut best_key, 0);
+        }
+        self.changed = changed;
+        match best_key.map(|key| key.cmp(&base_key)) {
+            Some(Ordering::Less) => {}
+            Some(Ordering::Equal) => {
+                let placed_on = std::mem::take(&mut self.ties);
+                self.ties.reserve(base.len() + placed_on.len());
+                let (mut a, mut b) = (base.iter().peekable(), placed_on.iter().peekable());
+                while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
+                    if x < y {
+                        self.ties.push(x);
+                        a.next();
+                    } else {
+                        self.ties.push(y);
+                        b.next();
+                    }
+                }
+                self.ties.extend(a);
+                self.ties.extend(b);
+            }
+            _ if base.is_empty() => {
+                self.ties.clear();
+                return false;
+            }
+            _ => {
+                self.ties.clear();
+                self.ties.extend_from_slice(&base);
+            }
+        }
+        self.base = Some((base_key, base));
+        true
     }
 
     /// Adds `slot` to the ties if it fits and its key is at least as good as the best so
@@ -1762,6 +1832,52 @@ mod tests {
                     pool.add_running(&id(n), 1);
                 }
             }
+        }
+    }
+
+    proptest! {
+        /// Later decisions of a batch that start from the previous ties decide exactly like
+        /// a scan of every instance per task, reservations and exclusions included.
+        #[test]
+        fn incremental_decisions_match_full_scans(
+            instances in proptest::collection::vec(arb_instance(), 1..12),
+            copies in 1usize..4,
+            demand in arb_demand(),
+            constraints in proptest::collection::vec(arb_constraint(), 0..3),
+            strategies in proptest::collection::vec(arb_strategy(), 1..4),
+            count in 1usize..12,
+            excluded in proptest::collection::vec(any::<prop::sample::Index>(), 0..2),
+            reserved in proptest::collection::vec((any::<prop::sample::Index>(), 0i64..600, 0i64..600), 0..4),
+            seed in any::<u64>(),
+        ) {
+            // Copies of each instance make ties that a batch wears down.
+            let mut pool = InstancePool::new();
+            let mut n = 0;
+            for (instance, web, _) in &instances {
+                for _ in 0..copies {
+                    let mut i = instance.clone();
+                    i.container_instance_arn = format!("arn:aws:ecs:r:a:container-instance/c/{n}");
+                    pool.add_group_tasks(&format!("i{n}"), "web", i64::from(*web));
+                    pool.upsert(&format!("i{n}"), Arc::new(i));
+                    n += 1;
+                }
+            }
+            let excluded: Vec<usize> = excluded.iter().map(|x| x.index(n)).collect();
+            let reserved: Vec<(usize, i64, i64)> =
+                reserved.iter().map(|(x, cpu, memory)| (x.index(n), *cpu, *memory)).collect();
+            let request = PlacementRequest {
+                demand: &demand,
+                count,
+                group: "web",
+                constraints: &constraints,
+                strategies: &strategies,
+            };
+            let incremental = StrategyPlacer::with_seed(seed)
+                .place_in_pool_reserving(&pool, &request, &excluded, &reserved);
+            let mut rescanning = StrategyPlacer::with_seed(seed);
+            rescanning.rescan_every_decision = true;
+            let scanned = rescanning.place_in_pool_reserving(&pool, &request, &excluded, &reserved);
+            prop_assert_eq!(incremental, scanned);
         }
     }
 

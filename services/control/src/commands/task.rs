@@ -128,8 +128,8 @@ impl Launch {
     }
 }
 
-fn presented(t: &TaskDone) -> Task {
-    let mut task = t.task.value.clone();
+fn presented(t: TaskDone) -> Task {
+    let mut task = t.task.value;
     task.version = Some(t.task.version);
     task
 }
@@ -417,7 +417,7 @@ pub async fn run(
     let sequence = tasks.iter().map(|t| t.task.version).max().unwrap_or(0);
     Ok((
         CommandResponse::Tasks(TasksResponse {
-            tasks: tasks.iter().map(presented).collect(),
+            tasks: tasks.into_iter().map(presented).collect(),
             failures,
         }),
         sequence,
@@ -503,7 +503,7 @@ pub async fn start(
     let sequence = tasks.iter().map(|t| t.task.version).max().unwrap_or(0);
     Ok((
         CommandResponse::Tasks(TasksResponse {
-            tasks: tasks.iter().map(presented).collect(),
+            tasks: tasks.into_iter().map(presented).collect(),
             failures,
         }),
         sequence,
@@ -564,11 +564,12 @@ pub async fn stop(
         TaskOpKind::Update(change),
     )
     .await?;
+    let sequence = done.task.version;
     Ok((
         CommandResponse::Task(TaskResponse {
-            task: presented(&done),
+            task: presented(done),
         }),
-        done.task.version,
+        sequence,
     ))
 }
 
