@@ -1835,6 +1835,22 @@ mod tests {
         }
     }
 
+    /// A request for the group the property tests count ("web").
+    fn web_request<'a>(
+        demand: &'a Demand,
+        count: usize,
+        constraints: &'a [Constraint],
+        strategies: &'a [Strategy],
+    ) -> PlacementRequest<'a> {
+        PlacementRequest {
+            demand,
+            count,
+            group: "web",
+            constraints,
+            strategies,
+        }
+    }
+
     proptest! {
         /// Later decisions of a batch that start from the previous ties decide exactly like
         /// a scan of every instance per task, reservations and exclusions included.
@@ -1865,13 +1881,7 @@ mod tests {
             let excluded: Vec<usize> = excluded.iter().map(|x| x.index(n)).collect();
             let reserved: Vec<(usize, i64, i64)> =
                 reserved.iter().map(|(x, cpu, memory)| (x.index(n), *cpu, *memory)).collect();
-            let request = PlacementRequest {
-                demand: &demand,
-                count,
-                group: "web",
-                constraints: &constraints,
-                strategies: &strategies,
-            };
+            let request = web_request(&demand, count, &constraints, &strategies);
             let incremental = StrategyPlacer::with_seed(seed)
                 .place_in_pool_reserving(&pool, &request, &excluded, &reserved);
             let mut rescanning = StrategyPlacer::with_seed(seed);
@@ -1896,13 +1906,7 @@ mod tests {
                 pool.instances[n].container_instance_arn = format!("arn:aws:ecs:r:a:container-instance/c/{n}");
                 pool = pool.with_group(n, "web", *web).with_group(n, "db", *db);
             }
-            let request = PlacementRequest {
-                demand: &demand,
-                count,
-                group: "web",
-                constraints: &constraints,
-                strategies: &strategies,
-            };
+            let request = web_request(&demand, count, &constraints, &strategies);
             let results = pool.place(&mut StrategyPlacer::with_seed(seed), &request);
             prop_assert_eq!(results.len(), count);
             let n = pool.instances.len();
