@@ -18,35 +18,47 @@ impl Default for ArnScope {
 }
 
 impl ArnScope {
-    fn prefix(&self) -> String {
-        format!("arn:aws:ecs:{}:{}", self.region, self.account)
+    /// `arn:aws:ecs:<region>:<account>:<kind>/<parts joined by '/'>`, built in one
+    /// allocation (task and container ARNs are minted for every task placed).
+    fn resource(&self, kind: &str, parts: &[&str]) -> String {
+        let len = "arn:aws:ecs:::/".len()
+            + self.region.len()
+            + self.account.len()
+            + kind.len()
+            + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+        let mut arn = String::with_capacity(len);
+        for piece in ["arn:aws:ecs:", &self.region, ":", &self.account, ":", kind] {
+            arn.push_str(piece);
+        }
+        for part in parts {
+            arn.push('/');
+            arn.push_str(part);
+        }
+        arn
     }
     /// `arn:aws:ecs:<region>:<account>:cluster/<name>`
     pub fn cluster(&self, name: &str) -> String {
-        format!("{}:cluster/{name}", self.prefix())
+        self.resource("cluster", &[name])
     }
     /// `arn:aws:ecs:<region>:<account>:container-instance/<cluster>/<id>`
     pub fn container_instance(&self, cluster: &str, id: &str) -> String {
-        format!("{}:container-instance/{cluster}/{id}", self.prefix())
+        self.resource("container-instance", &[cluster, id])
     }
     /// `arn:aws:ecs:<region>:<account>:task/<cluster>/<id>`
     pub fn task(&self, cluster: &str, id: &str) -> String {
-        format!("{}:task/{cluster}/{id}", self.prefix())
+        self.resource("task", &[cluster, id])
     }
     /// `arn:aws:ecs:<region>:<account>:container/<cluster>/<task-id>/<container-id>`
     pub fn container(&self, cluster: &str, task_id: &str, container_id: &str) -> String {
-        format!(
-            "{}:container/{cluster}/{task_id}/{container_id}",
-            self.prefix()
-        )
+        self.resource("container", &[cluster, task_id, container_id])
     }
     /// `arn:aws:ecs:<region>:<account>:task-definition/<family>:<revision>`
     pub fn task_definition(&self, family: &str, revision: u32) -> String {
-        format!("{}:task-definition/{family}:{revision}", self.prefix())
+        self.resource("task-definition", &[&format!("{family}:{revision}")])
     }
     /// `arn:aws:ecs:<region>:<account>:service/<cluster>/<name>`
     pub fn service(&self, cluster: &str, name: &str) -> String {
-        format!("{}:service/{cluster}/{name}", self.prefix())
+        self.resource("service", &[cluster, name])
     }
 }
 
@@ -161,6 +173,15 @@ mod tests {
             })
         );
         assert_eq!(task_definition_ref("web:0"), None);
+        let prefix = "arn:aws:ecs:eu-west-1:123456789012";
+        assert_eq!(s.cluster("prod"), format!("{prefix}:cluster/prod"));
+        assert_eq!(ci, format!("{prefix}:container-instance/prod/i1"));
+        assert_eq!(
+            s.container("prod", "t1", "c1"),
+            format!("{prefix}:container/prod/t1/c1")
+        );
+        assert_eq!(td, format!("{prefix}:task-definition/web:7"));
+        assert_eq!(s.service("prod", "api"), format!("{prefix}:service/prod/api"));
         assert_eq!(task_definition_ref("web:x"), None);
     }
 }

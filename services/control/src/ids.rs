@@ -3,12 +3,13 @@
 
 /// 32 lowercase hex characters, like ECS task and container-instance ids.
 pub fn derived(command_id: &str, salt: &str) -> String {
-    uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_OID,
-        format!("berth/{command_id}/{salt}").as_bytes(),
-    )
-    .simple()
-    .to_string()
+    let mut name = Vec::with_capacity("berth//".len() + command_id.len() + salt.len());
+    for part in ["berth/", command_id, "/", salt] {
+        name.extend_from_slice(part.as_bytes());
+    }
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &name)
+        .simple()
+        .to_string()
 }
 
 /// A fresh command id for an API call without a client token.
@@ -23,5 +24,12 @@ mod tests {
         assert_eq!(super::derived("c", "0"), super::derived("c", "0"));
         assert_ne!(super::derived("c", "0"), super::derived("c", "1"));
         assert_eq!(super::derived("c", "0").len(), 32);
+        // The name hashed is "berth/<command id>/<salt>": ids already in journals stay.
+        assert_eq!(
+            super::derived("c", "0"),
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, b"berth/c/0")
+                .simple()
+                .to_string()
+        );
     }
 }
