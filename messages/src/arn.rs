@@ -181,7 +181,10 @@ mod tests {
             format!("{prefix}:container/prod/t1/c1")
         );
         assert_eq!(td, format!("{prefix}:task-definition/web:7"));
-        assert_eq!(s.service("prod", "api"), format!("{prefix}:service/prod/api"));
+        assert_eq!(
+            s.service("prod", "api"),
+            format!("{prefix}:service/prod/api")
+        );
         assert_eq!(task_definition_ref("web:x"), None);
     }
 }

@@ -467,7 +467,7 @@ impl<'r, S: Source> Round<'r, S> {
     }
 
     /// Remaining (CPU, memory) of a slot after this batch's placements.
-    #[inline]
+    #[inline(always)]
     fn remaining(&self, slot: usize) -> (i64, i64) {
         let head = &self.heads[slot];
         if !self.taken.is_empty() && self.touched.contains(slot) {
@@ -508,7 +508,7 @@ impl<'r, S: Source> Round<'r, S> {
 
     /// Whether the slot is a candidate at all: an instance record, ACTIVE, connected, and
     /// not excluded by the caller.
-    #[inline]
+    #[inline(always)]
     fn eligible(&self, slot: usize) -> bool {
         let head = &self.heads[slot];
         head.present
