@@ -67,6 +67,10 @@ pub(crate) struct Column {
     pub(crate) buckets: usize,
     /// The slots of each bucket, ascending.
     pub(crate) members: Vec<Vec<usize>>,
+    /// Each bucket's place in the order of the values (absent first): buckets are numbered
+    /// by first appearance, which depends on which instances a source holds, so equally
+    /// loaded buckets are visited in this order to decide alike over any source.
+    pub(crate) rank: Vec<u32>,
 }
 
 impl Column {
@@ -91,10 +95,17 @@ impl Column {
         for (slot, bucket) in of.iter().enumerate() {
             members[*bucket as usize].push(slot);
         }
+        let mut by_value: Vec<(Option<&str>, u32)> = values.into_iter().collect();
+        by_value.sort_unstable();
+        let mut rank = vec![0; by_value.len()];
+        for (place, (_, bucket)) in by_value.iter().enumerate() {
+            rank[*bucket as usize] = place as u32;
+        }
         Self {
             of,
-            buckets: values.len(),
+            buckets: rank.len(),
             members,
+            rank,
         }
     }
 }

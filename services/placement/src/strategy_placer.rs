@@ -336,7 +336,8 @@ struct Round<'r, S: Source> {
     /// Ports promised to earlier placements, by slot: (TCP, UDP).
     promised: BTreeMap<usize, (Vec<u16>, Vec<u16>)>,
     member_of: Vec<MemberOf<'r>>,
-    /// Per slot: the first memberOf constraint not met, memoised (empty without memberOf).
+    /// Per slot: the first memberOf constraint not met, memoised (empty when the pool
+    /// caches every verdict, or without memberOf).
     unmet: Vec<u16>,
     /// Whether a memberOf verdict can change when a task lands (`task:group`,
     /// `runningTasksCount`).
@@ -441,7 +442,7 @@ impl<'r, S: Source> Round<'r, S> {
             taken: HashMap::new(),
             group,
             promised: BTreeMap::new(),
-            unmet: if member_of.is_empty() {
+            unmet: if member_of.iter().all(|(_, _, cached)| cached.is_some()) {
                 Vec::new()
             } else {
                 vec![UNMET_UNKNOWN; n]
@@ -525,6 +526,17 @@ impl<'r, S: Source> Round<'r, S> {
         }
         let member_of = if self.member_of.is_empty() {
             None
+        } else if self.unmet.is_empty() {
+            // Every verdict is cached by the pool: read them, nothing to remember.
+            self.member_of
+                .iter()
+                .find(|(_, _, cached)| {
+                    !cached
+                        .as_ref()
+                        .and_then(|verdicts| verdicts.get(slot).copied())
+                        .unwrap_or(false)
+                })
+                .map(|(i, _, _)| *i)
         } else {
             if self.unmet[slot] == UNMET_UNKNOWN {
                 self.unmet[slot] = self.first_unmet_member_of(slot).unwrap_or(UNMET_NONE);
@@ -641,7 +653,9 @@ impl<'r, S: Source> Round<'r, S> {
                     // first level with a candidate ends the search.
                     let column = self.buckets[b].column.clone();
                     let mut order: Vec<usize> = (0..column.buckets).collect();
-                    order.sort_by_key(|bucket| self.buckets[b].tasks[*bucket]);
+                    order.sort_by_key(|bucket| {
+                        (self.buckets[b].tasks[*bucket], column.rank[*bucket])
+                    });
                     let mut i = 0;
                     while i < order.len() && self.ties.is_empty() {
                         let level = self.buckets[b].tasks[order[i]];
@@ -876,7 +890,7 @@ impl<'r, S: Source> Round<'r, S> {
             tcp.extend(&allocation.ports);
             udp.extend(&allocation.ports_udp);
         }
-        if self.recheck_member_of {
+        if self.recheck_member_of && !self.unmet.is_empty() {
             self.unmet[slot] = UNMET_UNKNOWN;
         }
     }
