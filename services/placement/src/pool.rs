@@ -144,7 +144,14 @@ struct Caches {
     revision: u64,
     columns: HashMap<String, Arc<Column>>,
     verdicts: HashMap<String, Arc<[bool]>>,
+    /// Tasks of a group per bucket of an attribute's column, over present slots, by
+    /// (group, attribute); kept up to date as group tasks change (they do not move the
+    /// revision).
+    bucket_tasks: HashMap<(String, String), (Arc<Column>, Vec<u64>)>,
 }
+
+/// Most (group, attribute) task sums kept between revisions; past it they start over.
+const MAX_BUCKET_TASKS: usize = 64;
 
 /// One cluster's instances for placement. See the module documentation.
 #[derive(Default)]
@@ -238,7 +245,8 @@ impl InstancePool {
         let apply =
             |n: u32| -> u32 { u32::try_from((i64::from(n) + delta).max(0)).unwrap_or(u32::MAX) };
         let groups = Arc::make_mut(&mut self.groups_of[slot]);
-        let now = apply(groups.get(group).copied().unwrap_or(0));
+        let before = groups.get(group).copied().unwrap_or(0);
+        let now = apply(before);
         if now == 0 {
             groups.remove(group);
         } else {
@@ -251,6 +259,19 @@ impl InstancePool {
         per_slot.set(slot, now);
         if per_slot.entries.is_empty() {
             self.groups.remove(group);
+        }
+        let caches = self
+            .caches
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.heads[slot].present && caches.revision == self.revision {
+            for ((of_group, _), (column, sums)) in caches.bucket_tasks.iter_mut() {
+                if of_group == group {
+                    let bucket = column.of[slot] as usize;
+                    sums[bucket] =
+                        (sums[bucket] + u64::from(now)).saturating_sub(u64::from(before));
+                }
+            }
         }
     }
 
@@ -327,6 +348,50 @@ impl InstancePool {
             };
         }
         caches
+    }
+
+    /// Tasks of `group` per bucket of the column of `attribute`, over present slots but
+    /// those in `excluded`.
+    pub(crate) fn bucket_tasks(
+        &self,
+        group: &str,
+        attribute: &str,
+        excluded: &[usize],
+    ) -> Vec<u64> {
+        let column = &self.column(attribute);
+        let mut tasks = {
+            let mut caches = self.caches();
+            let key = (group.to_string(), attribute.to_string());
+            match caches.bucket_tasks.get(&key) {
+                Some((cached, sums)) if Arc::ptr_eq(cached, column) => sums.clone(),
+                _ => {
+                    let mut sums = vec![0u64; column.buckets];
+                    for (slot, n) in self.group_tasks(group) {
+                        if self.heads[*slot].present {
+                            sums[column.of[*slot] as usize] += u64::from(*n);
+                        }
+                    }
+                    if caches.bucket_tasks.len() >= MAX_BUCKET_TASKS {
+                        caches.bucket_tasks.clear();
+                    }
+                    caches
+                        .bucket_tasks
+                        .insert(key, (column.clone(), sums.clone()));
+                    sums
+                }
+            }
+        };
+        let mut excluded = excluded.to_vec();
+        excluded.sort_unstable();
+        excluded.dedup();
+        for slot in excluded {
+            if self.heads.get(slot).is_some_and(|h| h.present) {
+                let n = self.groups_of[slot].get(group).copied().unwrap_or(0);
+                let bucket = column.of[slot] as usize;
+                tasks[bucket] = tasks[bucket].saturating_sub(u64::from(n));
+            }
+        }
+        tasks
     }
 
     pub(crate) fn column(&self, attribute: &str) -> Arc<Column> {
@@ -410,6 +475,44 @@ mod tests {
 
     fn record(i: &ContainerInstance) -> Arc<dyn InstanceRecord> {
         Arc::new(i.clone())
+    }
+
+    #[test]
+    fn bucket_tasks_follow_group_tasks_between_revisions() {
+        let mut pool = InstancePool::new();
+        pool.add_group_tasks("early", "web", 5); // a slot without a record: not counted
+        for (id, zone) in [("a", "z1"), ("b", "z2"), ("c", "z1")] {
+            pool.upsert(id, record(&zoned(id, zone)));
+        }
+        let fresh = |pool: &InstancePool, excluded: &[usize]| {
+            let zone = pool.column("zone");
+            let mut sums = vec![0u64; zone.buckets];
+            for (slot, n) in pool.group_tasks("web") {
+                if pool.heads[*slot].present && !excluded.contains(slot) {
+                    sums[zone.of[*slot] as usize] += u64::from(*n);
+                }
+            }
+            sums
+        };
+        let sums =
+            |pool: &InstancePool, excluded: &[usize]| pool.bucket_tasks("web", "zone", excluded);
+        pool.add_group_tasks("a", "web", 2);
+        assert_eq!(sums(&pool, &[]), fresh(&pool, &[]));
+        // Kept up to date without a new revision, for this group only.
+        pool.add_group_tasks("c", "web", 3);
+        pool.add_group_tasks("b", "web", 1);
+        pool.add_group_tasks("a", "web", -1);
+        pool.add_group_tasks("b", "db", 7);
+        pool.add_group_tasks("early", "web", 1);
+        assert_eq!(sums(&pool, &[]), fresh(&pool, &[]));
+        let c = pool.slot("c").unwrap();
+        assert_eq!(sums(&pool, &[c, c]), fresh(&pool, &[c]));
+        // A fact changes: a new column, sums built again.
+        pool.upsert("b", record(&zoned("b", "z1")));
+        pool.add_group_tasks("b", "web", 1);
+        assert_eq!(sums(&pool, &[]), fresh(&pool, &[]));
+        let z1 = pool.column("zone").of[c] as usize;
+        assert_eq!(sums(&pool, &[])[z1], 1 + 3 + 2);
     }
 
     #[test]

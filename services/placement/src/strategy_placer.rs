@@ -161,6 +161,9 @@ pub(crate) trait Source {
     /// Tasks of `group` per slot, as (slot, tasks) for the slots that hold some.
     fn group_tasks(&self, group: &str) -> Cow<'_, [(usize, u32)]>;
     fn column(&self, attribute: &str) -> Arc<Column>;
+    /// Tasks of `group` per bucket of the column of `attribute`, over present slots but
+    /// `excluded`, if the source keeps them.
+    fn bucket_tasks(&self, group: &str, attribute: &str, excluded: &[usize]) -> Option<Vec<u64>>;
     /// Cached verdicts of an expression that does not read tasks, if the source keeps them.
     fn verdicts(&self, expr: &Expr) -> Option<Arc<[bool]>>;
 }
@@ -191,6 +194,10 @@ impl Source for InstancePool {
 
     fn column(&self, attribute: &str) -> Arc<Column> {
         InstancePool::column(self, attribute)
+    }
+
+    fn bucket_tasks(&self, group: &str, attribute: &str, excluded: &[usize]) -> Option<Vec<u64>> {
+        Some(InstancePool::bucket_tasks(self, group, attribute, excluded))
     }
 
     fn verdicts(&self, expr: &Expr) -> Option<Arc<[bool]>> {
@@ -249,6 +256,10 @@ impl Source for Candidates<'_> {
             self.candidates.iter().map(|c| Some(c.instance)),
             attribute,
         ))
+    }
+
+    fn bucket_tasks(&self, _: &str, _: &str, _: &[usize]) -> Option<Vec<u64>> {
+        None
     }
 
     fn verdicts(&self, _expr: &Expr) -> Option<Arc<[bool]>> {
@@ -417,12 +428,17 @@ impl<'r, S: Source> Round<'r, S> {
                 Strategy::Spread(SpreadField::InstanceId) => Score::SpreadInstance,
                 Strategy::Spread(SpreadField::Attribute(name)) => {
                     let column = source.column(name);
-                    let mut tasks = vec![0u64; column.buckets];
-                    for (slot, n) in group_tasks.iter() {
-                        if heads[*slot].present && !excluded.contains(*slot) {
-                            tasks[column.of[*slot] as usize] += u64::from(*n);
-                        }
-                    }
+                    let tasks = source
+                        .bucket_tasks(request.group, name, excluded_slots)
+                        .unwrap_or_else(|| {
+                            let mut tasks = vec![0u64; column.buckets];
+                            for (slot, n) in group_tasks.iter() {
+                                if heads[*slot].present && !excluded.contains(*slot) {
+                                    tasks[column.of[*slot] as usize] += u64::from(*n);
+                                }
+                            }
+                            tasks
+                        });
                     buckets.push(Buckets { column, tasks });
                     Score::SpreadAttribute(buckets.len() - 1)
                 }
