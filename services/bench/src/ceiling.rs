@@ -92,17 +92,15 @@ pub async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let near = match berth_journal::leader_first(client, urls, STREAM).await {
-        Some(addrs) => Some(
-            async_nats::ConnectOptions::new()
-                .name("berth-bench-ceiling")
-                .retain_servers_order()
-                .connect(addrs)
-                .await
-                .context("connecting to the ceiling stream's leader")?,
-        ),
-        None => None,
-    };
+    let near = berth_journal::connect_leader_first(
+        client,
+        urls,
+        STREAM,
+        async_nats::ConnectOptions::new().name("berth-bench-ceiling"),
+    )
+    .await
+    .transpose()
+    .context("connecting to the ceiling stream's leader")?;
     let writer = near.as_ref().map_or_else(|| js.clone(), context);
     let result = run(&writer, pipelined_writes, serial_writes).await;
     if let Err(e) = js.delete_stream(STREAM).await {

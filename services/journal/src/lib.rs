@@ -118,7 +118,10 @@ pub fn stream_config(spec: &StreamSpec) -> stream::Config {
 
 /// Connects to NATS with Berth's client settings.
 pub async fn connect(config: &JournalConfig) -> Result<async_nats::Client> {
-    connect_to(config, server_addrs(&config.servers)?, false).await
+    client_options(config)
+        .connect(server_addrs(&config.servers)?)
+        .await
+        .map_err(|e| JournalError::Connect(e.to_string()))
 }
 
 fn server_addrs(servers: &[String]) -> Result<Vec<async_nats::ServerAddr>> {
@@ -129,23 +132,12 @@ fn server_addrs(servers: &[String]) -> Result<Vec<async_nats::ServerAddr>> {
         .map_err(|e| JournalError::Connect(e.to_string()))
 }
 
-async fn connect_to(
-    config: &JournalConfig,
-    addrs: Vec<async_nats::ServerAddr>,
-    keep_order: bool,
-) -> Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new()
+fn client_options(config: &JournalConfig) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::new()
         .name(&config.name)
         .request_timeout(Some(config.request_timeout))
         .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5));
-    if keep_order {
-        options = options.retain_servers_order();
-    }
-    options
-        .connect(addrs)
-        .await
-        .map_err(|e| JournalError::Connect(e.to_string()))
+        .connection_timeout(Duration::from_secs(5))
 }
 
 /// [`connect`], then, on a cluster where `stream` exists, to the server that leads it
@@ -164,7 +156,11 @@ async fn near_leader(
 ) -> Option<async_nats::Client> {
     let addrs = leader_first(client, &config.servers, stream).await?;
     let leader = format!("{}:{}", addrs[0].host(), addrs[0].port());
-    match connect_to(config, addrs, true).await {
+    let connected = client_options(config)
+        .retain_servers_order()
+        .connect(addrs)
+        .await;
+    match connected {
         Ok(near) => {
             tracing::info!(stream, server = %leader, "connected to the server that leads the stream");
             Some(near)
@@ -209,6 +205,18 @@ pub async fn leader_first(
         }
     }
     None
+}
+
+/// A new connection made with `options`, trying the server that leads `stream` first,
+/// when [`leader_first`] finds one other than `client`'s (`None` otherwise).
+pub async fn connect_leader_first(
+    client: &async_nats::Client,
+    servers: &[String],
+    stream: &str,
+    options: async_nats::ConnectOptions,
+) -> Option<std::result::Result<async_nats::Client, async_nats::ConnectError>> {
+    let addrs = leader_first(client, servers, stream).await?;
+    Some(options.retain_servers_order().connect(addrs).await)
 }
 
 impl Journal {

@@ -74,6 +74,22 @@ pub(crate) struct Column {
 }
 
 impl Column {
+    /// A group's tasks, given as (slot, tasks), summed per bucket over the slots `counts`
+    /// admits.
+    pub(crate) fn tasks_per_bucket(
+        &self,
+        group_tasks: &[(usize, u32)],
+        counts: impl Fn(usize) -> bool,
+    ) -> Vec<u64> {
+        let mut sums = vec![0u64; self.buckets];
+        for &(slot, n) in group_tasks {
+            if counts(slot) {
+                sums[self.of[slot] as usize] += u64::from(n);
+            }
+        }
+        sums
+    }
+
     pub(crate) fn build<'i>(
         instances: impl Iterator<Item = Option<&'i ContainerInstance>>,
         attribute: &str,
@@ -365,12 +381,8 @@ impl InstancePool {
             match caches.bucket_tasks.get(&key) {
                 Some((cached, sums)) if Arc::ptr_eq(cached, column) => sums.clone(),
                 _ => {
-                    let mut sums = vec![0u64; column.buckets];
-                    for (slot, n) in self.group_tasks(group) {
-                        if self.heads[*slot].present {
-                            sums[column.of[*slot] as usize] += u64::from(*n);
-                        }
-                    }
+                    let sums = column
+                        .tasks_per_bucket(self.group_tasks(group), |slot| self.heads[slot].present);
                     if caches.bucket_tasks.len() >= MAX_BUCKET_TASKS {
                         caches.bucket_tasks.clear();
                     }
@@ -484,6 +496,7 @@ mod tests {
         for (id, zone) in [("a", "z1"), ("b", "z2"), ("c", "z1")] {
             pool.upsert(id, record(&zoned(id, zone)));
         }
+        // Summed again from the group's tasks, slot by slot.
         let fresh = |pool: &InstancePool, excluded: &[usize]| {
             let zone = pool.column("zone");
             let mut sums = vec![0u64; zone.buckets];

@@ -431,13 +431,9 @@ impl<'r, S: Source> Round<'r, S> {
                     let tasks = source
                         .bucket_tasks(request.group, name, excluded_slots)
                         .unwrap_or_else(|| {
-                            let mut tasks = vec![0u64; column.buckets];
-                            for (slot, n) in group_tasks.iter() {
-                                if heads[*slot].present && !excluded.contains(*slot) {
-                                    tasks[column.of[*slot] as usize] += u64::from(*n);
-                                }
-                            }
-                            tasks
+                            column.tasks_per_bucket(&group_tasks, |slot| {
+                                heads[slot].present && !excluded.contains(slot)
+                            })
                         });
                     buckets.push(Buckets { column, tasks });
                     Score::SpreadAttribute(buckets.len() - 1)

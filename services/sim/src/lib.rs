@@ -141,15 +141,15 @@ pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         .await
         .map_err(connect_error)?;
     // Like an agent: on a cluster, connected to the server that leads the state stream.
-    if let Some(addrs) =
-        berth_journal::leader_first(&client, &config.nats, berth_messages::streams::STATE).await
+    if let Some(near) = berth_journal::connect_leader_first(
+        &client,
+        &config.nats,
+        berth_messages::streams::STATE,
+        async_nats::ConnectOptions::new().name("berth-sim"),
+    )
+    .await
     {
-        client = async_nats::ConnectOptions::new()
-            .name("berth-sim")
-            .retain_servers_order()
-            .connect(addrs)
-            .await
-            .map_err(connect_error)?;
+        client = near.map_err(connect_error)?;
     }
 
     let fleet = Arc::new(fleet::Fleet::new(&config.cluster, config.instances));
