@@ -130,3 +130,63 @@ async fn three_writers_never_over_commit() {
     assert_eq!(listed["taskArns"].as_array().map_or(0, Vec::len), capacity);
     assert_audit_clean(&url).await;
 }
+
+/// distinctInstance is binding across replicas: the instance write that places a task
+/// refuses when the record it replaces already holds a task of the group, so two
+/// replicas deciding on views that do not show each other's placements never put two
+/// tasks of the group on one instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_instance_holds_across_replicas() {
+    const HOSTS: usize = 4;
+    const REQUESTS: usize = 12;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let _a = ControlProcess::start(&url);
+    let _b = ControlProcess::start(&url);
+    let api = Api::connect(&url).await;
+    api.wait_serving().await;
+    create_cluster(&api, "solo").await;
+    let mut ids = Vec::new();
+    for _ in 0..HOSTS {
+        ids.push(register_instance(&api, "solo", 4096, 4096, json!([])).await);
+    }
+    let _beats = Heartbeats::start(api.client.clone(), "solo", ids.clone());
+    register_task_definition(&api, "one", 10, 64, None).await;
+
+    let requests = (0..REQUESTS).map(|i| {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.call_json(
+                "RunTask",
+                json!({"cluster": "solo", "taskDefinition": "one:1", "group": "solo",
+                    "startedBy": format!("r{i}"),
+                    "placementConstraints": [{"type": "distinctInstance"}]}),
+            )
+            .await
+            .expect("RunTask answers")
+        })
+    });
+    let mut hosts = Vec::new();
+    let mut failed = 0;
+    for reply in futures::future::join_all(requests).await {
+        let reply = reply.expect("request task");
+        for t in reply["tasks"].as_array().into_iter().flatten() {
+            hosts.push(id_of(t["containerInstanceArn"].as_str().expect("arn")));
+        }
+        for f in reply["failures"].as_array().into_iter().flatten() {
+            assert_eq!(f["reason"], "ATTRIBUTE", "{f}");
+            failed += 1;
+        }
+    }
+    let mut unique = hosts.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        hosts.len(),
+        "two tasks of the group share a host: {hosts:?}"
+    );
+    assert_eq!(hosts.len(), HOSTS, "every host takes one task of the group");
+    assert_eq!(failed, REQUESTS - HOSTS);
+    assert_audit_clean(&url).await;
+}

@@ -207,6 +207,11 @@ pub struct Allocation {
     pub ports: Vec<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports_udp: Vec<u16>,
+    /// The task's group, kept in the instance record's copy only, so that the conditional
+    /// write that places a task with distinctInstance can check the instance holds no other
+    /// task of its group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

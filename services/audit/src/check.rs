@@ -431,6 +431,7 @@ mod tests {
             memory,
             ports: ports.to_vec(),
             ports_udp: Vec::new(),
+            group: None,
         }
     }
 
@@ -593,6 +594,7 @@ mod tests {
             memory: 1,
             ports: Vec::new(),
             ports_udp: vec![53],
+            group: None,
         };
         h.instance(
             "i1",

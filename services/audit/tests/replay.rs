@@ -30,6 +30,7 @@ fn instance(allocations: &[(&str, i64)]) -> ContainerInstance {
                         memory: 256,
                         ports: vec![8080],
                         ports_udp: Vec::new(),
+                        group: None,
                     },
                 )
             })

@@ -346,6 +346,7 @@ fn allocation() -> Allocation {
         memory: TASK_MEMORY,
         ports: Vec::new(),
         ports_udp: Vec::new(),
+        group: None,
     }
 }
 

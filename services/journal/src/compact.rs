@@ -633,6 +633,7 @@ mod tests {
                 memory: 16,
                 ports: Vec::new(),
                 ports_udp: Vec::new(),
+                group: None,
             },
             ..Default::default()
         }

@@ -132,6 +132,7 @@ pub fn fit_resources(capacity: &Capacity, demand: &Demand) -> Result<Allocation,
         memory,
         ports,
         ports_udp,
+        group: None,
     })
 }
 
@@ -393,6 +394,7 @@ pub(crate) mod tests {
                 memory: 1024,
                 ports: vec![80, 49153],
                 ports_udp: vec![53],
+                group: None,
             },
         );
         allocate(
@@ -428,6 +430,7 @@ pub(crate) mod tests {
                 memory: 48,
                 ports: vec![9, 49153],
                 ports_udp: vec![5353],
+                group: None,
             },
         );
         let r = &i.remaining_resources;
@@ -511,6 +514,7 @@ pub(crate) mod tests {
                 memory: 1024,
                 ports: vec![80, 8080],
                 ports_udp: vec![53],
+                group: None,
             })
         );
     }

@@ -26,6 +26,8 @@ pub enum InstanceOpError {
     Missing,
     #[error("the container instance lacks {0:?}")]
     Shortfall(Shortfall),
+    #[error("the container instance already runs a task of group {0}")]
+    SameGroup(String),
     #[error(transparent)]
     Rejected(ApiError),
     #[error(transparent)]
@@ -44,6 +46,10 @@ impl From<InstanceOpError> for ExecError {
                 "the container instance cannot take it: {}",
                 s.reason()
             ))),
+            InstanceOpError::SameGroup(group) => ExecError::Api(ApiError::client(format!(
+                "distinctInstance placement constraint unsatisfied: the container instance \
+                 already runs a task of group {group}"
+            ))),
         }
     }
 }
@@ -57,12 +63,16 @@ pub type Upsert =
 
 /// What an operation asks of the record.
 pub enum OpKind {
-    /// Reserve resources for a task (idempotent per task id). `require_active`: the
-    /// instance must be ACTIVE with a connected agent (RunTask and StartTask).
+    /// Reserve resources for a task of `group` (idempotent per task id).
+    /// `require_active`: the instance must be ACTIVE with a connected agent (RunTask and
+    /// StartTask). `distinct`: the instance must hold no other task of the group
+    /// (distinctInstance, checked on the record the write replaces).
     Allocate {
         task_id: String,
         demand: Demand,
+        group: String,
         require_active: bool,
+        distinct: bool,
     },
     /// Return a task's resources (idempotent).
     Release { task_id: String },
@@ -296,17 +306,28 @@ fn apply(
         OpKind::Allocate {
             task_id,
             demand,
+            group,
             require_active,
+            distinct,
         } => {
             if let Some(existing) = instance.allocations.get(task_id.as_str()) {
                 return Ok(Some(existing.clone()));
             }
-            let allocation = if *require_active {
+            if *distinct
+                && instance
+                    .allocations
+                    .values()
+                    .any(|held| held.group.as_deref() == Some(group.as_str()))
+            {
+                return Err(InstanceOpError::SameGroup(group.clone()));
+            }
+            let mut allocation = if *require_active {
                 berth_placement::fit(instance, demand)
             } else {
                 berth_placement::fit_resources(&berth_placement::remaining(instance), demand)
             }
             .map_err(InstanceOpError::Shortfall)?;
+            allocation.group = Some(group.clone());
             // remainingResources is refreshed once for the whole batch before the write.
             instance
                 .allocations
@@ -364,5 +385,76 @@ fn clone_journal_error(e: &JournalError) -> JournalError {
             attempts: MAX_CONFLICTS,
         },
         other => JournalError::Consumer(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_messages::model::{InstanceStatus, Resource};
+
+    fn instance() -> Option<ContainerInstance> {
+        let registered = vec![
+            Resource {
+                name: Resource::CPU.into(),
+                resource_type: "INTEGER".into(),
+                integer_value: Some(1024),
+                ..Default::default()
+            },
+            Resource {
+                name: Resource::MEMORY.into(),
+                resource_type: "INTEGER".into(),
+                integer_value: Some(1024),
+                ..Default::default()
+            },
+        ];
+        Some(ContainerInstance {
+            container_instance_arn: "arn:aws:ecs:r:1:container-instance/c/i1".into(),
+            remaining_resources: registered.clone(),
+            registered_resources: registered,
+            status: InstanceStatus::Active,
+            agent_connected: true,
+            ..Default::default()
+        })
+    }
+
+    fn allocate(task_id: &str, group: &str, distinct: bool) -> OpKind {
+        OpKind::Allocate {
+            task_id: task_id.into(),
+            demand: Demand {
+                cpu: 10,
+                memory: 10,
+                ..Default::default()
+            },
+            group: group.into(),
+            require_active: true,
+            distinct,
+        }
+    }
+
+    #[test]
+    fn distinct_allocation_refuses_a_second_task_of_its_group() {
+        let mut record = instance();
+        let mut changed = false;
+        let first = apply(&mut record, &mut allocate("t1", "g", true), &mut changed);
+        assert_eq!(first.ok().flatten().and_then(|a| a.group), Some("g".into()));
+        // Idempotent for the same task; refused for another task of the group.
+        assert!(apply(&mut record, &mut allocate("t1", "g", true), &mut changed).is_ok());
+        assert!(matches!(
+            apply(&mut record, &mut allocate("t2", "g", true), &mut changed),
+            Err(InstanceOpError::SameGroup(g)) if g == "g"
+        ));
+        // Another group, or the same group without the constraint, still fits.
+        assert!(apply(&mut record, &mut allocate("t3", "h", true), &mut changed).is_ok());
+        assert!(apply(&mut record, &mut allocate("t4", "g", false), &mut changed).is_ok());
+        // Once the group's tasks are released the instance takes one again.
+        for task_id in ["t1", "t4"] {
+            let mut release = OpKind::Release {
+                task_id: task_id.into(),
+            };
+            assert!(apply(&mut record, &mut release, &mut changed).is_ok());
+        }
+        assert!(apply(&mut record, &mut allocate("t5", "g", true), &mut changed).is_ok());
+        assert_eq!(record.map(|r| r.allocations.len()), Some(2));
     }
 }

@@ -15,7 +15,8 @@ use berth_messages::command::{CommandRequest, CommandResponse};
 use berth_messages::model::*;
 use berth_messages::{arn, ApiError};
 use berth_placement::{
-    constraints_from, strategies_from, Demand, PlacementRequest, StrategyPlacer, MAX_CONSTRAINTS,
+    constraints_from, strategies_from, Constraint, Demand, PlacementRequest, StrategyPlacer,
+    MAX_CONSTRAINTS,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -101,7 +102,11 @@ impl Launch {
             memory: Some(self.demand.memory.to_string()),
             launch_type: "EC2".into(),
             tags: self.tags.clone(),
-            allocation: allocation.clone(),
+            // The group is the task's own field; only the instance's copy repeats it.
+            allocation: Allocation {
+                group: None,
+                ..allocation.clone()
+            },
             ..Default::default()
         })
     }
@@ -198,6 +203,7 @@ pub async fn run(
     }
     let constraints = constraints_from(&combined).map_err(ApiError::from)?;
     let strategies = strategies_from(&r.placement_strategy).map_err(ApiError::from)?;
+    let distinct = constraints.contains(&Constraint::DistinctInstance);
     let launch = launch_for(
         cluster.clone(),
         d,
@@ -337,7 +343,9 @@ pub async fn run(
                 let op = OpKind::Allocate {
                     task_id: task_id.clone(),
                     demand: launch.demand.clone(),
+                    group: launch.group.clone(),
                     require_active: true,
+                    distinct,
                 };
                 let answer = InstanceOp::run(
                     shared,
@@ -383,6 +391,16 @@ pub async fn run(
                         i,
                         Attempt::Refused(instance_id, Failure::new(instance_arn, "MISSING")),
                     ),
+                    Err(InstanceOpError::SameGroup(group)) => {
+                        let detail = format!(
+                            "closest matching container-instance {instance_arn} encountered \
+                             error \"distinctInstance placement constraint unsatisfied: it \
+                             already runs a task of group {group}\""
+                        );
+                        let mut failure = Failure::new(instance_arn, reason::ATTRIBUTE);
+                        failure.detail = Some(detail);
+                        (i, Attempt::Refused(instance_id, failure))
+                    }
                     Err(e) => (i, Attempt::Error(e.into())),
                 }
             }
@@ -476,7 +494,9 @@ pub async fn start(
         let op = OpKind::Allocate {
             task_id: task_id.clone(),
             demand: launch.demand.clone(),
+            group: launch.group.clone(),
             require_active: true,
+            distinct: false,
         };
         match InstanceOp::run(shared, &cluster, instance_id, &d.command_id, op).await {
             Ok(OpDone { allocation, .. }) => {
