@@ -54,6 +54,32 @@ impl Berth {
     }
 }
 
+/// A nats-server with two `berth-control` processes, and a client once they serve.
+pub struct TwoReplicas {
+    pub api: Api,
+    pub replicas: [ControlProcess; 2],
+    pub nats: NatsServer,
+}
+
+impl TwoReplicas {
+    pub async fn start() -> TwoReplicas {
+        let nats = NatsServer::start();
+        let url = nats.url();
+        let replicas = [ControlProcess::start(&url), ControlProcess::start(&url)];
+        let api = Api::connect(&url).await;
+        api.wait_serving().await;
+        TwoReplicas {
+            api,
+            replicas,
+            nats,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.nats.url()
+    }
+}
+
 /// A `berth-control` replica running as its own process.
 pub struct ControlProcess {
     pub child: Child,
@@ -292,6 +318,23 @@ pub async fn register_instance(
             .as_str()
             .expect("instance arn"),
     )
+}
+
+/// Creates a cluster of `count` attribute-less instances with heartbeats; returns their ids.
+pub async fn register_hosts(
+    api: &Api,
+    cluster: &str,
+    count: usize,
+    cpu: i64,
+    memory: i64,
+) -> (Vec<String>, Heartbeats) {
+    create_cluster(api, cluster).await;
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        ids.push(register_instance(api, cluster, cpu, memory, serde_json::json!([])).await);
+    }
+    let beats = Heartbeats::start(api.client.clone(), cluster, ids.clone());
+    (ids, beats)
 }
 
 /// Registers a one-container task definition; returns its ARN.

@@ -5,7 +5,7 @@
 
 use berth_e2e::*;
 use berth_messages::command::{CommandResponse, Outcome};
-use berth_testkit::{wait_for, NatsServer};
+use berth_testkit::wait_for;
 use serde_json::json;
 
 const INSTANCES: usize = 4;
@@ -14,19 +14,10 @@ const REQUESTS_PER_CLIENT: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_writers_never_over_commit() {
-    let nats = NatsServer::start();
-    let url = nats.url();
-    let _a = ControlProcess::start(&url);
-    let _b = ControlProcess::start(&url);
-    let api = Api::connect(&url).await;
-    api.wait_serving().await;
-    create_cluster(&api, "race").await;
-    let mut ids = Vec::new();
-    for _ in 0..INSTANCES {
-        ids.push(register_instance(&api, "race", 4096, 1024, json!([])).await);
-    }
-    let _beats = Heartbeats::start(api.client.clone(), "race", ids.clone());
-    register_task_definition(&api, "job", 10, 256, None).await;
+    let berth = TwoReplicas::start().await;
+    let (api, url) = (&berth.api, berth.url());
+    let (_, _beats) = register_hosts(api, "race", INSTANCES, 4096, 1024).await;
+    register_task_definition(api, "job", 10, 256, None).await;
     // Both replicas must have seen the task definition before the race starts.
     let capacity = INSTANCES * TASKS_PER_INSTANCE;
     let demand = 3 * REQUESTS_PER_CLIENT;
@@ -139,19 +130,10 @@ async fn three_writers_never_over_commit() {
 async fn distinct_instance_holds_across_replicas() {
     const HOSTS: usize = 4;
     const REQUESTS: usize = 12;
-    let nats = NatsServer::start();
-    let url = nats.url();
-    let _a = ControlProcess::start(&url);
-    let _b = ControlProcess::start(&url);
-    let api = Api::connect(&url).await;
-    api.wait_serving().await;
-    create_cluster(&api, "solo").await;
-    let mut ids = Vec::new();
-    for _ in 0..HOSTS {
-        ids.push(register_instance(&api, "solo", 4096, 4096, json!([])).await);
-    }
-    let _beats = Heartbeats::start(api.client.clone(), "solo", ids.clone());
-    register_task_definition(&api, "one", 10, 64, None).await;
+    let berth = TwoReplicas::start().await;
+    let api = &berth.api;
+    let (_, _beats) = register_hosts(api, "solo", HOSTS, 4096, 4096).await;
+    register_task_definition(api, "one", 10, 64, None).await;
 
     let requests = (0..REQUESTS).map(|i| {
         let api = api.clone();
@@ -188,5 +170,5 @@ async fn distinct_instance_holds_across_replicas() {
     );
     assert_eq!(hosts.len(), HOSTS, "every host takes one task of the group");
     assert_eq!(failed, REQUESTS - HOSTS);
-    assert_audit_clean(&url).await;
+    assert_audit_clean(&berth.url()).await;
 }

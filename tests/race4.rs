@@ -9,7 +9,7 @@
 
 use berth_e2e::*;
 use berth_scheduler::jobs::{self, Job, JobOutcome, JobStatus};
-use berth_testkit::{wait_for, NatsServer};
+use berth_testkit::wait_for;
 use futures::StreamExt;
 use rand::seq::SliceRandom;
 use serde_json::json;
@@ -27,13 +27,9 @@ async fn four_schedulers_share_one_pool_without_over_commit() {
         .unwrap_or(20_000);
     let capacity = demand / 2;
     let per_instance = capacity / INSTANCES;
-    let nats = NatsServer::start();
-    let url = nats.url();
-    let _a = ControlProcess::start(&url);
-    let _b = ControlProcess::start(&url);
-    let api = Api::connect(&url).await;
-    api.wait_serving().await;
-    create_cluster(&api, "pool").await;
+    let berth = TwoReplicas::start().await;
+    let (api, url) = (&berth.api, berth.url());
+    create_cluster(api, "pool").await;
     let sim = berth_sim::start(berth_sim::SimConfig {
         cluster: "pool".into(),
         nats: vec![url.clone()],
@@ -49,7 +45,7 @@ async fn four_schedulers_share_one_pool_without_over_commit() {
     .await
     .expect("sim starts");
     let instance_arns: Arc<Vec<String>> = Arc::new(sim.instance_arns().to_vec());
-    register_task_definition(&api, "job", 1, TASK_MEMORY, None).await;
+    register_task_definition(api, "job", 1, TASK_MEMORY, None).await;
 
     // The priority scheduler, in-process.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
