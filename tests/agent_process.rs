@@ -827,3 +827,93 @@ async fn stop_tasks_on_exit_stops_and_reports_tasks_before_the_agent_exits() {
     assert_eq!(container(stopped, "app")["exitCode"], 137, "{stopped}");
     assert_audit_clean(&berth.url()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_gate_healthy_dependencies_and_make_the_task_health() {
+    let berth = Berth::start().await;
+    let api = &berth.api;
+    create_cluster(api, "hc").await;
+    let scratch = Scratch::new("health");
+    let mut agent = Agent::start(
+        &berth.url(),
+        "hc",
+        &scratch.data_dir(),
+        &[
+            ("BERTH_LOG_JSON", "true"),
+            ("RUST_LOG", "info,berth_agent=debug"),
+        ],
+    );
+    agent.ready().await;
+
+    // `db` is healthy once the flag exists; its failures before that fall in its start
+    // period. `web` starts only once `db` is HEALTHY.
+    let flag = scratch.path().join("db-ready");
+    let gate = register_td(
+        api,
+        json!({"family": "gate", "containerDefinitions": [
+            {"name": "db", "cpu": 64, "memory": 32, "command": ["sleep", "1000"],
+             "healthCheck": {"command": ["CMD-SHELL", format!("test -f {}", flag.display())],
+                             "interval": 5, "timeout": 2, "retries": 1, "startPeriod": 300}},
+            {"name": "web", "cpu": 64, "memory": 32, "command": ["sleep", "1000"],
+             "dependsOn": [{"containerName": "db", "condition": "HEALTHY"}]}
+        ]}),
+    )
+    .await;
+    // `db` never passes: after one failure it is UNHEALTHY, and `web` can never start.
+    let sick = register_td(
+        api,
+        json!({"family": "sick", "containerDefinitions": [
+            {"name": "db", "cpu": 64, "memory": 32, "command": ["sleep", "1000"],
+             "healthCheck": {"command": ["CMD", "false"], "interval": 5, "retries": 1}},
+            {"name": "web", "cpu": 64, "memory": 32, "command": ["sleep", "1000"],
+             "dependsOn": [{"containerName": "db", "condition": "HEALTHY"}]}
+        ]}),
+    )
+    .await;
+    let gated = run_one(api, "hc", &gate, None).await;
+    let failing = run_one(api, "hc", &sick, None).await;
+
+    let created = describe_task(api, "hc", &gated).await;
+    assert_eq!(created["healthStatus"], "UNKNOWN", "{created}");
+    assert_eq!(container(&created, "db")["healthStatus"], "UNKNOWN");
+    assert!(container(&created, "web").get("healthStatus").is_none());
+
+    // Once `db` has failed a probe, `web` still waits: the task is not RUNNING.
+    let gated_id = id_of(&gated);
+    let probe_failed = async {
+        while let Some(line) = agent.lines.recv().await {
+            if line.contains("\"health check\"")
+                && line.contains(&gated_id)
+                && line.contains("\"passed\":false")
+            {
+                return;
+            }
+        }
+        panic!("the agent ended");
+    };
+    tokio::time::timeout(PATIENCE, probe_failed)
+        .await
+        .expect("a failed probe of db");
+    let waiting = describe_task(api, "hc", &gated).await;
+    assert_eq!(waiting["lastStatus"], "PENDING", "{waiting}");
+    assert_eq!(waiting["healthStatus"], "UNKNOWN", "{waiting}");
+
+    std::fs::write(&flag, b"").expect("flag");
+    let running = wait_status(api, "hc", &gated, "RUNNING").await;
+    assert_eq!(
+        container(&running, "db")["healthStatus"],
+        "HEALTHY",
+        "{running}"
+    );
+    assert_eq!(running["healthStatus"], "HEALTHY", "{running}");
+    assert_eq!(container(&running, "web")["lastStatus"], "RUNNING");
+
+    let stopped = wait_status(api, "hc", &failing, "STOPPED").await;
+    assert_eq!(stopped["stopCode"], "TaskFailedToStart", "{stopped}");
+    let reason = stopped["stoppedReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("UNHEALTHY"), "{stopped}");
+    assert_eq!(container(&stopped, "db")["healthStatus"], "UNHEALTHY");
+    assert_eq!(stopped["healthStatus"], "UNHEALTHY", "{stopped}");
+    drop(agent);
+    assert_audit_clean(&berth.url()).await;
+}

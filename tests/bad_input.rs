@@ -446,6 +446,57 @@ async fn counts_and_batches_out_of_range() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_out_of_ecs_bounds() {
+    let bench = Bench::start().await;
+    let container = |health_check: Value, depends: Value| {
+        json!({"family": "hc", "containerDefinitions": [
+            {"name": "db", "cpu": 1, "memory": 8, "command": ["sleep", "9"],
+             "healthCheck": health_check},
+            {"name": "app", "cpu": 1, "memory": 8, "command": ["sleep", "9"],
+             "dependsOn": depends}
+        ]})
+    };
+    let ok = json!(["CMD", "true"]);
+    let cases = [
+        container(json!({"command": []}), json!([])),
+        container(json!({"command": ["CMD"]}), json!([])),
+        container(json!({"command": ["curl", "-f", "x"]}), json!([])),
+        container(json!({"command": ok, "interval": 4}), json!([])),
+        container(json!({"command": ok, "interval": 301}), json!([])),
+        container(json!({"command": ok, "timeout": 1}), json!([])),
+        container(json!({"command": ok, "retries": 0}), json!([])),
+        container(json!({"command": ok, "retries": 11}), json!([])),
+        container(json!({"command": ok, "startPeriod": -1}), json!([])),
+        container(json!({"command": ok, "startPeriod": 301}), json!([])),
+        // HEALTHY on a container without a health check.
+        json!({"family": "hc", "containerDefinitions": [
+            {"name": "db", "cpu": 1, "memory": 8, "command": ["sleep", "9"]},
+            {"name": "app", "cpu": 1, "memory": 8, "command": ["sleep", "9"],
+             "dependsOn": [{"containerName": "db", "condition": "HEALTHY"}]}
+        ]}),
+    ];
+    for body in cases {
+        bench
+            .refused_json(
+                &format!("RegisterTaskDefinition {}", body["containerDefinitions"][0]),
+                "RegisterTaskDefinition",
+                body,
+                ErrorType::InvalidParameterException,
+            )
+            .await;
+    }
+    bench
+        .refused_json(
+            "SubmitContainerStateChange with an unknown healthStatus",
+            "SubmitContainerStateChange",
+            json!({"cluster": "c1", "task": "0123456789abcdef0123456789abcdef",
+                   "containerName": "web", "healthStatus": "GREAT"}),
+            ErrorType::InvalidParameterException,
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_cluster_instance_task_and_definition() {
     let bench = Bench::start().await;
     use ErrorType::*;

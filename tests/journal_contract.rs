@@ -50,16 +50,6 @@ fn assert_fields(record: &Value, fields: &[&str], what: &str) {
     }
 }
 
-async fn describe_task(api: &Api, cluster: &str, task_arn: &str) -> Value {
-    api.call_json(
-        "DescribeTasks",
-        json!({"cluster": cluster, "tasks": [task_arn]}),
-    )
-    .await
-    .expect("DescribeTasks")["tasks"][0]
-        .clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_task_records_follow_the_journal_contract() {
     let berth = Berth::start().await;

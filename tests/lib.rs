@@ -374,6 +374,17 @@ pub async fn assert_audit_clean(url: &str) -> berth_audit::AuditReport {
 }
 
 /// Waits until `check` on a DescribeTasks reply of one task holds.
+/// One task as DescribeTasks shows it (JSON).
+pub async fn describe_task(api: &Api, cluster: &str, task_arn: &str) -> serde_json::Value {
+    api.call_json(
+        "DescribeTasks",
+        serde_json::json!({"cluster": cluster, "tasks": [task_arn]}),
+    )
+    .await
+    .expect("DescribeTasks")["tasks"][0]
+        .clone()
+}
+
 pub async fn wait_task(
     api: &Api,
     cluster: &str,

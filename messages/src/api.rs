@@ -468,6 +468,10 @@ pub struct SubmitContainerStateChangeRequest {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_bindings: Vec<NetworkBinding>,
+    /// Berth extension: the container's health (HEALTHY, UNHEALTHY or UNKNOWN), sent by
+    /// the agent when its health check changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

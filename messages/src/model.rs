@@ -281,6 +281,66 @@ impl PortMapping {
     }
 }
 
+/// A container's health check (ECS `HealthCheck`). `command` starts with `CMD` (the rest
+/// is run directly) or `CMD-SHELL` (the rest is run by `/bin/sh -c`); times in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<i64>,
+}
+
+impl HealthCheck {
+    /// ECS's defaults and bounds: (default, min, max) of each setting.
+    pub const INTERVAL: (i64, i64, i64) = (30, 5, 300);
+    pub const TIMEOUT: (i64, i64, i64) = (5, 2, 60);
+    pub const RETRIES: (i64, i64, i64) = (3, 1, 10);
+    pub const START_PERIOD: (i64, i64, i64) = (0, 0, 300);
+
+    pub fn interval_seconds(&self) -> i64 {
+        self.interval.unwrap_or(Self::INTERVAL.0)
+    }
+    pub fn timeout_seconds(&self) -> i64 {
+        self.timeout.unwrap_or(Self::TIMEOUT.0)
+    }
+    pub fn retries_count(&self) -> i64 {
+        self.retries.unwrap_or(Self::RETRIES.0)
+    }
+    pub fn start_period_seconds(&self) -> i64 {
+        self.start_period.unwrap_or(Self::START_PERIOD.0)
+    }
+
+    /// The program and arguments the check runs, or why the command is not valid.
+    pub fn argv(&self) -> Result<Vec<String>, String> {
+        match self.command.split_first() {
+            Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => Ok(rest.to_vec()),
+            Some((kind, rest)) if kind == "CMD-SHELL" && !rest.is_empty() => {
+                Ok(vec!["/bin/sh".into(), "-c".into(), rest.join(" ")])
+            }
+            _ => Err(
+                "healthCheck command must be [\"CMD\", program, args...] or [\"CMD-SHELL\", \
+                 command]"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// Health statuses of containers and tasks (ECS `HealthStatus`).
+pub mod health {
+    pub const HEALTHY: &str = "HEALTHY";
+    pub const UNHEALTHY: &str = "UNHEALTHY";
+    pub const UNKNOWN: &str = "UNKNOWN";
+    pub const ALL: [&str; 3] = [HEALTHY, UNHEALTHY, UNKNOWN];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerDependency {
@@ -330,7 +390,7 @@ pub struct ContainerDefinition {
     #[serde(default)]
     pub volumes_from: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<serde_json::Value>,
+    pub health_check: Option<HealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_configuration: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -609,14 +669,122 @@ pub struct Task {
     pub launch_type: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
+    /// Set when a container of the task has a health check: HEALTHY once every essential
+    /// container with one is HEALTHY, UNHEALTHY once any is, else UNKNOWN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<String>,
     /// Internal: what the task holds on its instance (mirrors the instance record).
     #[serde(default)]
     pub allocation: Allocation,
 }
 
+impl Task {
+    /// The task's health from its containers' (ECS: HEALTHY only if every essential
+    /// container with a health check is HEALTHY, UNHEALTHY if any is UNHEALTHY, else
+    /// UNKNOWN); `None` when no container has a health check.
+    pub fn aggregate_health(&self, is_essential: impl Fn(&str) -> bool) -> Option<&'static str> {
+        let mut any = false;
+        let mut all_healthy = true;
+        for c in &self.containers {
+            let Some(status) = c.health_status.as_deref() else {
+                continue;
+            };
+            any = true;
+            if !is_essential(&c.name) {
+                continue;
+            }
+            if status == health::UNHEALTHY {
+                return Some(health::UNHEALTHY);
+            }
+            all_healthy &= status == health::HEALTHY;
+        }
+        any.then_some(if all_healthy {
+            health::HEALTHY
+        } else {
+            health::UNKNOWN
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_health_follows_its_essential_containers() {
+        let container = |name: &str, status: Option<&str>| Container {
+            name: name.into(),
+            health_status: status.map(String::from),
+            ..Default::default()
+        };
+        let task = |containers: Vec<Container>| Task {
+            containers,
+            ..Default::default()
+        };
+        let all = |_: &str| true;
+        assert_eq!(task(vec![container("a", None)]).aggregate_health(all), None);
+        let t = task(vec![
+            container("a", Some(health::HEALTHY)),
+            container("b", None),
+        ]);
+        assert_eq!(t.aggregate_health(all), Some(health::HEALTHY));
+        let t = task(vec![
+            container("a", Some(health::HEALTHY)),
+            container("b", Some(health::UNKNOWN)),
+        ]);
+        assert_eq!(t.aggregate_health(all), Some(health::UNKNOWN));
+        let t = task(vec![
+            container("a", Some(health::UNKNOWN)),
+            container("b", Some(health::UNHEALTHY)),
+        ]);
+        assert_eq!(t.aggregate_health(all), Some(health::UNHEALTHY));
+        // A non-essential container's health does not make the task's.
+        assert_eq!(
+            t.aggregate_health(|name| name == "a"),
+            Some(health::UNKNOWN)
+        );
+        let t = task(vec![
+            container("a", Some(health::HEALTHY)),
+            container("side", Some(health::UNHEALTHY)),
+        ]);
+        assert_eq!(
+            t.aggregate_health(|name| name != "side"),
+            Some(health::HEALTHY)
+        );
+    }
+
+    #[test]
+    fn health_check_commands() {
+        let check = |command: &[&str]| HealthCheck {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            check(&["CMD", "curl", "-f", "x"]).argv(),
+            Ok(vec!["curl".into(), "-f".into(), "x".into()])
+        );
+        assert_eq!(
+            check(&["CMD-SHELL", "test -f a", "&& true"]).argv(),
+            Ok(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "test -f a && true".into()
+            ])
+        );
+        for bad in [&[][..], &["CMD"], &["CMD-SHELL"], &["curl", "x"]] {
+            assert!(check(bad).argv().is_err(), "{bad:?}");
+        }
+        let defaults = check(&["CMD", "true"]);
+        assert_eq!(
+            (
+                defaults.interval_seconds(),
+                defaults.timeout_seconds(),
+                defaults.retries_count(),
+                defaults.start_period_seconds()
+            ),
+            (30, 5, 3, 0)
+        );
+    }
 
     #[test]
     fn task_status_names_round_trip_like_serde() {

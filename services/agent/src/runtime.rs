@@ -466,6 +466,41 @@ async fn poll_ended(paths: &ContainerPaths) -> Ended {
 }
 
 /// Sends a signal to a container's process group; a group that is already gone is fine.
+/// Runs a health check command in a container's environment (its variables, working
+/// directory and user); passes if it exits 0 within `timeout`, else its process group is
+/// killed.
+pub async fn probe(argv: &[String], launch: &Launch, timeout: Duration) -> bool {
+    let Some((program, args)) = argv.split_first() else {
+        return false;
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(&launch.env)
+        .current_dir(&launch.workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(user) = &launch.user {
+        command.uid(user.uid).gid(user.gid);
+    }
+    let Ok(mut child) = command.spawn() else {
+        return false;
+    };
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) => status.success(),
+        _ => {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            false
+        }
+    }
+}
+
 pub fn signal_group(pgid: i32, signal: nix::sys::signal::Signal) {
     if pgid <= 1 {
         return;

@@ -7,9 +7,14 @@
 //! does what is missing, so a restarted agent that adopts containers from disk, a
 //! repeated record, or events in any order all lead to the same end.
 //!
-//! - Desired RUNNING: containers start in `dependsOn` order (START and HEALTHY wait for
-//!   the dependency to have started, COMPLETE for it to have exited, SUCCESS for it to
-//!   have exited 0). The task is reported RUNNING once every container has started.
+//! - Desired RUNNING: containers start in `dependsOn` order (START waits for the
+//!   dependency to have started, HEALTHY for its health check to pass, COMPLETE for it
+//!   to have exited, SUCCESS for it to have exited 0). The task is reported RUNNING once
+//!   every container has started.
+//! - Health checks: a running container with a `healthCheck` is probed every `interval`
+//!   (the command in the container's environment, killed after `timeout`). One success
+//!   makes it HEALTHY; `retries` failures in a row, outside the `startPeriod`, make it
+//!   UNHEALTHY (Docker's rules). Each change is reported as a container change.
 //! - An essential container exits: the others are stopped and the task is reported
 //!   STOPPED with stopCode EssentialContainerExited. A non-essential one exiting is
 //!   reported as a container change and the task goes on.
@@ -30,10 +35,11 @@ use berth_messages::api::{
     ContainerStateChange, SubmitContainerStateChangeRequest, SubmitTaskStateChangeRequest,
 };
 use berth_messages::model::{
-    ContainerDefinition, ContainerDependency, StopCode, Task, TaskDefinition, TaskStatus,
+    health, ContainerDefinition, ContainerDependency, HealthCheck, StopCode, Task, TaskDefinition,
+    TaskStatus,
 };
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Task reason when an essential container exited (as ECS words it).
@@ -67,15 +73,68 @@ enum State {
     },
 }
 
+/// What the agent knows of the health of a running container with a health check.
+#[derive(Debug, Clone, PartialEq)]
+struct Health {
+    status: &'static str,
+    /// Failed probes in a row outside the start period.
+    failures: i64,
+    /// When the agent saw the container running (the start period counts from it).
+    since: Instant,
+}
+
+impl Health {
+    fn new(known: Option<&str>) -> Health {
+        let status = health::ALL
+            .into_iter()
+            .find(|s| Some(*s) == known)
+            .unwrap_or(health::UNKNOWN);
+        Health {
+            status,
+            failures: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Takes one probe's result; returns the new status if it changed.
+    fn observe(
+        &mut self,
+        passed: bool,
+        in_start_period: bool,
+        retries: i64,
+    ) -> Option<&'static str> {
+        let next = if passed {
+            self.failures = 0;
+            health::HEALTHY
+        } else if in_start_period {
+            return None;
+        } else {
+            self.failures += 1;
+            if self.failures < retries {
+                return None;
+            }
+            health::UNHEALTHY
+        };
+        (next != self.status).then(|| {
+            self.status = next;
+            next
+        })
+    }
+}
+
 struct Slot {
     definition: ContainerDefinition,
     state: State,
     term_sent: bool,
+    health: Option<Health>,
 }
 
 impl Slot {
     fn name(&self) -> &str {
         &self.definition.name
+    }
+    fn health_status(&self) -> Option<&'static str> {
+        self.health.as_ref().map(|h| h.status)
     }
     fn has_started(&self) -> bool {
         matches!(
@@ -173,6 +232,7 @@ impl TaskActor {
                         definition: d.clone(),
                         state: State::Pending,
                         term_sent: false,
+                        health: None,
                     })
                     .collect();
                 let info = runtime::TaskInfo {
@@ -201,6 +261,7 @@ impl TaskActor {
                             started: false,
                         },
                         term_sent: false,
+                        health: None,
                     })
                     .collect();
                 self.fail(reason);
@@ -229,6 +290,7 @@ impl TaskActor {
                     tracing::info!(task = %self.task_id, container = %name, pid = state.pid, "adopting a running container");
                     self.slots[idx].state = State::Running(state);
                     self.watch(idx, None, ctx);
+                    self.begin_health_checks(idx, ctx);
                 }
                 Observed::Exited(exit) => {
                     self.ended(idx, Ended::Exited(exit));
@@ -288,10 +350,88 @@ impl TaskActor {
             Ok(state) => {
                 self.slots[idx].state = State::Running(state);
                 self.watch(idx, shim, ctx);
+                self.begin_health_checks(idx, ctx);
             }
             Err(ended) => self.ended(idx, ended),
         }
         self.drive(ctx);
+    }
+
+    fn health_check(&self, idx: usize) -> Option<&HealthCheck> {
+        self.slots[idx].definition.health_check.as_ref()
+    }
+
+    /// Starts probing a container that has just been seen running, if it has a check.
+    fn begin_health_checks(&mut self, idx: usize, ctx: &mut Context<Self>) {
+        let Some(check) = self.health_check(idx) else {
+            return;
+        };
+        let interval = seconds(check.interval_seconds());
+        let name = self.slots[idx].name();
+        let known = self
+            .record
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.health_status.as_deref());
+        self.slots[idx].health = Some(Health::new(known));
+        ctx.run_later(interval, move |act, ctx| act.probe(idx, ctx));
+    }
+
+    fn probe(&mut self, idx: usize, ctx: &mut Context<Self>) {
+        let slot = &self.slots[idx];
+        if !matches!(slot.state, State::Running(_)) || slot.term_sent || self.wants_stop() {
+            return;
+        }
+        let Some(check) = slot.definition.health_check.clone() else {
+            return;
+        };
+        let launch = self
+            .shared
+            .runtime
+            .launch_for(&self.record, &slot.definition);
+        let timeout = seconds(check.timeout_seconds());
+        ctx.spawn(
+            async move {
+                match (check.argv(), launch) {
+                    (Ok(argv), Ok(launch)) => runtime::probe(&argv, &launch, timeout).await,
+                    _ => false,
+                }
+            }
+            .into_actor(self)
+            .map(move |passed, act, ctx| act.probed(idx, passed, ctx)),
+        );
+    }
+
+    fn probed(&mut self, idx: usize, passed: bool, ctx: &mut Context<Self>) {
+        let Some(check) = self.health_check(idx).cloned() else {
+            return;
+        };
+        if !matches!(self.slots[idx].state, State::Running(_)) {
+            return;
+        }
+        let slot = &mut self.slots[idx];
+        let name = slot.definition.name.clone();
+        let Some(health) = slot.health.as_mut() else {
+            return;
+        };
+        let in_start_period = health.since.elapsed() < seconds(check.start_period_seconds());
+        tracing::debug!(task = %self.task_id, container = %name, passed, in_start_period, "health check");
+        if let Some(status) = health.observe(passed, in_start_period, check.retries_count()) {
+            tracing::info!(task = %self.task_id, container = %name, status, "container health changed");
+            self.reporter
+                .send(Report::Container(SubmitContainerStateChangeRequest {
+                    cluster: Some(self.shared.cluster.clone()),
+                    task: self.record.task_arn.clone(),
+                    container_name: name,
+                    health_status: Some(status.into()),
+                    ..Default::default()
+                }));
+            self.drive(ctx);
+        }
+        ctx.run_later(seconds(check.interval_seconds()), move |act, ctx| {
+            act.probe(idx, ctx)
+        });
     }
 
     fn on_ended(&mut self, idx: usize, ended: Ended, ctx: &mut Context<Self>) {
@@ -348,7 +488,7 @@ impl TaskActor {
                     status: Some("STOPPED".into()),
                     exit_code: code,
                     reason,
-                    network_bindings: Vec::new(),
+                    ..Default::default()
                 }));
         }
     }
@@ -407,7 +547,7 @@ impl TaskActor {
                 self.slots
                     .iter()
                     .find(|s| s.name() == name)
-                    .map(|s| s.state.clone())
+                    .map(|s| (s.state.clone(), s.health_status()))
             }) {
                 Readiness::Ready => {
                     if let Err(reason) = self.start_container(idx, ctx) {
@@ -610,11 +750,19 @@ pub enum Readiness {
     Never(String),
 }
 
-fn readiness(deps: &[ContainerDependency], state_of: impl Fn(&str) -> Option<State>) -> Readiness {
+fn seconds(s: i64) -> Duration {
+    Duration::from_secs(s.max(0).unsigned_abs())
+}
+
+/// `state_of` gives a container's state and, if it has a health check, its health.
+fn readiness(
+    deps: &[ContainerDependency],
+    state_of: impl Fn(&str) -> Option<(State, Option<&'static str>)>,
+) -> Readiness {
     let mut wait = false;
     for dep in deps {
         let name = dep.container_name.as_str();
-        let Some(state) = state_of(name) else {
+        let Some((state, health_status)) = state_of(name) else {
             return Readiness::Never(format!(
                 "{CANNOT_START}: dependsOn names an unknown container {name}"
             ));
@@ -627,8 +775,18 @@ fn readiness(deps: &[ContainerDependency], state_of: impl Fn(&str) -> Option<Sta
         };
         match (dep.condition.as_str(), &state) {
             (_, State::Exited { started: false, .. }) => return never("never started".into()),
-            // HEALTHY is treated as START: the process runtime runs no health checks.
-            ("START" | "HEALTHY", State::Running(_) | State::Exited { .. }) => {}
+            ("START", State::Running(_) | State::Exited { .. }) => {}
+            ("HEALTHY", State::Running(_)) => match health_status {
+                Some(health::HEALTHY) => {}
+                Some(health::UNHEALTHY) => return never("is UNHEALTHY".into()),
+                // Registration refuses HEALTHY on a container without a health check.
+                None => return never("has no health check".into()),
+                Some(_) => wait = true,
+            },
+            ("HEALTHY", State::Exited { .. }) if health_status != Some(health::HEALTHY) => {
+                return never("exited before it was HEALTHY".into())
+            }
+            ("HEALTHY", State::Exited { .. }) => {}
             ("COMPLETE", State::Exited { .. }) => {}
             ("SUCCESS", State::Exited { code: Some(0), .. }) => {}
             ("SUCCESS", State::Exited { code, .. }) => {
@@ -675,7 +833,7 @@ mod tests {
 
     #[test]
     fn dependencies_gate_starts() {
-        let of = |s: State| move |_: &str| Some(s.clone());
+        let of = |s: State| move |_: &str| Some((s.clone(), None));
         assert_eq!(readiness(&[], of(State::Pending)), Readiness::Ready);
         assert_eq!(
             readiness(&[dep("a", "START")], of(State::Pending)),
@@ -687,10 +845,6 @@ mod tests {
         );
         assert_eq!(
             readiness(&[dep("a", "START")], of(running())),
-            Readiness::Ready
-        );
-        assert_eq!(
-            readiness(&[dep("a", "HEALTHY")], of(running())),
             Readiness::Ready
         );
         assert_eq!(
@@ -722,5 +876,57 @@ mod tests {
             readiness(&[dep("zz", "START")], |_| None),
             Readiness::Never(_)
         ));
+    }
+
+    #[test]
+    fn healthy_dependencies_wait_for_the_health_check() {
+        let healthy = [dep("a", "HEALTHY")];
+        let with = |s: State, h: Option<&'static str>| move |_: &str| Some((s.clone(), h));
+        assert_eq!(
+            readiness(&healthy, with(running(), Some(health::UNKNOWN))),
+            Readiness::Wait
+        );
+        assert_eq!(
+            readiness(&healthy, with(State::Starting, None)),
+            Readiness::Wait
+        );
+        assert_eq!(
+            readiness(&healthy, with(running(), Some(health::HEALTHY))),
+            Readiness::Ready
+        );
+        assert_eq!(
+            readiness(&healthy, with(exited(0), Some(health::HEALTHY))),
+            Readiness::Ready
+        );
+        for never in [
+            with(running(), Some(health::UNHEALTHY)),
+            with(running(), None),
+            with(exited(0), Some(health::UNKNOWN)),
+        ] {
+            assert!(matches!(readiness(&healthy, never), Readiness::Never(_)));
+        }
+    }
+
+    #[test]
+    fn health_follows_dockers_rules() {
+        let mut h = Health::new(None);
+        assert_eq!(h.status, health::UNKNOWN);
+        // Failures inside the start period do not count.
+        for _ in 0..5 {
+            assert_eq!(h.observe(false, true, 2), None);
+        }
+        assert_eq!(h.observe(true, true, 2), Some(health::HEALTHY));
+        assert_eq!(h.observe(true, false, 2), None);
+        // One failure short of the retries keeps it HEALTHY; the next makes it UNHEALTHY.
+        assert_eq!(h.observe(false, false, 2), None);
+        assert_eq!(h.observe(false, false, 2), Some(health::UNHEALTHY));
+        assert_eq!(h.observe(false, false, 2), None);
+        // A success starts the count again.
+        assert_eq!(h.observe(true, false, 2), Some(health::HEALTHY));
+        assert_eq!(h.observe(false, false, 2), None);
+        assert_eq!(h.status, health::HEALTHY);
+        // A restarted agent starts from what the journal knew.
+        assert_eq!(Health::new(Some("HEALTHY")).status, health::HEALTHY);
+        assert_eq!(Health::new(Some("bogus")).status, health::UNKNOWN);
     }
 }

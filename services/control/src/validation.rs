@@ -6,7 +6,7 @@
 use berth_messages::api::*;
 use berth_messages::arn;
 use berth_messages::command::CommandRequest;
-use berth_messages::model::{InstanceStatus, Resource};
+use berth_messages::model::{health, HealthCheck, InstanceStatus, Resource};
 use berth_messages::validate as v;
 use berth_messages::ApiError;
 
@@ -110,7 +110,13 @@ pub fn request(req: &CommandRequest) -> Result<(), ApiError> {
         CommandRequest::SubmitContainerStateChange(r) => {
             cluster(r.cluster.as_deref())?;
             task_ref(&r.task)?;
-            v::name("containerName", &r.container_name)
+            v::name("containerName", &r.container_name)?;
+            match r.health_status.as_deref() {
+                Some(h) if !health::ALL.contains(&h) => Err(ApiError::invalid(format!(
+                    "healthStatus must be HEALTHY, UNHEALTHY or UNKNOWN, got {h}"
+                ))),
+                _ => Ok(()),
+            }
         }
     }
 }
@@ -227,6 +233,25 @@ fn attributes(r: &AttributesRequest, put: bool) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn health_check(container: &str, check: &HealthCheck) -> Result<(), ApiError> {
+    check
+        .argv()
+        .map_err(|why| ApiError::invalid(format!("container {container}: {why}")))?;
+    for (field, value, (_, min, max)) in [
+        ("interval", check.interval, HealthCheck::INTERVAL),
+        ("timeout", check.timeout, HealthCheck::TIMEOUT),
+        ("retries", check.retries, HealthCheck::RETRIES),
+        ("startPeriod", check.start_period, HealthCheck::START_PERIOD),
+    ] {
+        if let Some(v) = value.filter(|v| !(min..=max).contains(v)) {
+            return Err(ApiError::invalid(format!(
+                "container {container}: healthCheck {field} must be between {min} and {max}, got {v}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn register_task_definition(r: &RegisterTaskDefinitionRequest) -> Result<(), ApiError> {
     v::name("family", &r.family)?;
     v::batch(
@@ -274,6 +299,19 @@ fn register_task_definition(r: &RegisterTaskDefinitionRequest) -> Result<(), Api
                     d.condition
                 )));
             }
+            let checked = r
+                .container_definitions
+                .iter()
+                .any(|o| o.name == d.container_name && o.health_check.is_some());
+            if d.condition == "HEALTHY" && !checked {
+                return Err(ApiError::invalid(format!(
+                    "container {} depends on {} being HEALTHY, but {} has no healthCheck",
+                    c.name, d.container_name, d.container_name
+                )));
+            }
+        }
+        if let Some(check) = &c.health_check {
+            health_check(&c.name, check)?;
         }
     }
     if let Some(mode) = &r.network_mode {

@@ -66,6 +66,7 @@ impl Launch {
                     .iter()
                     .find(|o| o.name.as_deref() == Some(c.name.as_str()));
                 Container {
+                    health_status: c.health_check.as_ref().map(|_| health::UNKNOWN.into()),
                     container_arn: shared.arns.container(
                         &self.cluster,
                         task_id,
@@ -86,7 +87,13 @@ impl Launch {
                 }
             })
             .collect();
+        let health_status = td
+            .container_definitions
+            .iter()
+            .any(|c| c.health_check.is_some())
+            .then(|| health::UNKNOWN.to_string());
         Ok(Task {
+            health_status,
             task_arn,
             cluster_arn: shared.arns.cluster(&self.cluster),
             task_definition_arn: td.task_definition_arn.clone(),
@@ -737,6 +744,7 @@ pub async fn submit_container_state(
     let cluster = CommandRequest::SubmitContainerStateChange(r.clone()).scope();
     super::active_cluster(shared, &cluster).await?;
     let task_id = task_of(&cluster, &r.task)?;
+    let view = shared.view.clone();
     let change = Box::new(move |t: &mut Task| {
         let c = t
             .containers
@@ -756,6 +764,22 @@ pub async fn submit_container_state(
             r.runtime_id.as_deref(),
             &r.network_bindings,
         );
+        if let Some(status) = &r.health_status {
+            c.health_status = Some(status.clone());
+            let definition = arn::task_definition_ref(&t.task_definition_arn)
+                .and_then(|d| view.task_definition(&d.family, d.revision?));
+            // Without its definition every container with a health check counts.
+            let essential = |name: &str| {
+                definition.as_ref().is_none_or(|d| {
+                    d.value
+                        .container_definitions
+                        .iter()
+                        .find(|c| c.name == name)
+                        .is_none_or(|c| c.is_essential())
+                })
+            };
+            t.health_status = t.aggregate_health(essential).map(String::from);
+        }
         Ok(())
     });
     acknowledged_update(shared, d, &cluster, &task_id, change).await
