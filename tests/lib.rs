@@ -211,6 +211,25 @@ impl Api {
         decode_reply(self.encoding, &msg)
     }
 
+    /// Calls an action with a JSON value and the command id in `Nats-Msg-Id`.
+    pub async fn call_json_as(
+        &self,
+        command_id: &str,
+        action: &str,
+        req: serde_json::Value,
+    ) -> Result<serde_json::Value, ApiError> {
+        let mut h = HeaderMap::new();
+        h.insert(headers::CONTENT_TYPE, headers::JSON);
+        h.insert(headers::MSG_ID, command_id);
+        let body = serde_json::to_vec(&req).expect("encode request");
+        let msg = self
+            .client
+            .request_with_headers(subjects::api(action), h, body.into())
+            .await
+            .expect("API request answered");
+        decode_reply(Encoding::Json, &msg)
+    }
+
     /// Calls an action with a JSON value.
     pub async fn call_json(
         &self,

@@ -436,3 +436,66 @@ async fn two_schedulers_and_run_task_share_a_pool_without_over_commit() {
     assert_eq!(task_arns(api, CLUSTER).await.len(), SLOTS);
     assert_audit_clean(&berth.url()).await;
 }
+
+/// Every StartTask the scheduler sends names its command (`Nats-Msg-Id`), so a call whose
+/// answer was lost can be sent again with the same id and start nothing twice: the
+/// outcome is addressable by that id, and the same request sent again is answered with
+/// the same task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_task_calls_carry_a_command_id_that_makes_a_resend_harmless() {
+    const CLUSTER: &str = "ids";
+    let berth = Berth::start().await;
+    let api = &berth.api;
+    create_cluster(api, CLUSTER).await;
+    let a = register_instance(api, CLUSTER, 4096, 2048, json!([])).await;
+    let _beats = Heartbeats::start(api.client.clone(), CLUSTER, vec![a]);
+    register_task_definition(api, "small", 10, 128, None).await;
+    let js = jetstream_with_jobs(api).await;
+    // A plain subscriber sees a copy of each StartTask request (the replicas answer them
+    // in their queue group).
+    let mut calls = api
+        .client
+        .subscribe(berth_messages::subjects::api("StartTask"))
+        .await
+        .expect("subscribe to StartTask calls");
+    let mut outcomes_sub = api
+        .client
+        .subscribe(jobs::outcomes_of(CLUSTER))
+        .await
+        .expect("subscribe to outcomes");
+    api.client.flush().await.expect("flush");
+    let scheduler = Scheduler::start(&berth.url(), CLUSTER);
+    jobs::submit(&js, CLUSTER, &Job::new("one", "small"))
+        .await
+        .expect("submit");
+    let outcome = outcomes(&mut outcomes_sub, 1).await.remove(0);
+    assert_eq!(outcome.status, JobStatus::Placed, "{outcome:?}");
+    assert_eq!(outcome.tasks.len(), 1, "{outcome:?}");
+
+    let call = tokio::time::timeout(PATIENCE, calls.next())
+        .await
+        .expect("a StartTask call")
+        .expect("subscription open");
+    let command_id = call
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(berth_messages::headers::MSG_ID))
+        .map(|v| v.as_str().to_string())
+        .expect("StartTask carries Nats-Msg-Id");
+    assert!(command_id.starts_with("sched-"), "{command_id}");
+    let body: serde_json::Value = serde_json::from_slice(&call.payload).expect("JSON body");
+    let resent = api
+        .call_json_as(&command_id, "StartTask", body)
+        .await
+        .expect("the same call sent again");
+    let resent: Vec<&str> = resent["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["taskArn"].as_str())
+        .collect();
+    assert_eq!(resent, vec![outcome.tasks[0].task_arn.as_str()]);
+    assert_eq!(task_arns(api, CLUSTER).await.len(), 1, "started once");
+    scheduler.stop().await;
+    assert_audit_clean(&berth.url()).await;
+}

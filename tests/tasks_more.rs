@@ -1215,6 +1215,75 @@ async fn client_token_makes_run_task_idempotent() {
     assert_audit_clean(&berth.url()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_id_header_makes_any_mutation_idempotent() {
+    let berth = Berth::start().await;
+    let api = &berth.api;
+    create_cluster(api, "c1").await;
+    let i1 = register_instance(api, "c1", 4096, 4096, json!([])).await;
+    let _beats = Heartbeats::start(api.client.clone(), "c1", vec![i1.clone()]);
+    register_task_definition(api, "web", 256, 512, None).await;
+    let journal = journal(&berth.url()).await;
+
+    // StartTask has no clientToken in ECS: a scheduler that did not hear the answer
+    // sends the same request with the same id and gets the same task, started once.
+    let start = json!({"cluster": "c1", "taskDefinition": "web", "containerInstances": [i1]});
+    let first = api
+        .call_json_as("sched-job-7-1", "StartTask", start.clone())
+        .await
+        .expect("StartTask");
+    let arns = task_arns(&first);
+    assert_eq!(arns.len(), 1, "{first}");
+    let after_first = journal.state_last_sequence().await.unwrap();
+    let again = api
+        .call_json_as("sched-job-7-1", "StartTask", start.clone())
+        .await
+        .expect("StartTask again");
+    assert_eq!(task_arns(&again), arns, "the retry returns the same task");
+    assert_eq!(journal.state_last_sequence().await.unwrap(), after_first);
+    let ci = describe_instance(api, "c1", &i1).await;
+    assert_eq!(remaining_int(&ci, "MEMORY"), 4096 - 512, "{ci}");
+    // Its outcome can be looked up by that id.
+    let outcome = call(
+        api,
+        "GetCommandOutcome",
+        json!({"commandId": "sched-job-7-1"}),
+    )
+    .await;
+    assert!(outcome.to_string().contains(&arns[0]), "{outcome}");
+
+    // The same id with other parameters is a conflict and writes nothing.
+    let mut other = start.clone();
+    other["startedBy"] = json!("someone-else");
+    expect_error(
+        api.call_json_as("sched-job-7-1", "StartTask", other).await,
+        ErrorType::ConflictException,
+        "same command id, other startedBy",
+    );
+    // Any mutation: a StopTask retried with its id is answered, not refused.
+    let stop = json!({"cluster": "c1", "task": arns[0], "reason": "done"});
+    let stopped = api
+        .call_json_as("stop-7", "StopTask", stop.clone())
+        .await
+        .expect("StopTask");
+    let after_stop = journal.state_last_sequence().await.unwrap();
+    let retried = api
+        .call_json_as("stop-7", "StopTask", stop)
+        .await
+        .expect("StopTask again");
+    assert_eq!(stopped, retried);
+    assert_eq!(journal.state_last_sequence().await.unwrap(), after_stop);
+
+    for bad in ["bad id!", &"x".repeat(200)] {
+        expect_error(
+            api.call_json_as(bad, "StartTask", start.clone()).await,
+            ErrorType::InvalidParameterException,
+            "bad command id",
+        );
+    }
+    assert_audit_clean(&berth.url()).await;
+}
+
 /// Publishes a RunTask command straight into `BERTH_CMD`; returns whether JetStream
 /// took it as a duplicate.
 async fn publish_command(

@@ -71,6 +71,7 @@ pub async fn run(
                 berth_messages::command::Action::CreateCluster,
                 berth_messages::codec::Encoding::Json,
                 body.as_bytes(),
+                None,
             )
             .await
             {

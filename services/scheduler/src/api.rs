@@ -47,10 +47,24 @@ impl Api {
         action: &str,
         request: &Req,
     ) -> Result<Resp, CallError> {
+        self.call_as(None, action, request).await
+    }
+
+    /// Calls `action` once; with `command_id` (`Nats-Msg-Id`) a mutation sent again with
+    /// the same id takes effect once and is answered with the first one's outcome.
+    pub async fn call_as<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        command_id: Option<&str>,
+        action: &str,
+        request: &Req,
+    ) -> Result<Resp, CallError> {
         let body = serde_json::to_vec(request)
             .map_err(|e| CallError::Refused(ApiError::invalid(e.to_string())))?;
         let mut h = HeaderMap::new();
         h.insert(headers::CONTENT_TYPE, headers::JSON);
+        if let Some(id) = command_id {
+            h.insert(headers::MSG_ID, id);
+        }
         let reply = self
             .client
             .send_request(
@@ -102,12 +116,18 @@ impl Api {
     }
 
     /// StartTask: one task on each listed instance (an instance may be listed twice).
-    pub async fn start_task(&self, request: StartTaskRequest) -> Result<TasksResponse, CallError> {
+    /// Sent again with the same `command_id` after an unknown result, it starts nothing
+    /// twice.
+    pub async fn start_task(
+        &self,
+        command_id: &str,
+        request: StartTaskRequest,
+    ) -> Result<TasksResponse, CallError> {
         let request = StartTaskRequest {
             cluster: Some(self.cluster.clone()),
             ..request
         };
-        self.call("StartTask", &request).await
+        self.call_as(Some(command_id), "StartTask", &request).await
     }
 
     /// Every task (running or stopped) with this `startedBy` that carries `tag = value`.

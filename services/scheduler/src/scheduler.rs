@@ -45,6 +45,10 @@ const LOOKUP_RETRY: Duration = Duration::from_secs(1);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// StartTask takes at most ten container instances.
 const MAX_PER_START: usize = 10;
+/// A StartTask whose result is unknown is sent again with the same command id this many
+/// times (then its tasks are looked up instead), waiting this long more each time.
+const SAME_ID_ATTEMPTS: u32 = 5;
+const SAME_ID_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Why the scheduler could not run.
 #[derive(Debug, thiserror::Error)]
@@ -333,10 +337,37 @@ enum Done {
         result: Result<Vec<Task>, CallError>,
     },
     Started {
-        job_id: String,
+        call: Box<StartCall>,
         choices: Vec<Choice>,
         result: Result<TasksResponse, CallError>,
     },
+}
+
+/// One StartTask call, kept to be sent again with its command id if its result is
+/// unknown.
+#[derive(Clone)]
+struct StartCall {
+    job_id: String,
+    command_id: String,
+    request: StartTaskRequest,
+    attempt: u32,
+}
+
+impl StartCall {
+    fn send(self, api: Api, choices: Vec<Choice>, after: Duration) -> BoxFuture<'static, Done> {
+        async move {
+            if !after.is_zero() {
+                tokio::time::sleep(after).await;
+            }
+            let result = api.start_task(&self.command_id, self.request.clone()).await;
+            Done::Started {
+                call: Box::new(self),
+                choices,
+                result,
+            }
+        }
+        .boxed()
+    }
 }
 
 struct State {
@@ -603,19 +634,14 @@ impl State {
                     }],
                     reference_id: None,
                 };
-                let api = self.api.clone();
-                let job_id = held.job.id.clone();
-                self.work.push(
-                    async move {
-                        let result = api.start_task(request).await;
-                        Done::Started {
-                            job_id,
-                            choices,
-                            result,
-                        }
-                    }
-                    .boxed(),
-                );
+                let call = StartCall {
+                    job_id: held.job.id.clone(),
+                    command_id: format!("sched-{:032x}", rand::random::<u128>()),
+                    request,
+                    attempt: 1,
+                };
+                self.work
+                    .push(call.send(self.api.clone(), choices, Duration::ZERO));
             }
             if self.strict && short {
                 break;
@@ -684,11 +710,12 @@ impl State {
                 job_id
             }
             Done::Started {
-                job_id,
+                call,
                 choices,
                 result,
             } => {
-                self.on_started(&job_id, choices, result, now);
+                let job_id = call.job_id.clone();
+                self.on_started(*call, choices, result, now);
                 job_id
             }
         };
@@ -697,11 +724,26 @@ impl State {
 
     fn on_started(
         &mut self,
-        job_id: &str,
+        call: StartCall,
         mut choices: Vec<Choice>,
         result: Result<TasksResponse, CallError>,
         now: Instant,
     ) {
+        let job_id = call.job_id.as_str();
+        if let Err(CallError::Unknown(reason)) = &result {
+            if call.attempt < SAME_ID_ATTEMPTS && self.queue.get_mut_by_id(job_id).is_some() {
+                // The same command id: if the first call took effect, this one is
+                // answered with its outcome; if not, it takes effect once.
+                tracing::warn!(job = %job_id, command = %call.command_id, attempt = call.attempt, %reason, "StartTask unanswered; sending it again with the same command id");
+                let after = SAME_ID_BACKOFF * call.attempt;
+                let again = StartCall {
+                    attempt: call.attempt + 1,
+                    ..call
+                };
+                self.work.push(again.send(self.api.clone(), choices, after));
+                return;
+            }
+        }
         let Some(held) = self.queue.get_mut_by_id(job_id) else {
             for c in &choices {
                 self.pool.cancel(&c.instance_id, c.reservation);

@@ -116,7 +116,13 @@ async fn handle(shared: Shared, action: Action, request: service::Request) {
             )));
         }
         if action.is_mutation() {
-            submit::submit(&shared, action, enc, payload).await
+            let given_id = request
+                .message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::MSG_ID))
+                .map(|v| v.as_str().to_string());
+            submit::submit(&shared, action, enc, payload, given_id.as_deref()).await
         } else {
             let min_sequence = request
                 .message

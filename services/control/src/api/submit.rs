@@ -1,6 +1,11 @@
 //! Mutations over the API: validate, publish the command into `BERTH_CMD` with a reply
 //! inbox, and answer with its outcome once this replica's view has reached the
 //! outcome's journal sequence (read-your-writes for the caller).
+//!
+//! The command id is the request's `Nats-Msg-Id` header if the caller sets one (as a
+//! direct publisher does), else one derived from RunTask's `clientToken`, else a fresh
+//! one. A caller-chosen id makes retries idempotent: a repeated request gets the first
+//! one's outcome, and the same id with different parameters is a `ConflictException`.
 
 use super::Reply;
 use crate::shared::Shared;
@@ -20,7 +25,11 @@ pub async fn submit(
     action: Action,
     enc: Encoding,
     body: &[u8],
+    given_id: Option<&str>,
 ) -> Result<Reply, ApiError> {
+    if let Some(id) = given_id {
+        berth_messages::validate::command_id("command id (Nats-Msg-Id)", id)?;
+    }
     let request = CommandRequest::decode(action, enc, body)?;
     crate::validation::request(&request)?;
     let scope = request.scope();
@@ -39,22 +48,28 @@ pub async fn submit(
         CommandRequest::RunTask(r) => r.client_token.clone(),
         _ => None,
     };
-    let command_id = match &client_token {
-        Some(token) => format!("rt-{}", crate::ids::derived(&scope, token)),
-        None => crate::ids::fresh_command_id(),
+    let chosen_id = match (given_id, &client_token) {
+        (Some(id), _) => Some(id.to_string()),
+        (None, Some(token)) => Some(format!("rt-{}", crate::ids::derived(&scope, token))),
+        (None, None) => None,
     };
+    let command_id = chosen_id
+        .clone()
+        .unwrap_or_else(crate::ids::fresh_command_id);
     let payload = request
         .encode(Encoding::MsgPack)
         .map_err(|e| ApiError::server(e.to_string()))?;
     let digest = crate::commands::request_digest(&payload);
     let outcome = publish_and_wait(shared, &scope, action, &command_id, payload).await?;
-    if client_token.is_some()
-        && outcome.request_digest.is_some()
-        && outcome.request_digest != digest
-    {
+    if chosen_id.is_some() && outcome.request_digest.is_some() && outcome.request_digest != digest {
+        let what = if given_id.is_some() {
+            "The command id (Nats-Msg-Id)"
+        } else {
+            "The clientToken"
+        };
         return Err(ApiError::new(
             ErrorType::ConflictException,
-            "The clientToken was already used with different parameters",
+            format!("{what} was already used with different parameters"),
         ));
     }
     let response = outcome.result()?;
