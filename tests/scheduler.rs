@@ -446,9 +446,7 @@ async fn start_task_calls_carry_a_command_id_that_makes_a_resend_harmless() {
     const CLUSTER: &str = "ids";
     let berth = Berth::start().await;
     let api = &berth.api;
-    create_cluster(api, CLUSTER).await;
-    let a = register_instance(api, CLUSTER, 4096, 2048, json!([])).await;
-    let _beats = Heartbeats::start(api.client.clone(), CLUSTER, vec![a]);
+    let (_, _beats) = register_hosts(api, CLUSTER, 1, 4096, 2048).await;
     register_task_definition(api, "small", 10, 128, None).await;
     let js = jetstream_with_jobs(api).await;
     // A plain subscriber sees a copy of each StartTask request (the replicas answer them

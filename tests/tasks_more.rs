@@ -1219,9 +1219,8 @@ async fn client_token_makes_run_task_idempotent() {
 async fn a_command_id_header_makes_any_mutation_idempotent() {
     let berth = Berth::start().await;
     let api = &berth.api;
-    create_cluster(api, "c1").await;
-    let i1 = register_instance(api, "c1", 4096, 4096, json!([])).await;
-    let _beats = Heartbeats::start(api.client.clone(), "c1", vec![i1.clone()]);
+    let (hosts, _beats) = register_hosts(api, "c1", 1, 4096, 4096).await;
+    let i1 = hosts[0].clone();
     register_task_definition(api, "web", 256, 512, None).await;
     let journal = journal(&berth.url()).await;
 
