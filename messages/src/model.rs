@@ -679,6 +679,20 @@ pub struct Task {
 }
 
 impl Task {
+    /// The task as the API shows it: with its version, and ECS's UNKNOWN health on the
+    /// task and on containers where no health check set one (journal records leave it
+    /// out).
+    pub fn presented(mut self, version: u64) -> Task {
+        self.version = Some(version);
+        self.health_status
+            .get_or_insert_with(|| health::UNKNOWN.to_string());
+        for c in &mut self.containers {
+            c.health_status
+                .get_or_insert_with(|| health::UNKNOWN.to_string());
+        }
+        self
+    }
+
     /// The task's health from its containers' (ECS: HEALTHY only if every essential
     /// container with a health check is HEALTHY, UNHEALTHY if any is UNHEALTHY, else
     /// UNKNOWN); `None` when no container has a health check.
@@ -751,6 +765,33 @@ mod tests {
             t.aggregate_health(|name| name != "side"),
             Some(health::HEALTHY)
         );
+    }
+
+    #[test]
+    fn presented_tasks_show_unknown_health_where_no_check_set_one() {
+        let task = Task {
+            containers: vec![
+                Container {
+                    name: "a".into(),
+                    health_status: Some(health::HEALTHY.into()),
+                    ..Default::default()
+                },
+                Container {
+                    name: "b".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+        .presented(7);
+        assert_eq!(task.version, Some(7));
+        assert_eq!(task.health_status.as_deref(), Some(health::UNKNOWN));
+        let shown: Vec<_> = task
+            .containers
+            .iter()
+            .map(|c| c.health_status.as_deref())
+            .collect();
+        assert_eq!(shown, [Some(health::HEALTHY), Some(health::UNKNOWN)]);
     }
 
     #[test]

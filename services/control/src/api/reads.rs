@@ -412,9 +412,8 @@ async fn describe_tasks(
             .flatten();
         match found {
             Some(entry) => {
-                let mut task = entry.task.value.clone();
-                task.version = Some(entry.task.version);
-                out.tasks.push(task);
+                out.tasks
+                    .push(entry.task.value.clone().presented(entry.task.version));
             }
             None => out.failures.push(Failure::new(
                 shared.arns.task(&cluster, id),

@@ -141,9 +141,7 @@ impl Launch {
 }
 
 fn presented(t: TaskDone) -> Task {
-    let mut task = t.task.value;
-    task.version = Some(t.task.version);
-    task
+    t.task.value.presented(t.task.version)
 }
 
 /// On a redelivery, waits until the view holds everything the journal had, so that
