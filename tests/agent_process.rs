@@ -918,3 +918,37 @@ async fn health_checks_gate_healthy_dependencies_and_make_the_task_health() {
     drop(agent);
     assert_audit_clean(&berth.url()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_over_its_memory_limit_is_killed_where_the_host_has_cgroups() {
+    let berth = Berth::start().await;
+    let api = &berth.api;
+    create_cluster(api, "oom").await;
+    let scratch = Scratch::new("oom");
+    let mut agent = Agent::start(&berth.url(), "oom", &scratch.data_dir(), &[]);
+    agent.ready().await;
+    // `tail` keeps 200 MB of a line without newlines in memory; the limit is 16 MiB.
+    let td = register_td(
+        api,
+        json!({"family": "greedy", "containerDefinitions": [
+            {"name": "app", "cpu": 64, "memory": 16,
+             "command": ["sh", "-c", "head -c 200000000 /dev/zero | tail > /dev/null"]}
+        ]}),
+    )
+    .await;
+    let task = run_one(api, "oom", &td, None).await;
+    let stopped = wait_status(api, "oom", &task, "STOPPED").await;
+    let app = container(&stopped, "app");
+    if berth_agent::cgroup::Cgroups::detect().is_some() {
+        assert_eq!(app["exitCode"], 137, "{stopped}");
+        assert_eq!(
+            app["reason"], "OutOfMemoryError: Container killed due to memory usage",
+            "{stopped}"
+        );
+        assert_eq!(stopped["stopCode"], "EssentialContainerExited", "{stopped}");
+    } else {
+        // No memory controller the agent can use: limits are off and the command ends.
+        assert_eq!(app["exitCode"], 0, "{stopped}");
+    }
+    assert_audit_clean(&berth.url()).await;
+}

@@ -324,6 +324,13 @@ impl ProcessRuntime {
         Ok((child, paths))
     }
 
+    /// Whether the kernel killed a process of a container's cgroup for want of memory.
+    pub fn oom_killed(&self, task_id: &str, container: &str) -> bool {
+        self.cgroups
+            .as_ref()
+            .is_some_and(|cg| cg.oom_killed(&format!("{task_id}-{container}")))
+    }
+
     /// Removes a container's cgroup after it ended (best effort).
     pub fn release(&self, task_id: &str, container: &str) {
         if let Some(cg) = &self.cgroups {

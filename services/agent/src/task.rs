@@ -44,6 +44,8 @@ use tokio::sync::oneshot;
 
 /// Task reason when an essential container exited (as ECS words it).
 pub const ESSENTIAL_EXITED: &str = "Essential container in task exited";
+/// Container reason when the kernel killed it for exceeding its memory limit (ECS's words).
+pub const OUT_OF_MEMORY: &str = "OutOfMemoryError: Container killed due to memory usage";
 /// Container reason when its shim vanished without recording how the command ended.
 pub const VANISHED: &str =
     "container ended without recording an exit status (its shim was killed or the host restarted)";
@@ -455,6 +457,12 @@ impl TaskActor {
             Ended::Vanished => (None, Some(VANISHED.to_string()), true),
         };
         let name = self.slots[idx].name().to_string();
+        let reason = match reason {
+            None if code == Some(137) && self.shared.runtime.oom_killed(&self.task_id, &name) => {
+                Some(OUT_OF_MEMORY.to_string())
+            }
+            other => other,
+        };
         tracing::info!(task = %self.task_id, container = %name, ?code, ?reason, "container ended");
         self.shared.runtime.release(&self.task_id, &name);
         self.slots[idx].state = State::Exited {
