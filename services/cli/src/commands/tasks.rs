@@ -276,8 +276,11 @@ fn detail(task: &Task) -> String {
     if task.last_status == TaskStatus::Stopped || task.stop_code.is_some() {
         line(&mut s, "stop:", stop_text(task));
     }
+    if let Some(health) = &task.health_status {
+        line(&mut s, "health:", health.clone());
+    }
     s.push('\n');
-    let mut t = Table::new(&["CONTAINER", "STATUS", "EXIT", "PORTS", "REASON"]);
+    let mut t = Table::new(&["CONTAINER", "STATUS", "HEALTH", "EXIT", "PORTS", "REASON"]);
     for c in &task.containers {
         let ports: Vec<String> = c
             .network_bindings
@@ -298,6 +301,7 @@ fn detail(task: &Task) -> String {
             } else {
                 c.last_status.clone()
             },
+            c.health_status.clone().unwrap_or_else(|| "-".into()),
             c.exit_code.map_or("-".into(), |e| e.to_string()),
             if ports.is_empty() {
                 "-".into()
@@ -309,4 +313,42 @@ fn detail(task: &Task) -> String {
     }
     s.push_str(&t.render());
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_messages::model::Container;
+
+    #[test]
+    fn detail_shows_task_and_container_health() {
+        let task = Task {
+            task_arn: "arn:aws:ecs:r:1:task/c/0123".into(),
+            health_status: Some("HEALTHY".into()),
+            containers: vec![
+                Container {
+                    name: "db".into(),
+                    last_status: "RUNNING".into(),
+                    health_status: Some("HEALTHY".into()),
+                    ..Default::default()
+                },
+                Container {
+                    name: "web".into(),
+                    last_status: "RUNNING".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let text = detail(&task);
+        assert!(
+            text.contains("health:") && text.contains("HEALTHY"),
+            "{text}"
+        );
+        let web = text
+            .lines()
+            .find(|l| l.starts_with("web"))
+            .expect("web row");
+        assert!(web.split_whitespace().nth(2) == Some("-"), "{web}");
+    }
 }
