@@ -46,15 +46,30 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        let cgroups = berth_agent::cgroup::Cgroups::detect();
         for (state, exit) in container_states(&self.data_dir()) {
-            if exit.exists() {
-                continue;
+            if !exit.exists() {
+                if let Some((shim, pid)) = read_state(&state) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{pid}"), &shim.to_string()])
+                        .stderr(Stdio::null())
+                        .status();
+                }
             }
-            if let Some((shim, pid)) = read_state(&state) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{pid}"), &shim.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
+            // The agent removes a container's cgroup when it sees it end; a test that
+            // killed the agent first leaves it (`<task-id>-<container>`).
+            let container = state.parent();
+            let task = container.and_then(Path::parent).and_then(Path::parent);
+            if let (Some(cg), Some(c), Some(t)) = (&cgroups, container, task) {
+                if let (Some(c), Some(t)) = (c.file_name(), t.file_name()) {
+                    let name = format!("{}-{}", t.to_string_lossy(), c.to_string_lossy());
+                    for _ in 0..50 {
+                        if cg.remove_now(&name) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&self.path);
@@ -297,6 +312,17 @@ async fn output_so_far(api: &Api, cluster: &str, instance_arn: &str, task: &str)
     chunk["data"].as_str().unwrap_or_default().to_string()
 }
 
+/// Waits until a task's output so far contains `text`.
+async fn wait_output(api: &Api, cluster: &str, instance_arn: &str, task: &str, text: &str) {
+    wait_for(&format!("{text:?} in the output"), PATIENCE, || async {
+        output_so_far(api, cluster, instance_arn, task)
+            .await
+            .contains(text)
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_task_runs_through_the_whole_path() {
     let berth = Berth::start().await;
@@ -512,13 +538,7 @@ async fn stop_task_kills_a_process_that_ignores_sigterm_after_its_stop_timeout()
     let task = run_one(api, "c1", &td, None).await;
     wait_status(api, "c1", &task, "RUNNING").await;
     // SIGTERM only matters once the trap is set.
-    wait_for("the trap to be set", PATIENCE, || async {
-        output_so_far(api, "c1", &instance_arn, &task)
-            .await
-            .contains("trapped")
-            .then_some(())
-    })
-    .await;
+    wait_output(api, "c1", &instance_arn, &task, "trapped").await;
     api.call_json(
         "StopTask",
         json!({"cluster": "c1", "task": task, "reason": "enough"}),
@@ -803,17 +823,19 @@ async fn stop_tasks_on_exit_stops_and_reports_tasks_before_the_agent_exits() {
             ("BERTH_STOP_TIMEOUT", "2"),
         ],
     );
-    agent.ready().await;
+    let instance_arn = agent.ready().await;
     let td = register_td(
         api,
         json!({"family": "sleeper", "containerDefinitions": [{
             "name": "app", "cpu": 64, "memory": 32,
-            "command": ["sh", "-c", "trap '' TERM; sleep 1000"]
+            "command": ["sh", "-c", "trap '' TERM; echo trapped; sleep 1000"]
         }]}),
     )
     .await;
     let task = run_one(api, "c1", &td, None).await;
     wait_status(api, "c1", &task, "RUNNING").await;
+    // SIGTERM only matters once the trap is set.
+    wait_output(api, "c1", &instance_arn, &task, "trapped").await;
     assert!(agent.terminate().await.success(), "{}", agent.output());
     // Reported before the agent exited: no agent is left to report it later.
     let reply = api

@@ -168,13 +168,50 @@ impl Cgroups {
 
     /// Removes a container's cgroup once it is empty (best effort).
     pub fn remove(&self, name: &str) {
-        let dir = self.base.join(name);
-        if let Err(e) = std::fs::remove_dir(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::debug!(cgroup = %dir.display(), error = %e, "cannot remove cgroup");
-            }
+        if let Err(e) = self.try_remove(name) {
+            tracing::debug!(cgroup = %self.base.join(name).display(), error = %e, "cannot remove cgroup");
         }
     }
+
+    /// Removes a container's cgroup; true once it is gone (it fails while processes
+    /// remain in it).
+    pub fn remove_now(&self, name: &str) -> bool {
+        self.try_remove(name).is_ok()
+    }
+
+    fn try_remove(&self, name: &str) -> std::io::Result<()> {
+        match std::fs::remove_dir(self.base.join(name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Where this process sits in the hierarchy that holds `container_cgroup`
+/// (`<mount>/berth/<name>`): a shim joins a container's cgroup only to start its command
+/// there (the child inherits it) and then goes back, so that the shim's own memory is
+/// not counted against the container's limit.
+pub fn own_cgroup_beside(container_cgroup: &Path) -> Option<PathBuf> {
+    let mount = container_cgroup.parent()?.parent()?;
+    let v1 = container_cgroup.join(Version::V1.limit_file()).exists();
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup_path(&text, v1)?;
+    Some(mount.join(path.trim_start_matches('/')))
+}
+
+/// The path of the v1 `memory` hierarchy's cgroup, or of the v2 one, in the text of
+/// /proc/self/cgroup (`id:controllers:path` lines; v2's has no controllers).
+fn cgroup_path(proc_self_cgroup: &str, v1: bool) -> Option<&str> {
+    proc_self_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let wanted = if v1 {
+            controllers.split(',').any(|c| c == "memory")
+        } else {
+            controllers.is_empty()
+        };
+        wanted.then_some(path)
+    })
 }
 
 /// The `oom_kill` count of a `memory.events` or `memory.oom_control` file.
@@ -233,6 +270,15 @@ mod tests {
         );
         assert_eq!(oom_kills("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"), 1);
         assert_eq!(oom_kills(""), 0);
+    }
+
+    #[test]
+    fn finds_its_own_cgroup_in_either_version() {
+        let text =
+            "9:name=systemd:/\n4:memory:/process_api/abc\n1:cpu,cpuacct:/\n0::/user.slice/x\n";
+        assert_eq!(cgroup_path(text, true), Some("/process_api/abc"));
+        assert_eq!(cgroup_path(text, false), Some("/user.slice/x"));
+        assert_eq!(cgroup_path("0::/\n", true), None);
     }
 
     #[test]

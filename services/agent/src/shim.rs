@@ -129,13 +129,21 @@ fn write_record<T: Serialize>(path: &Path, record: &T) {
     }
 }
 
-async fn supervise(args: ShimArgs) -> i32 {
-    if let Some(cgroup) = &args.cgroup {
-        let procs = cgroup.join("cgroup.procs");
-        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
-            eprintln!("shim: cannot join {}: {e}", cgroup.display());
-        }
+/// The shell that makes a command join its cgroup before it runs.
+const SHELL: &str = "/bin/sh";
+/// `$1`: the cgroup's `cgroup.procs`; the rest: the command.
+const JOIN_AND_EXEC: &str =
+    "echo $$ > \"$1\" || echo \"berth: cannot join the cgroup $1\" >&2; shift; exec \"$@\"";
+
+/// Moves this process into a cgroup (best effort).
+fn join(cgroup: &Path) {
+    let procs = cgroup.join("cgroup.procs");
+    if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+        eprintln!("shim: cannot join {}: {e}", cgroup.display());
     }
+}
+
+async fn supervise(args: ShimArgs) -> i32 {
     let mut log = match RotatingWriter::open(&args.log_dir, args.log_max_bytes, args.log_files) {
         Ok(w) => w,
         Err(e) => {
@@ -167,9 +175,42 @@ async fn supervise(args: ShimArgs) -> i32 {
             return 1;
         }
     };
-    let mut command = tokio::process::Command::new(program);
+    // With a cgroup, the command joins it itself through a `/bin/sh` that writes its own
+    // pid into `cgroup.procs` and then execs the command: the fork happens outside the
+    // limit (a shim forking inside a small limit took ~10 ms more, its page tables charged
+    // against it) and the shim's memory never counts. Without `/bin/sh` the shim joins,
+    // spawns (the child inherits the cgroup) and goes back.
+    let procs = args.cgroup.as_ref().map(|c| c.join("cgroup.procs"));
+    let wrapped = procs.as_ref().filter(|_| Path::new(SHELL).exists());
+    let mut command = match wrapped {
+        Some(procs) => {
+            let mut c = tokio::process::Command::new(SHELL);
+            c.arg("-c")
+                .arg(JOIN_AND_EXEC)
+                .arg("berth-join")
+                .arg(procs)
+                .arg(program)
+                .args(rest);
+            if let Some(uid) = args.uid {
+                // The command's user writes its own pid.
+                let owner = nix::unistd::chown(
+                    procs,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    args.gid.map(nix::unistd::Gid::from_raw),
+                );
+                if let Err(e) = owner {
+                    eprintln!("shim: cannot give {} to uid {uid}: {e}", procs.display());
+                }
+            }
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(rest);
+            c
+        }
+    };
     command
-        .args(rest)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(writer))
@@ -183,7 +224,15 @@ async fn supervise(args: ShimArgs) -> i32 {
     if let Some(uid) = args.uid {
         command.uid(uid);
     }
+    let shim_joins = args.cgroup.as_deref().filter(|_| wrapped.is_none());
+    let home = shim_joins.and_then(crate::cgroup::own_cgroup_beside);
+    if let Some(cgroup) = shim_joins {
+        join(cgroup);
+    }
     let spawned = command.spawn();
+    if let Some(home) = &home {
+        join(home);
+    }
     // The command holds the pipe's write ends; drop ours so the reader sees EOF.
     drop(command);
     let mut child = match spawned {
