@@ -392,7 +392,6 @@ pub async fn assert_audit_clean(url: &str) -> berth_audit::AuditReport {
     report
 }
 
-/// Waits until `check` on a DescribeTasks reply of one task holds.
 /// One task as DescribeTasks shows it (JSON).
 pub async fn describe_task(api: &Api, cluster: &str, task_arn: &str) -> serde_json::Value {
     api.call_json(
@@ -404,6 +403,7 @@ pub async fn describe_task(api: &Api, cluster: &str, task_arn: &str) -> serde_js
         .clone()
 }
 
+/// Waits until `check` on a DescribeTasks reply of one task holds.
 pub async fn wait_task(
     api: &Api,
     cluster: &str,

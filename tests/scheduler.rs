@@ -96,6 +96,17 @@ fn ids(outcomes: &[JobOutcome]) -> BTreeSet<String> {
     outcomes.iter().map(|o| o.job_id.clone()).collect()
 }
 
+/// A subscription to the cluster's job outcomes, in place on the server when it returns.
+async fn outcome_subscription(api: &Api, cluster: &str) -> async_nats::Subscriber {
+    let subscription = api
+        .client
+        .subscribe(jobs::outcomes_of(cluster))
+        .await
+        .expect("subscribe to outcomes");
+    api.client.flush().await.expect("flush");
+    subscription
+}
+
 async fn jetstream_with_jobs(api: &Api) -> async_nats::jetstream::Context {
     let js = async_nats::jetstream::new(api.client.clone());
     jobs::provision(&js, 1)
@@ -117,12 +128,7 @@ async fn higher_priorities_first_and_lower_ones_wait_for_capacity() {
     register_task_definition(api, "work", 10, 256, None).await;
 
     let js = jetstream_with_jobs(api).await;
-    let mut subscription = api
-        .client
-        .subscribe(jobs::outcomes_of(CLUSTER))
-        .await
-        .expect("subscribe to outcomes");
-    api.client.flush().await.expect("flush");
+    let mut subscription = outcome_subscription(api, CLUSTER).await;
     // Arrival order p1, p1, p5, p9, four times: the low priorities arrive first.
     let mut by_priority: [Vec<String>; 10] = Default::default();
     for round in 0..4 {
@@ -253,12 +259,7 @@ async fn every_job_gets_an_outcome_bad_or_impossible_ones_too() {
     register_task_definition(api, "huge", 10, 4096, None).await;
 
     let js = jetstream_with_jobs(api).await;
-    let mut subscription = api
-        .client
-        .subscribe(jobs::outcomes_of(CLUSTER))
-        .await
-        .expect("subscribe to outcomes");
-    api.client.flush().await.expect("flush");
+    let mut subscription = outcome_subscription(api, CLUSTER).await;
     let scheduler = Scheduler::start(&berth.url(), CLUSTER);
 
     // More than one StartTask's worth (10) of tasks in one job.
@@ -349,12 +350,7 @@ async fn two_schedulers_and_run_task_share_a_pool_without_over_commit() {
     let _beats = Heartbeats::start(api.client.clone(), CLUSTER, instances);
     register_task_definition(api, "work", 10, 256, None).await;
     let js = jetstream_with_jobs(api).await;
-    let mut subscription = api
-        .client
-        .subscribe(jobs::outcomes_of(CLUSTER))
-        .await
-        .expect("subscribe to outcomes");
-    api.client.flush().await.expect("flush");
+    let mut subscription = outcome_subscription(api, CLUSTER).await;
     // Choosing among the two best fits steers the two schedulers apart.
     let config = Config {
         nats: vec![berth.url()],
@@ -456,12 +452,7 @@ async fn start_task_calls_carry_a_command_id_that_makes_a_resend_harmless() {
         .subscribe(berth_messages::subjects::api("StartTask"))
         .await
         .expect("subscribe to StartTask calls");
-    let mut outcomes_sub = api
-        .client
-        .subscribe(jobs::outcomes_of(CLUSTER))
-        .await
-        .expect("subscribe to outcomes");
-    api.client.flush().await.expect("flush");
+    let mut outcomes_sub = outcome_subscription(api, CLUSTER).await;
     let scheduler = Scheduler::start(&berth.url(), CLUSTER);
     jobs::submit(&js, CLUSTER, &Job::new("one", "small"))
         .await

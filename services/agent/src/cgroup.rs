@@ -1,8 +1,8 @@
 //! Memory limits through cgroups, where the host offers them: a writable cgroup2 mount
 //! whose root delegates the `memory` controller, else a writable cgroup v1 `memory`
 //! hierarchy. Each container with a `memory` limit gets `<mount>/berth/<task-id>-<container>`
-//! with its hard limit set (`memory.max` in v2, `memory.limit_in_bytes` in v1), and its
-//! shim joins it (`cgroup.procs`, the same in both) before starting the command. Whether
+//! with its hard limit set (`memory.max` in v2, `memory.limit_in_bytes` in v1), and the
+//! command joins it (`cgroup.procs`, the same in both) before it runs (see the shim). Whether
 //! the kernel killed something in it for want of memory is read back from `oom_kill` in
 //! `memory.events` (v2) or `memory.oom_control` (v1). Anything missing (no memory
 //! controller, read-only mount, no permission) turns limits off, logged at debug level.
@@ -16,7 +16,7 @@ pub struct Cgroups {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
+enum Version {
     V2,
     V1,
 }
@@ -117,10 +117,6 @@ impl Cgroups {
         }
     }
 
-    pub fn version(&self) -> Version {
-        self.version
-    }
-
     /// Memory limits under a cgroup2 mount point.
     pub fn at(mount: &Path) -> Option<Cgroups> {
         let controllers = std::fs::read_to_string(mount.join("cgroup.controllers")).ok()?;
@@ -187,33 +183,6 @@ impl Cgroups {
     }
 }
 
-/// Where this process sits in the hierarchy that holds `container_cgroup`
-/// (`<mount>/berth/<name>`): a shim joins a container's cgroup only to start its command
-/// there (the child inherits it) and then goes back, so that the shim's own memory is
-/// not counted against the container's limit.
-pub fn own_cgroup_beside(container_cgroup: &Path) -> Option<PathBuf> {
-    let mount = container_cgroup.parent()?.parent()?;
-    let v1 = container_cgroup.join(Version::V1.limit_file()).exists();
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroup_path(&text, v1)?;
-    Some(mount.join(path.trim_start_matches('/')))
-}
-
-/// The path of the v1 `memory` hierarchy's cgroup, or of the v2 one, in the text of
-/// /proc/self/cgroup (`id:controllers:path` lines; v2's has no controllers).
-fn cgroup_path(proc_self_cgroup: &str, v1: bool) -> Option<&str> {
-    proc_self_cgroup.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let wanted = if v1 {
-            controllers.split(',').any(|c| c == "memory")
-        } else {
-            controllers.is_empty()
-        };
-        wanted.then_some(path)
-    })
-}
-
 /// The `oom_kill` count of a `memory.events` or `memory.oom_control` file.
 fn oom_kills(text: &str) -> u64 {
     text.lines()
@@ -273,20 +242,10 @@ mod tests {
     }
 
     #[test]
-    fn finds_its_own_cgroup_in_either_version() {
-        let text =
-            "9:name=systemd:/\n4:memory:/process_api/abc\n1:cpu,cpuacct:/\n0::/user.slice/x\n";
-        assert_eq!(cgroup_path(text, true), Some("/process_api/abc"));
-        assert_eq!(cgroup_path(text, false), Some("/user.slice/x"));
-        assert_eq!(cgroup_path("0::/\n", true), None);
-    }
-
-    #[test]
     fn v1_limits_are_written_in_bytes() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("memory.limit_in_bytes"), "").unwrap();
         let cg = Cgroups::at_v1(dir.path()).expect("limits available");
-        assert_eq!(cg.version(), Version::V1);
         let path = cg.create("t-app", 16).unwrap();
         assert_eq!(
             std::fs::read_to_string(path.join("memory.limit_in_bytes")).unwrap(),

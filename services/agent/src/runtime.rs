@@ -472,7 +472,6 @@ async fn poll_ended(paths: &ContainerPaths) -> Ended {
     }
 }
 
-/// Sends a signal to a container's process group; a group that is already gone is fine.
 /// Runs a health check command in a container's environment (its variables, working
 /// directory and user); passes if it exits 0 within `timeout`, else its process group is
 /// killed.
@@ -508,6 +507,7 @@ pub async fn probe(argv: &[String], launch: &Launch, timeout: Duration) -> bool 
     }
 }
 
+/// Sends a signal to a container's process group; a group that is already gone is fine.
 pub fn signal_group(pgid: i32, signal: nix::sys::signal::Signal) {
     if pgid <= 1 {
         return;

@@ -178,8 +178,8 @@ async fn supervise(args: ShimArgs) -> i32 {
     // With a cgroup, the command joins it itself through a `/bin/sh` that writes its own
     // pid into `cgroup.procs` and then execs the command: the fork happens outside the
     // limit (a shim forking inside a small limit took ~10 ms more, its page tables charged
-    // against it) and the shim's memory never counts. Without `/bin/sh` the shim joins,
-    // spawns (the child inherits the cgroup) and goes back.
+    // against it) and the shim's memory never counts. Without `/bin/sh` the shim joins
+    // before it spawns (the child inherits the cgroup) and stays there.
     let procs = args.cgroup.as_ref().map(|c| c.join("cgroup.procs"));
     let wrapped = procs.as_ref().filter(|_| Path::new(SHELL).exists());
     let mut command = match wrapped {
@@ -224,15 +224,10 @@ async fn supervise(args: ShimArgs) -> i32 {
     if let Some(uid) = args.uid {
         command.uid(uid);
     }
-    let shim_joins = args.cgroup.as_deref().filter(|_| wrapped.is_none());
-    let home = shim_joins.and_then(crate::cgroup::own_cgroup_beside);
-    if let Some(cgroup) = shim_joins {
+    if let Some(cgroup) = args.cgroup.as_deref().filter(|_| wrapped.is_none()) {
         join(cgroup);
     }
     let spawned = command.spawn();
-    if let Some(home) = &home {
-        join(home);
-    }
     // The command holds the pipe's write ends; drop ours so the reader sees EOF.
     drop(command);
     let mut child = match spawned {

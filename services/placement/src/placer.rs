@@ -48,6 +48,39 @@ impl PlacementFailure {
             detail: format!("closest matching container-instance {arn} {what}"),
         }
     }
+
+    /// The instance `arn` fails a placement constraint, `why` in ECS's words.
+    pub(crate) fn unmet_constraint(arn: &str, why: &str) -> Self {
+        Self {
+            arn: Some(arn.to_string()),
+            reason: reason::ATTRIBUTE,
+            detail: format!(
+                "closest matching container-instance {arn} encountered error \"{why}\""
+            ),
+        }
+    }
+
+    /// The instance `arn` already runs a task of `group` (distinctInstance), as the
+    /// placer sees it on its view or as the instance's write finds it.
+    pub fn distinct_instance(arn: &str, group: &str) -> Self {
+        Self::unmet_constraint(
+            arn,
+            &format!(
+                "distinctInstance placement constraint unsatisfied: it already runs a task of \
+                 group {group}"
+            ),
+        )
+    }
+}
+
+impl From<PlacementFailure> for berth_messages::model::Failure {
+    fn from(f: PlacementFailure) -> Self {
+        Self {
+            arn: f.arn,
+            reason: Some(f.reason.to_string()),
+            detail: Some(f.detail),
+        }
+    }
 }
 
 /// Where one task goes: an index into the instances given to [`Placer::place`] and what

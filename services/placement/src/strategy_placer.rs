@@ -25,7 +25,7 @@ use crate::expr::{Expr, Facts};
 use crate::placer::{best_few, Placement, PlacementFailure};
 use crate::pool::{Column, Head, InstancePool};
 use crate::rules::{BinpackField, Constraint, SpreadField, Strategy, MAX_STRATEGIES};
-use berth_messages::model::{reason, Allocation, ContainerInstance};
+use berth_messages::model::{Allocation, ContainerInstance};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::borrow::Cow;
@@ -946,22 +946,12 @@ impl<'r, S: Source> Round<'r, S> {
             }
             Some((Lack::Constraint(k), _, Reverse(slot))) => {
                 let arn = &self.source.instance(slot).container_instance_arn;
-                let why = match self.request.constraints.get(usize::from(k)) {
-                    Some(Constraint::MemberOf(e)) => {
-                        format!("memberOf placement constraint unsatisfied: {}", cut(e))
-                    }
-                    _ => format!(
-                        "distinctInstance placement constraint unsatisfied: it already runs a \
-                         task of group {}",
-                        self.request.group
+                match self.request.constraints.get(usize::from(k)) {
+                    Some(Constraint::MemberOf(e)) => PlacementFailure::unmet_constraint(
+                        arn,
+                        &format!("memberOf placement constraint unsatisfied: {}", cut(e)),
                     ),
-                };
-                PlacementFailure {
-                    arn: Some(arn.clone()),
-                    reason: reason::ATTRIBUTE,
-                    detail: format!(
-                        "closest matching container-instance {arn} encountered error \"{why}\""
-                    ),
+                    _ => PlacementFailure::distinct_instance(arn, self.request.group),
                 }
             }
             // Only if fit_resources disagreed with the cheap checks everywhere.

@@ -15,8 +15,8 @@ use berth_messages::command::{CommandRequest, CommandResponse};
 use berth_messages::model::*;
 use berth_messages::{arn, ApiError};
 use berth_placement::{
-    constraints_from, strategies_from, Constraint, Demand, PlacementRequest, StrategyPlacer,
-    MAX_CONSTRAINTS,
+    constraints_from, strategies_from, Constraint, Demand, PlacementFailure, PlacementRequest,
+    StrategyPlacer, MAX_CONSTRAINTS,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -334,16 +334,7 @@ pub async fn run(
             async move {
                 let (instance_id, instance_arn, promise) = match placement {
                     Ok(instance) => instance,
-                    Err(f) => {
-                        return (
-                            i,
-                            Attempt::Failed(Failure {
-                                arn: f.arn,
-                                reason: Some(f.reason.to_string()),
-                                detail: Some(f.detail),
-                            }),
-                        )
-                    }
+                    Err(f) => return (i, Attempt::Failed(f.into())),
                 };
                 let op = OpKind::Allocate {
                     task_id: task_id.clone(),
@@ -397,14 +388,8 @@ pub async fn run(
                         Attempt::Refused(instance_id, Failure::new(instance_arn, "MISSING")),
                     ),
                     Err(InstanceOpError::SameGroup(group)) => {
-                        let detail = format!(
-                            "closest matching container-instance {instance_arn} encountered \
-                             error \"distinctInstance placement constraint unsatisfied: it \
-                             already runs a task of group {group}\""
-                        );
-                        let mut failure = Failure::new(instance_arn, reason::ATTRIBUTE);
-                        failure.detail = Some(detail);
-                        (i, Attempt::Refused(instance_id, failure))
+                        let failure = PlacementFailure::distinct_instance(&instance_arn, &group);
+                        (i, Attempt::Refused(instance_id, failure.into()))
                     }
                     Err(e) => (i, Attempt::Error(e.into())),
                 }
