@@ -251,6 +251,31 @@ pub struct ContainerInstance {
     pub allocations: BTreeMap<String, Allocation>,
 }
 
+impl ContainerInstance {
+    /// A copy to edit and write again, without what every write recomputes
+    /// (`remainingResources`) or never stores (`version` and the task counters): the
+    /// instance writer copies the record it shares with the view once per write.
+    pub fn clone_for_update(&self) -> Self {
+        Self {
+            container_instance_arn: self.container_instance_arn.clone(),
+            ec2_instance_id: self.ec2_instance_id.clone(),
+            version: None,
+            version_info: self.version_info.clone(),
+            registered_resources: self.registered_resources.clone(),
+            remaining_resources: Vec::new(),
+            status: self.status,
+            status_reason: self.status_reason.clone(),
+            agent_connected: self.agent_connected,
+            running_tasks_count: None,
+            pending_tasks_count: None,
+            attributes: self.attributes.clone(),
+            registered_at: self.registered_at,
+            tags: self.tags.clone(),
+            allocations: self.allocations.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskDefinitionStatus {
@@ -723,6 +748,46 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_copied_for_update_drops_only_what_writes_recompute() {
+        let cpu = Resource::integer(Resource::CPU, 1024);
+        let original = ContainerInstance {
+            container_instance_arn: "arn:aws:ecs:r:1:container-instance/c/i1".into(),
+            version: Some(7),
+            registered_resources: vec![cpu.clone()],
+            remaining_resources: vec![Resource::integer(Resource::CPU, 512)],
+            status: InstanceStatus::Draining,
+            agent_connected: true,
+            running_tasks_count: Some(1),
+            pending_tasks_count: Some(2),
+            attributes: vec![Attribute {
+                name: "ecs.os-type".into(),
+                value: Some("linux".into()),
+                ..Default::default()
+            }],
+            allocations: BTreeMap::from([(
+                "t1".to_string(),
+                Allocation {
+                    cpu: 512,
+                    group: Some("family:web".into()),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let copy = original.clone_for_update();
+        assert_eq!(
+            copy,
+            ContainerInstance {
+                version: None,
+                remaining_resources: Vec::new(),
+                running_tasks_count: None,
+                pending_tasks_count: None,
+                ..original
+            }
+        );
+    }
 
     #[test]
     fn task_health_follows_its_essential_containers() {

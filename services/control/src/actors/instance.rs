@@ -218,11 +218,10 @@ async fn commit(
             }
         }
         let expected = record.as_ref().map_or(0, |r| r.version);
-        // Shared with the view once written (the view applies the record the actor wrote
-        // instead of decoding it): edited in place only when the actor is its only holder.
-        let mut next = record
-            .take()
-            .map(|r| Arc::try_unwrap(r).map_or_else(|shared| shared.value.clone(), |r| r.value));
+        // The record is shared with the view (which applies what the actor wrote instead
+        // of decoding it), so the batch edits a copy; `remainingResources` is recomputed
+        // below rather than copied.
+        let mut next = record.as_ref().map(|r| r.value.clone_for_update());
         let mut results: Vec<Result<Option<Allocation>, InstanceOpError>> =
             Vec::with_capacity(batch.len());
         let mut changed = false;
@@ -231,14 +230,8 @@ async fn commit(
         }
         if !changed {
             // Nothing to write (no operation changed the record): answer from it as it is.
-            let unchanged = next.map(|value| {
-                Arc::new(Versioned {
-                    value,
-                    version: expected,
-                })
-            });
-            respond(batch, results, unchanged.as_ref());
-            return unchanged;
+            respond(batch, results, record.as_ref());
+            return record;
         }
         let Some(mut next) = next else {
             respond(batch, results, None);
