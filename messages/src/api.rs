@@ -346,6 +346,13 @@ pub struct TasksResponse {
     pub failures: Vec<Failure>,
 }
 
+impl TasksResponse {
+    /// About what the response encodes to, to size the encoding buffer.
+    pub fn expected_size(&self) -> usize {
+        256 + 1536 * self.tasks.len() + 256 * self.failures.len()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StopTaskRequest {

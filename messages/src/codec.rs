@@ -48,12 +48,27 @@ pub enum CodecError {
     MsgPackEncode(#[from] rmp_serde::encode::Error),
 }
 
+/// What an encoding buffer starts with: most records and bodies fit, so encoding rarely
+/// regrows (and copies) its buffer.
+const START_CAPACITY: usize = 2048;
+
 /// Encodes with the given encoding (MessagePack as a named map).
 pub fn encode<T: Serialize>(enc: Encoding, value: &T) -> Result<Vec<u8>, CodecError> {
-    Ok(match enc {
-        Encoding::Json => serde_json::to_vec(value)?,
-        Encoding::MsgPack => rmp_serde::to_vec_named(value)?,
-    })
+    encode_sized(enc, value, START_CAPACITY)
+}
+
+/// [`encode`] into a buffer of `capacity` bytes to start with (the expected size).
+pub fn encode_sized<T: Serialize>(
+    enc: Encoding,
+    value: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let mut buffer = Vec::with_capacity(capacity);
+    match enc {
+        Encoding::Json => serde_json::to_writer(&mut buffer, value)?,
+        Encoding::MsgPack => rmp_serde::encode::write_named(&mut buffer, value)?,
+    }
+    Ok(buffer)
 }
 
 /// Decodes with the given encoding. An empty body decodes as an empty object, as the
@@ -86,7 +101,7 @@ pub fn is_well_formed(enc: Encoding, body: &[u8]) -> bool {
 
 /// Encodes a journal record (named MessagePack).
 pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    Ok(rmp_serde::to_vec_named(value)?)
+    encode_sized(Encoding::MsgPack, value, START_CAPACITY)
 }
 
 /// Decodes a journal record.

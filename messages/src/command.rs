@@ -203,7 +203,7 @@ impl CommandResponse {
             Self::ContainerInstances(r) => codec::encode(enc, r),
             Self::Attributes(r) => codec::encode(enc, r),
             Self::TaskDefinition(r) => codec::encode(enc, r),
-            Self::Tasks(r) => codec::encode(enc, r),
+            Self::Tasks(r) => codec::encode_sized(enc, r, r.expected_size()),
             Self::Task(r) => codec::encode(enc, r),
             Self::Acknowledgment(r) => codec::encode(enc, r),
         }

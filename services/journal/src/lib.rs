@@ -15,7 +15,7 @@ pub mod view;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream, Context};
 use async_nats::HeaderMap;
 use berth_messages::codec;
-use berth_messages::command::Outcome;
+use berth_messages::command::{CommandResponse, Outcome};
 use berth_messages::headers;
 use berth_messages::streams::{self, Retention, StreamOptions, StreamSpec};
 use berth_messages::subjects;
@@ -398,7 +398,15 @@ impl Journal {
     /// only outcome.
     pub async fn record_outcome(&self, outcome: Outcome) -> Result<(Outcome, Bytes)> {
         let subject = subjects::outcome(&outcome.command_id);
-        let payload = Bytes::from(codec::encode_record(&outcome)?);
+        let capacity = match &outcome.response {
+            Some(CommandResponse::Tasks(tasks)) => tasks.expected_size(),
+            _ => 2048,
+        };
+        let payload = Bytes::from(codec::encode_sized(
+            codec::Encoding::MsgPack,
+            &outcome,
+            capacity,
+        )?);
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload.clone())
             .expected_last_subject_sequence(0)

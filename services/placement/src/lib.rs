@@ -36,4 +36,4 @@ pub use rules::{
     constraints_from, strategies_from, BinpackField, Constraint, PlacementError, SpreadField,
     Strategy, MAX_CONSTRAINTS, MAX_STRATEGIES,
 };
-pub use strategy_placer::{PlacementRequest, StrategyPlacer};
+pub use strategy_placer::{PlacementRequest, Promise, StrategyPlacer, JOIN_IN_FLIGHT};

@@ -48,6 +48,24 @@ pub struct PlacementRequest<'a> {
     pub strategies: &'a [Strategy],
 }
 
+/// What a scheduler has promised on one instance to placements whose instance writes
+/// are still in flight, which the pool does not show yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promise {
+    pub slot: usize,
+    pub cpu: i64,
+    pub memory: i64,
+    /// How many tasks the promise holds.
+    pub tasks: u32,
+}
+
+/// With no strategy, an instance holding promises for fewer than this many tasks (of
+/// other requests) and none of the batch's ranks by the free memory its record shows, and
+/// wins ties with instances as free: concurrent requests join the write already under way
+/// (one group commit for several placements) instead of each writing another instance.
+/// At this many it ranks by what is left after its promises, like any touched instance.
+pub const JOIN_IN_FLIGHT: u32 = 16;
+
 /// The constraint-and-strategy placer. Like [`crate::RandomFitPlacer`] it only proposes;
 /// seeded, it is deterministic.
 pub struct StrategyPlacer {
@@ -99,17 +117,16 @@ impl StrategyPlacer {
         self.place_in_pool_reserving(pool, request, excluded, &[])
     }
 
-    /// Like [`StrategyPlacer::place_in_pool`], counting `reserved` (slot, CPU, memory) as
-    /// already taken: what this scheduler promised to placements whose instance writes
-    /// are still in flight, which the pool does not show yet. Without it, concurrent
-    /// requests that score alike (binpack) all pick the same instance and most of them
-    /// are refused at commit.
+    /// Like [`StrategyPlacer::place_in_pool`], counting what this scheduler `promised`
+    /// as already taken. Without it, concurrent requests that score alike (binpack) all
+    /// pick the same instance and most of them are refused at commit. With no strategy,
+    /// promises also say which instances are being written (see [`JOIN_IN_FLIGHT`]).
     pub fn place_in_pool_reserving(
         &mut self,
         pool: &InstancePool,
         request: &PlacementRequest<'_>,
         excluded: &[usize],
-        reserved: &[(usize, i64, i64)],
+        reserved: &[Promise],
     ) -> Vec<Result<Placement, PlacementFailure>> {
         let present = pool.present().saturating_sub(excluded.len());
         self.place_from(pool, present, request, excluded, reserved)
@@ -121,7 +138,7 @@ impl StrategyPlacer {
         present: usize,
         request: &PlacementRequest<'_>,
         excluded: &[usize],
-        reserved: &[(usize, i64, i64)],
+        reserved: &[Promise],
     ) -> Vec<Result<Placement, PlacementFailure>> {
         if request.count == 0 {
             return Vec::new();
@@ -285,6 +302,8 @@ struct Taken {
     cpu: i64,
     memory: i64,
     placed: u32,
+    /// Tasks promised here by other requests.
+    promised: u32,
 }
 
 /// A spread over an attribute: each slot's bucket and the tasks of the group per bucket.
@@ -503,15 +522,39 @@ impl<'r, S: Source> Round<'r, S> {
     }
 
     /// Counts resources promised elsewhere as taken (no task of this batch placed).
-    fn reserve(&mut self, reserved: &[(usize, i64, i64)]) {
-        for &(slot, cpu, memory) in reserved {
-            if slot >= self.heads.len() {
+    fn reserve(&mut self, reserved: &[Promise]) {
+        for promise in reserved {
+            if promise.slot >= self.heads.len() {
                 continue;
             }
-            self.touched.insert(slot);
-            let taken = self.taken_entry(slot);
-            taken.cpu = taken.cpu.saturating_add(cpu);
-            taken.memory = taken.memory.saturating_add(memory);
+            self.touched.insert(promise.slot);
+            let taken = self.taken_entry(promise.slot);
+            taken.cpu = taken.cpu.saturating_add(promise.cpu);
+            taken.memory = taken.memory.saturating_add(promise.memory);
+            taken.promised = taken.promised.saturating_add(promise.tasks);
+        }
+    }
+
+    /// Whether a default (no strategy) decision may join the write under way on `slot`:
+    /// other requests' promises for fewer than [`JOIN_IN_FLIGHT`] tasks, none of this
+    /// batch's placements.
+    #[inline(always)]
+    fn joinable(&self, slot: usize) -> bool {
+        !self.taken.is_empty()
+            && self.touched.contains(slot)
+            && self
+                .taken_of(slot)
+                .is_some_and(|t| t.placed == 0 && (1..JOIN_IN_FLIGHT).contains(&t.promised))
+    }
+
+    /// A default decision's key for a fitting slot (higher is better): the free memory
+    /// it ranks by, then joinable before not, then the scan order.
+    #[inline(always)]
+    fn default_key(&self, slot: usize, free_memory: i64) -> (i64, Reverse<usize>) {
+        if self.joinable(slot) {
+            (self.heads[slot].memory, Reverse(self.rank(slot)))
+        } else {
+            (free_memory, Reverse(self.heads.len() + self.rank(slot)))
         }
     }
 
@@ -619,16 +662,30 @@ impl<'r, S: Source> Round<'r, S> {
                         if free_cpu < cpu || free_memory < memory {
                             continue;
                         }
+                        // Slots come in scan order, so one that is not joinable enters a
+                        // full list only with more memory; the key (and its rank) is
+                        // computed for those that enter.
+                        let joinable = self.joinable(slot);
+                        let memory_key = if joinable {
+                            self.heads[slot].memory
+                        } else {
+                            free_memory
+                        };
                         let enters = self.best.len() < limit
-                            || self.best.last().is_some_and(|(m, _, _)| free_memory > *m);
+                            || self.best.last().is_some_and(|(m, r, _)| {
+                                memory_key > *m
+                                    || (joinable
+                                        && memory_key == *m
+                                        && Reverse(self.rank(slot)) > *r)
+                            });
                         if !enters
                             || self.unmet(slot).is_some()
                             || (needs_ports && !self.ports_free(slot))
                         {
                             continue;
                         }
-                        let rank = self.rank(slot);
-                        self.insert_best((free_memory, Reverse(rank), slot), limit);
+                        let key = self.default_key(slot, free_memory);
+                        self.insert_best((key.0, key.1, slot), limit);
                     }
                     self.shortlist = Some(self.best.clone());
                 }
@@ -647,7 +704,8 @@ impl<'r, S: Source> Round<'r, S> {
                         {
                             continue;
                         }
-                        kept.push((free_memory, rank, slot));
+                        let key = self.default_key(slot, free_memory);
+                        kept.push((key.0, key.1, slot));
                     }
                     kept.sort_unstable_by_key(|e| Reverse((e.0, e.1)));
                     self.best.extend(kept.iter().take(self.k).copied());
@@ -694,7 +752,11 @@ impl<'r, S: Source> Round<'r, S> {
 
         loop {
             let pool = if by_memory {
-                self.best.len()
+                // Joinable instances that rank first are drawn among themselves.
+                match self.best.iter().take_while(|e| self.joinable(e.2)).count() {
+                    0 => self.best.len(),
+                    joinable => joinable,
+                }
             } else {
                 self.ties.len()
             };
@@ -1209,10 +1271,109 @@ mod tests {
         let free = placer.place_in_pool_reserving(&pool, &request, &[], &[]);
         assert_eq!(slots(free), [fullest, fullest]);
         // 600 of its 1000 promised elsewhere: one more task fits there, then the other.
-        let r = placer.place_in_pool_reserving(&pool, &request, &[], &[(fullest, 600, 600)]);
+        let promise = |cpu, memory| Promise {
+            slot: fullest,
+            cpu,
+            memory,
+            tasks: 1,
+        };
+        let r = placer.place_in_pool_reserving(&pool, &request, &[], &[promise(600, 600)]);
         assert_eq!(slots(r), [1 - fullest, 1 - fullest]);
-        let r = placer.place_in_pool_reserving(&pool, &request, &[], &[(fullest, 300, 300)]);
+        let r = placer.place_in_pool_reserving(&pool, &request, &[], &[promise(300, 300)]);
         assert_eq!(slots(r), [fullest, 1 - fullest]);
+    }
+
+    /// A pool of `n` equal instances and a default (no strategy) request of `count`.
+    fn equal_pool(n: usize) -> InstancePool {
+        let mut pool = InstancePool::new();
+        for i in 0..n {
+            pool.upsert(
+                &format!("i{i}"),
+                Arc::new(instance(&format!("i{i}"), 4096, 4096)),
+            );
+        }
+        pool
+    }
+
+    fn promised(slot: usize, tasks: u32) -> Promise {
+        Promise {
+            slot,
+            cpu: 100 * i64::from(tasks),
+            memory: 100 * i64::from(tasks),
+            tasks,
+        }
+    }
+
+    #[test]
+    fn default_placement_joins_writes_under_way_up_to_the_limit() {
+        let pool = equal_pool(40);
+        let d = demand(100, 100);
+        let request = |count| PlacementRequest {
+            demand: &d,
+            count,
+            group: "web",
+            constraints: &[],
+            strategies: &[],
+        };
+        let slots = |r: Vec<Result<Placement, PlacementFailure>>| -> Vec<usize> {
+            r.into_iter().map(|p| p.unwrap().instance_index).collect()
+        };
+        for seed in 0..20 {
+            let mut placer = StrategyPlacer::with_seed(seed);
+            // An instance being written for another request is joined.
+            let joined = placer.place_in_pool_reserving(&pool, &request(1), &[], &[promised(7, 1)]);
+            assert_eq!(slots(joined), [7]);
+            // At the limit it is not: it ranks by what its promises leave.
+            let full = [promised(7, JOIN_IN_FLIGHT)];
+            let elsewhere = placer.place_in_pool_reserving(&pool, &request(1), &[], &full);
+            assert_ne!(slots(elsewhere), [7]);
+            // A batch joins each write under way once, then spreads as before: never two
+            // of its tasks on one instance while others are as free.
+            let under_way = [promised(3, 2), promised(11, 1)];
+            let batch = slots(placer.place_in_pool_reserving(&pool, &request(4), &[], &under_way));
+            let mut first_two = batch[..2].to_vec();
+            first_two.sort_unstable();
+            assert_eq!(first_two, [3, 11], "{batch:?}");
+            let distinct: std::collections::BTreeSet<_> = batch.iter().collect();
+            assert_eq!(distinct.len(), 4, "{batch:?}");
+            // Nothing promised: a random draw among the few with the most free memory.
+            let free = slots(placer.place_in_pool_reserving(&pool, &request(4), &[], &[]));
+            assert_eq!(
+                free.iter().collect::<std::collections::BTreeSet<_>>().len(),
+                4
+            );
+        }
+    }
+
+    #[test]
+    fn joining_never_overcommits_an_instance() {
+        let mut pool = equal_pool(3);
+        // Instance 0 has room for one task of 1000 memory, and one is promised there.
+        pool.upsert("i0", Arc::new(instance("i0", 4096, 1000)));
+        let slot = pool.slot("i0").unwrap();
+        let d = demand(10, 1000);
+        let request = PlacementRequest {
+            demand: &d,
+            count: 1,
+            group: "web",
+            constraints: &[],
+            strategies: &[],
+        };
+        let promise = Promise {
+            slot,
+            cpu: 10,
+            memory: 1000,
+            tasks: 1,
+        };
+        for seed in 0..20 {
+            let r = StrategyPlacer::with_seed(seed).place_in_pool_reserving(
+                &pool,
+                &request,
+                &[],
+                &[promise],
+            );
+            assert_ne!(r[0].as_ref().unwrap().instance_index, slot);
+        }
     }
 
     #[test]
@@ -1879,7 +2040,7 @@ mod tests {
             strategies in proptest::collection::vec(arb_strategy(), 1..4),
             count in 1usize..12,
             excluded in proptest::collection::vec(any::<prop::sample::Index>(), 0..2),
-            reserved in proptest::collection::vec((any::<prop::sample::Index>(), 0i64..600, 0i64..600), 0..4),
+            reserved in proptest::collection::vec((any::<prop::sample::Index>(), 0i64..600, 0i64..600, 1u32..10), 0..4),
             seed in any::<u64>(),
         ) {
             // Copies of each instance make ties that a batch wears down.
@@ -1895,8 +2056,15 @@ mod tests {
                 }
             }
             let excluded: Vec<usize> = excluded.iter().map(|x| x.index(n)).collect();
-            let reserved: Vec<(usize, i64, i64)> =
-                reserved.iter().map(|(x, cpu, memory)| (x.index(n), *cpu, *memory)).collect();
+            let reserved: Vec<Promise> = reserved
+                .iter()
+                .map(|(x, cpu, memory, tasks)| Promise {
+                    slot: x.index(n),
+                    cpu: *cpu,
+                    memory: *memory,
+                    tasks: *tasks,
+                })
+                .collect();
             let request = web_request(&demand, count, &constraints, &strategies);
             let incremental = StrategyPlacer::with_seed(seed)
                 .place_in_pool_reserving(&pool, &request, &excluded, &reserved);

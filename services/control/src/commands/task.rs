@@ -274,13 +274,9 @@ pub async fn run(
             let excluded: Vec<usize> = refused.iter().filter_map(|id| pool.slot(id)).collect();
             // Strategies score instances alike for concurrent requests (binpack herds
             // them onto one instance): they see what is promised but not yet written.
-            // Without strategies the draw among the best few already spreads them, and
-            // what they happen to share is written in one group commit.
-            let reserved = if strategies.is_empty() {
-                Vec::new()
-            } else {
-                shared.reservations.of(&cluster)
-            };
+            // Without strategies, promises name the instance writes under way, which the
+            // draw among the best few joins (one group commit for several requests).
+            let reserved = shared.reservations.of(&cluster);
             let placements = placer.place_in_pool_reserving(
                 pool,
                 &PlacementRequest {
@@ -304,15 +300,15 @@ pub async fn run(
                                 .record(p.instance_index)
                                 .map(|r| r.instance().container_instance_arn.clone())
                                 .unwrap_or_default();
-                            // Held until the task is written (the guard is dropped then).
-                            let promise = (!strategies.is_empty()).then(|| {
-                                shared.reservations.reserve(
-                                    &cluster,
-                                    p.instance_index,
-                                    launch.demand.cpu,
-                                    launch.demand.memory,
-                                )
-                            });
+                            // Held until the instance write is answered, or with
+                            // strategies until the task is written (the guard is
+                            // dropped then).
+                            let promise = shared.reservations.reserve(
+                                &cluster,
+                                p.instance_index,
+                                launch.demand.cpu,
+                                launch.demand.memory,
+                            );
                             (id, arn, promise)
                         })
                     })
@@ -328,6 +324,7 @@ pub async fn run(
             }
             break;
         };
+        let keep_promises = !strategies.is_empty();
         let attempts = pending.iter().zip(placements).map(|(&i, placement)| {
             let launch = &launch;
             let task_id = &task_ids[i];
@@ -351,8 +348,10 @@ pub async fn run(
                     op,
                 )
                 .await;
-                // The promise (if any) is kept until the task record is written and the
-                // view shows the instance write that replaces it; it ends with this block.
+                // With strategies the promise is kept until the task record is written and
+                // the view shows the instance write that replaces it (it ends with this
+                // block); without, it only marked the write under way.
+                let promise = keep_promises.then_some(promise);
                 match answer {
                     // The shared record is not kept across the next await, so that the
                     // instance actor can edit it in place.
