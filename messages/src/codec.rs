@@ -46,6 +46,16 @@ pub enum CodecError {
     MsgPackDecode(#[from] rmp_serde::decode::Error),
     #[error("MessagePack encoding failed: {0}")]
     MsgPackEncode(#[from] rmp_serde::encode::Error),
+    #[error("MessagePack splice failed: {0}")]
+    Splice(String),
+}
+
+impl CodecError {
+    /// A low-level MessagePack write error (writing into a buffer fails only when
+    /// memory does).
+    pub fn from_write(e: impl std::fmt::Display) -> Self {
+        Self::Splice(e.to_string())
+    }
 }
 
 /// What an encoding buffer starts with: most records and bodies fit, so encoding rarely
@@ -102,6 +112,22 @@ pub fn is_well_formed(enc: Encoding, body: &[u8]) -> bool {
 /// Encodes a journal record (named MessagePack).
 pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     encode_sized(Encoding::MsgPack, value, START_CAPACITY)
+}
+
+/// Appends one already encoded `key, value` pair to an encoded named-MessagePack map of
+/// at most 14 entries (a one-byte map header), e.g. a field encoded once and reused.
+pub fn append_field(map: &mut Vec<u8>, field: &[u8]) -> Result<(), CodecError> {
+    match map.first_mut() {
+        // fixmap: 0x80 | entries, 0 to 15 entries.
+        Some(header) if (0x80..0x8f).contains(header) => {
+            *header += 1;
+            map.extend_from_slice(field);
+            Ok(())
+        }
+        _ => Err(CodecError::Splice(
+            "not a map of at most 14 entries".to_string(),
+        )),
+    }
 }
 
 /// Decodes a journal record.

@@ -195,6 +195,20 @@ pub enum CommandResponse {
 }
 
 impl CommandResponse {
+    /// The tag naming the shape (the enum variant).
+    pub fn shape(&self) -> &'static str {
+        match self {
+            Self::Cluster(_) => "Cluster",
+            Self::ContainerInstance(_) => "ContainerInstance",
+            Self::ContainerInstances(_) => "ContainerInstances",
+            Self::Attributes(_) => "Attributes",
+            Self::TaskDefinition(_) => "TaskDefinition",
+            Self::Tasks(_) => "Tasks",
+            Self::Task(_) => "Task",
+            Self::Acknowledgment(_) => "Acknowledgment",
+        }
+    }
+
     /// Encodes the ECS response body itself (without the tag).
     pub fn encode_body(&self, enc: Encoding) -> Result<Vec<u8>, codec::CodecError> {
         match self {
@@ -235,6 +249,35 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The outcome's record (named MessagePack, as [`codec::encode_record`] writes it)
+    /// given its response's body already encoded as named MessagePack
+    /// ([`CommandResponse::encode_body`]): the body is copied in, not encoded again.
+    /// Field order aside (the response comes last), the record is the same.
+    pub fn encode_record_with_body(&self, body: &[u8]) -> Result<Vec<u8>, codec::CodecError> {
+        let Some(response) = &self.response else {
+            return codec::encode_record(self);
+        };
+        let without = OutcomeFields {
+            command_id: &self.command_id,
+            action: &self.action,
+            cluster: &self.cluster,
+            error: self.error.as_ref(),
+            completed_at: self.completed_at,
+            journal_sequence: self.journal_sequence,
+            request_digest: self.request_digest.as_deref(),
+        };
+        let mut record = codec::encode_sized(Encoding::MsgPack, &without, 256 + body.len())?;
+        let mut field = Vec::with_capacity(32 + body.len());
+        // "response": {<shape>: <body>}, the externally tagged enum's named encoding.
+        rmp::encode::write_str(&mut field, "response").map_err(codec::CodecError::from_write)?;
+        rmp::encode::write_map_len(&mut field, 1).map_err(codec::CodecError::from_write)?;
+        rmp::encode::write_str(&mut field, response.shape())
+            .map_err(codec::CodecError::from_write)?;
+        field.extend_from_slice(body);
+        codec::append_field(&mut record, &field)?;
+        Ok(record)
+    }
+
     pub fn result(&self) -> Result<&CommandResponse, ApiError> {
         match (&self.response, &self.error) {
             (Some(r), _) => Ok(r),
@@ -246,9 +289,69 @@ impl Outcome {
     }
 }
 
+/// [`Outcome`] without its response, borrowed: what
+/// [`Outcome::encode_record_with_body`] encodes before appending the response.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutcomeFields<'a> {
+    command_id: &'a str,
+    action: &'a str,
+    cluster: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ApiError>,
+    completed_at: f64,
+    journal_sequence: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_digest: Option<&'a str>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outcome_encoded_with_its_body_decodes_as_the_outcome() {
+        let task = crate::model::Task {
+            task_arn: "arn:aws:ecs:r:1:task/c/t1".into(),
+            started_by: Some("me".into()),
+            ..Default::default()
+        };
+        let tasks = CommandResponse::Tasks(TasksResponse {
+            tasks: vec![task],
+            failures: vec![crate::model::Failure::new("arn", "RESOURCE:CPU")],
+        });
+        let outcome = |response: Option<CommandResponse>, error: Option<ApiError>| Outcome {
+            command_id: "cmd-1".into(),
+            action: "RunTask".into(),
+            cluster: "c".into(),
+            response,
+            error,
+            completed_at: 1.5,
+            journal_sequence: 42,
+            request_digest: Some("d".into()),
+        };
+        for o in [
+            outcome(Some(tasks.clone()), None),
+            outcome(None, Some(ApiError::invalid("bad"))),
+            Outcome {
+                request_digest: None,
+                ..outcome(Some(tasks.clone()), None)
+            },
+        ] {
+            let body = match &o.response {
+                Some(r) => r.encode_body(Encoding::MsgPack).unwrap(),
+                None => Vec::new(),
+            };
+            let spliced = o.encode_record_with_body(&body).unwrap();
+            let decoded: Outcome = codec::decode_record(&spliced).unwrap();
+            assert_eq!(decoded, o);
+            // The same named map as the derived encoding, field order aside.
+            let named: serde_json::Value = rmp_serde::from_slice(&spliced).unwrap();
+            let derived: serde_json::Value =
+                rmp_serde::from_slice(&codec::encode_record(&o).unwrap()).unwrap();
+            assert_eq!(named, derived);
+        }
+    }
 
     #[test]
     fn actions_round_trip() {

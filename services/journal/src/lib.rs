@@ -65,6 +65,16 @@ pub struct Versioned<T> {
     pub version: u64,
 }
 
+/// The one outcome of a command, as recorded.
+#[derive(Debug)]
+pub struct RecordedOutcome {
+    pub outcome: Outcome,
+    /// Its record in `BERTH_OUTCOME`.
+    pub encoded: Bytes,
+    /// False when another processor had recorded the outcome first (it is returned).
+    pub recorded_here: bool,
+}
+
 /// Connection settings shared by every Berth process.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
@@ -397,16 +407,29 @@ impl Journal {
     /// another processor recorded one first, that one is returned instead and stays the
     /// only outcome.
     pub async fn record_outcome(&self, outcome: Outcome) -> Result<(Outcome, Bytes)> {
-        let subject = subjects::outcome(&outcome.command_id);
         let capacity = match &outcome.response {
             Some(CommandResponse::Tasks(tasks)) => tasks.expected_size(),
             _ => 2048,
         };
-        let payload = Bytes::from(codec::encode_sized(
-            codec::Encoding::MsgPack,
-            &outcome,
-            capacity,
-        )?);
+        let payload = codec::encode_sized(codec::Encoding::MsgPack, &outcome, capacity)?;
+        let recorded = self.record_encoded(outcome, payload.into()).await?;
+        Ok((recorded.outcome, recorded.encoded))
+    }
+
+    /// [`Journal::record_outcome`] with the response's body already encoded as named
+    /// MessagePack (it is copied into the record, not encoded again); says whether this
+    /// call recorded it, so that the caller can reuse the body only then.
+    pub async fn record_outcome_with_body(
+        &self,
+        outcome: Outcome,
+        body: &[u8],
+    ) -> Result<RecordedOutcome> {
+        let payload = outcome.encode_record_with_body(body)?;
+        self.record_encoded(outcome, payload.into()).await
+    }
+
+    async fn record_encoded(&self, outcome: Outcome, payload: Bytes) -> Result<RecordedOutcome> {
+        let subject = subjects::outcome(&outcome.command_id);
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload.clone())
             .expected_last_subject_sequence(0)
@@ -417,14 +440,25 @@ impl Journal {
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => Ok((outcome, payload)),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => self
-                .read_outcome_encoded(&outcome.command_id)
-                .await?
-                .ok_or_else(|| JournalError::Read {
-                    subject,
-                    reason: "outcome conflict but no outcome found".into(),
-                }),
+            Ok(()) => Ok(RecordedOutcome {
+                outcome,
+                encoded: payload,
+                recorded_here: true,
+            }),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                let (outcome, encoded) = self
+                    .read_outcome_encoded(&outcome.command_id)
+                    .await?
+                    .ok_or_else(|| JournalError::Read {
+                        subject,
+                        reason: "outcome conflict but no outcome found".into(),
+                    })?;
+                Ok(RecordedOutcome {
+                    outcome,
+                    encoded,
+                    recorded_here: false,
+                })
+            }
             Err(e) => Err(publish_error(&subject, 0, e.kind(), &e)),
         }
     }

@@ -5,7 +5,7 @@
 //! `BERTH_CMD` and the reply is their outcome.
 
 mod reads;
-mod replies;
+pub(crate) mod replies;
 pub(crate) mod submit;
 
 pub use replies::Replies;

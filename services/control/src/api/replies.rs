@@ -11,7 +11,14 @@ use tokio::sync::oneshot;
 
 pub struct Replies {
     prefix: String,
-    pending: DashMap<String, oneshot::Sender<Outcome>>,
+    pending: DashMap<String, oneshot::Sender<Delivered>>,
+}
+
+/// An outcome for a waiting API call, with its response body already encoded as named
+/// MessagePack when this replica's processor encoded it (for a MessagePack reply).
+pub struct Delivered {
+    pub outcome: Outcome,
+    pub msgpack_body: Option<Vec<u8>>,
 }
 
 /// A registered wait; dropping it forgets the token.
@@ -19,7 +26,7 @@ pub struct Waiter {
     replies: Arc<Replies>,
     token: String,
     pub subject: String,
-    pub outcome: oneshot::Receiver<Outcome>,
+    pub outcome: oneshot::Receiver<Delivered>,
 }
 
 impl Drop for Waiter {
@@ -50,7 +57,10 @@ impl Replies {
                 };
                 match codec::decode_record::<Outcome>(&msg.payload) {
                     Ok(outcome) => {
-                        let _ = tx.send(outcome);
+                        let _ = tx.send(Delivered {
+                            outcome,
+                            msgpack_body: None,
+                        });
                     }
                     Err(e) => tracing::warn!(error = %e, "undecodable outcome on reply inbox"),
                 }
@@ -59,9 +69,9 @@ impl Replies {
         Ok(replies)
     }
 
-    /// Hands `outcome` to the call waiting on `subject` if that subject is this inbox's;
+    /// Hands `delivered` to the call waiting on `subject` if that subject is this inbox's;
     /// false when it belongs to another replica (or client).
-    pub fn deliver_local(&self, subject: &str, outcome: Outcome) -> bool {
+    pub fn deliver_local(&self, subject: &str, delivered: Delivered) -> bool {
         let Some(token) = subject
             .strip_prefix(self.prefix.as_str())
             .and_then(|rest| rest.strip_prefix('.'))
@@ -69,7 +79,7 @@ impl Replies {
             return false;
         };
         if let Some((_, tx)) = self.pending.remove(token) {
-            let _ = tx.send(outcome);
+            let _ = tx.send(delivered);
         }
         true
     }

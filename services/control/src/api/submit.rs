@@ -7,12 +7,13 @@
 //! one. A caller-chosen id makes retries idempotent: a repeated request gets the first
 //! one's outcome, and the same id with different parameters is a `ConflictException`.
 
+use super::replies::Delivered;
 use super::Reply;
 use crate::shared::Shared;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::HeaderMap;
 use berth_messages::codec::Encoding;
-use berth_messages::command::{Action, CommandRequest, Outcome};
+use berth_messages::command::{Action, CommandRequest};
 use berth_messages::{headers, subjects, ApiError, ErrorType};
 use std::time::{Duration, Instant};
 
@@ -60,7 +61,10 @@ pub async fn submit(
         .encode(Encoding::MsgPack)
         .map_err(|e| ApiError::server(e.to_string()))?;
     let digest = crate::commands::request_digest(&payload);
-    let outcome = publish_and_wait(shared, &scope, action, &command_id, payload).await?;
+    let Delivered {
+        outcome,
+        msgpack_body,
+    } = publish_and_wait(shared, &scope, action, &command_id, payload).await?;
     if chosen_id.is_some() && outcome.request_digest.is_some() && outcome.request_digest != digest {
         let what = if given_id.is_some() {
             "The command id (Nats-Msg-Id)"
@@ -79,9 +83,12 @@ pub async fn submit(
             .wait_for(outcome.journal_sequence, shared.config.api_timeout())
             .await;
     }
-    let body = response
-        .encode_body(enc)
-        .map_err(|e| ApiError::server(e.to_string()))?;
+    let body = match (enc, msgpack_body) {
+        (Encoding::MsgPack, Some(body)) => body,
+        _ => response
+            .encode_body(enc)
+            .map_err(|e| ApiError::server(e.to_string()))?,
+    };
     Ok(Reply {
         body,
         sequence: Some(outcome.journal_sequence),
@@ -104,7 +111,7 @@ async fn publish_and_wait(
     action: Action,
     command_id: &str,
     payload: Vec<u8>,
-) -> Result<Outcome, ApiError> {
+) -> Result<Delivered, ApiError> {
     let replies = shared
         .replies
         .get_or_try_init(|| super::replies::Replies::start(shared.journal.client()))
@@ -160,7 +167,9 @@ async fn publish_and_wait(
             )));
         }
         match tokio::time::timeout(poll.min(left), &mut waiter.outcome).await {
-            Ok(Ok(outcome)) if outcome.command_id == command_id => return Ok(outcome),
+            Ok(Ok(delivered)) if delivered.outcome.command_id == command_id => {
+                return Ok(delivered)
+            }
             Ok(Ok(_)) | Ok(Err(_)) => {
                 // A stray or lost reply: fall back to the outcome stream.
                 waiter = replies.register();
@@ -170,7 +179,10 @@ async fn publish_and_wait(
                     .await
                     .map_err(|e| ApiError::server(e.to_string()))?
                 {
-                    return Ok(outcome);
+                    return Ok(Delivered {
+                        outcome,
+                        msgpack_body: None,
+                    });
                 }
             }
             Err(_) => {
@@ -180,7 +192,10 @@ async fn publish_and_wait(
                     .await
                     .map_err(|e| ApiError::server(e.to_string()))?
                 {
-                    return Ok(outcome);
+                    return Ok(Delivered {
+                        outcome,
+                        msgpack_body: None,
+                    });
                 }
             }
         }

@@ -15,8 +15,10 @@ pub use instance::presented as instance_presented;
 mod task;
 mod taskdef;
 
+use crate::api::replies::Delivered;
 use crate::shared::{ExecError, ExecResult, Metrics, Shared};
 use async_nats::jetstream::{self, consumer::pull, AckKind};
+use berth_journal::RecordedOutcome;
 use berth_messages::codec::Encoding;
 use berth_messages::command::{Action, CommandRequest, CommandResponse, Outcome};
 use berth_messages::{headers, streams, subjects, validate, ApiError};
@@ -129,9 +131,14 @@ async fn process(shared: Shared, msg: jetstream::Message) {
     async move {
         Metrics::inc(&shared.metrics.commands);
         match shared.journal.read_outcome_encoded(&command_id).await {
-            Ok(Some((existing, encoded))) => {
+            Ok(Some((outcome, encoded))) => {
                 tracing::debug!("command already has an outcome");
-                publish_reply(&shared, reply_to.as_deref(), existing, encoded).await;
+                let existing = RecordedOutcome {
+                    outcome,
+                    encoded,
+                    recorded_here: false,
+                };
+                publish_reply(&shared, reply_to.as_deref(), existing, None).await;
                 ack(&msg).await;
                 return;
             }
@@ -170,6 +177,10 @@ async fn process(shared: Shared, msg: jetstream::Message) {
         if let Some(e) = &error {
             tracing::info!(error_type = %e.error_type, message = %e.message, "command refused");
         }
+        // Encoded once: for the outcome's record and, handed over in memory, for the reply.
+        let body = response
+            .as_ref()
+            .and_then(|r| r.encode_body(Encoding::MsgPack).ok());
         let outcome = Outcome {
             command_id: command_id.clone(),
             action: action_name.clone(),
@@ -180,9 +191,22 @@ async fn process(shared: Shared, msg: jetstream::Message) {
             journal_sequence: sequence,
             request_digest: request_digest(&msg.payload),
         };
-        match shared.journal.record_outcome(outcome).await {
-            Ok((recorded, encoded)) => {
-                publish_reply(&shared, reply_to.as_deref(), recorded, encoded).await;
+        let recorded = match &body {
+            Some(body) => shared.journal.record_outcome_with_body(outcome, body).await,
+            None => shared
+                .journal
+                .record_outcome(outcome)
+                .await
+                .map(|(outcome, encoded)| RecordedOutcome {
+                    outcome,
+                    encoded,
+                    recorded_here: true,
+                }),
+        };
+        match recorded {
+            Ok(recorded) => {
+                let body = body.filter(|_| recorded.recorded_here);
+                publish_reply(&shared, reply_to.as_deref(), recorded, body).await;
                 ack(&msg).await;
             }
             Err(e) => {
@@ -214,17 +238,25 @@ pub fn request_digest(body: &[u8]) -> Option<String> {
     )
 }
 
-/// Sends an outcome to its reply subject: handed over in memory when the waiting API call
-/// is this replica's own, published otherwise.
+/// Sends an outcome to its reply subject: handed over in memory (with its response's
+/// MessagePack body, if encoded here) when the waiting API call is this replica's own,
+/// published otherwise.
 async fn publish_reply(
     shared: &Shared,
     reply_to: Option<&str>,
-    outcome: Outcome,
-    encoded: bytes::Bytes,
+    recorded: RecordedOutcome,
+    msgpack_body: Option<Vec<u8>>,
 ) {
     let Some(reply_to) = reply_to else { return };
+    let RecordedOutcome {
+        outcome, encoded, ..
+    } = recorded;
     if let Some(replies) = shared.replies.get() {
-        if replies.deliver_local(reply_to, outcome) {
+        let delivered = Delivered {
+            outcome,
+            msgpack_body,
+        };
+        if replies.deliver_local(reply_to, delivered) {
             return;
         }
     }
