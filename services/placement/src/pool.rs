@@ -176,6 +176,9 @@ pub struct InstancePool {
     by_id: HashMap<Arc<str>, usize>,
     records: Vec<Option<Arc<dyn InstanceRecord>>>,
     heads: Vec<Head>,
+    /// How many present slots have each remaining memory: the highest bounds what any
+    /// instance can offer, so a decision can stop scanning once it has enough as good.
+    memory_levels: BTreeMap<i64, u32>,
     running: Vec<i64>,
     groups_of: Vec<Arc<BTreeMap<String, u32>>>,
     groups: HashMap<String, GroupTasks>,
@@ -245,7 +248,18 @@ impl InstancePool {
                 true
             }
         };
-        self.heads[slot] = Head::of(record.instance());
+        let head = Head::of(record.instance());
+        if self.heads[slot].present {
+            let old = self.heads[slot].memory;
+            if let Some(count) = self.memory_levels.get_mut(&old) {
+                *count -= 1;
+                if *count == 0 {
+                    self.memory_levels.remove(&old);
+                }
+            }
+        }
+        *self.memory_levels.entry(head.memory).or_insert(0) += 1;
+        self.heads[slot] = head;
         self.records[slot] = Some(record);
         if facts_changed {
             self.revision += 1;
@@ -348,6 +362,11 @@ impl InstancePool {
 
     pub(crate) fn heads(&self) -> &[Head] {
         &self.heads
+    }
+
+    /// The most remaining memory any present instance has.
+    pub(crate) fn max_memory(&self) -> Option<i64> {
+        self.memory_levels.keys().next_back().copied()
     }
 
     /// The slots holding tasks of `group`, with their task counts, in no order.

@@ -148,6 +148,9 @@ impl StrategyPlacer {
         }
         let mut round = Round::new(source, present, request, excluded);
         round.incremental &= !self.rescan_every_decision;
+        if self.rescan_every_decision {
+            round.max_memory = None;
+        }
         round.reserve(reserved);
         let mut results: Vec<Result<Placement, PlacementFailure>> =
             Vec::with_capacity(request.count);
@@ -183,11 +186,19 @@ pub(crate) trait Source {
     fn bucket_tasks(&self, group: &str, attribute: &str, excluded: &[usize]) -> Option<Vec<u64>>;
     /// Cached verdicts of an expression that does not read tasks, if the source keeps them.
     fn verdicts(&self, expr: &Expr) -> Option<Arc<[bool]>>;
+    /// The most remaining memory of any present instance, if the source keeps it.
+    fn max_memory(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl Source for InstancePool {
     fn heads(&self) -> &[Head] {
         InstancePool::heads(self)
+    }
+
+    fn max_memory(&self) -> Option<i64> {
+        InstancePool::max_memory(self)
     }
 
     fn instance(&self, slot: usize) -> &ContainerInstance {
@@ -393,6 +404,9 @@ struct Round<'r, S: Source> {
     base: Option<(Key, Vec<usize>)>,
     /// Slots this batch placed on since the last full scan, in slot order.
     changed: Vec<usize>,
+    /// The most remaining memory of any instance, if the source keeps it: a decision
+    /// without strategy stops scanning once nothing left could rank among its best.
+    max_memory: Option<i64>,
 }
 
 impl<'r, S: Source> Round<'r, S> {
@@ -495,6 +509,7 @@ impl<'r, S: Source> Round<'r, S> {
                     .any(|s| matches!(s, Strategy::Spread(SpreadField::Attribute(_)))),
             base: None,
             changed: Vec::new(),
+            max_memory: source.max_memory(),
         }
     }
 
@@ -653,39 +668,9 @@ impl<'r, S: Source> Round<'r, S> {
                     // k of every later decision are among them.
                     self.start = rng.gen_range(0..n);
                     let limit = self.k + remaining.saturating_sub(1);
-                    let start = self.start;
-                    for slot in (start..n).chain(0..start) {
-                        if !self.eligible(slot) {
-                            continue;
-                        }
-                        let (free_cpu, free_memory) = self.remaining(slot);
-                        if free_cpu < cpu || free_memory < memory {
-                            continue;
-                        }
-                        // Slots come in scan order, so one that is not joinable enters a
-                        // full list only with more memory; the key (and its rank) is
-                        // computed for those that enter.
-                        let joinable = self.joinable(slot);
-                        let memory_key = if joinable {
-                            self.heads[slot].memory
-                        } else {
-                            free_memory
-                        };
-                        let enters = self.best.len() < limit
-                            || self.best.last().is_some_and(|(m, r, _)| {
-                                memory_key > *m
-                                    || (joinable
-                                        && memory_key == *m
-                                        && Reverse(self.rank(slot)) > *r)
-                            });
-                        if !enters
-                            || self.unmet(slot).is_some()
-                            || (needs_ports && !self.ports_free(slot))
-                        {
-                            continue;
-                        }
-                        let key = self.default_key(slot, free_memory);
-                        self.insert_best((key.0, key.1, slot), limit);
+                    match self.max_memory {
+                        Some(max) => self.scan_until_enough(max, limit, (cpu, memory), needs_ports),
+                        None => self.scan_all(limit, (cpu, memory), needs_ports),
                     }
                     self.shortlist = Some(self.best.clone());
                 }
@@ -929,6 +914,94 @@ impl<'r, S: Source> Round<'r, S> {
 
     /// Keeps `best` sorted best first (most memory, then earliest in the scan), at most
     /// `limit`.
+    /// Every slot in scan order, keeping the `limit` best by [`Round::default_key`].
+    fn scan_all(&mut self, limit: usize, (cpu, memory): (i64, i64), needs_ports: bool) {
+        let n = self.heads.len();
+        let start = self.start;
+        for slot in (start..n).chain(0..start) {
+            if !self.eligible(slot) {
+                continue;
+            }
+            let (free_cpu, free_memory) = self.remaining(slot);
+            if free_cpu < cpu || free_memory < memory {
+                continue;
+            }
+            // Slots come in scan order, so one that is not joinable enters a full list
+            // only with more memory; the key (and its rank) is computed for those that
+            // enter.
+            let joinable = self.joinable(slot);
+            let memory_key = if joinable {
+                self.heads[slot].memory
+            } else {
+                free_memory
+            };
+            let enters = self.best.len() < limit
+                || self.best.last().is_some_and(|(m, r, _)| {
+                    memory_key > *m
+                        || (joinable && memory_key == *m && Reverse(self.rank(slot)) > *r)
+                });
+            if !enters || self.unmet(slot).is_some() || (needs_ports && !self.ports_free(slot)) {
+                continue;
+            }
+            let key = self.default_key(slot, free_memory);
+            self.insert_best((key.0, key.1, slot), limit);
+        }
+    }
+
+    /// What [`Round::scan_all`] keeps, visiting the touched slots (promised elsewhere or
+    /// placed by this batch) first and then the others in scan order, until the list is
+    /// full of slots that no later one can beat: an untouched slot offers at most `max`
+    /// memory and ranks after every slot scanned before it.
+    fn scan_until_enough(&mut self, max: i64, limit: usize, need: (i64, i64), needs_ports: bool) {
+        let n = self.heads.len();
+        let mut touched: Vec<usize> = self.taken.keys().copied().collect();
+        touched.sort_unstable();
+        for slot in touched {
+            self.consider_default(slot, limit, need, needs_ports);
+        }
+        let start = self.start;
+        for slot in (start..n).chain(0..start) {
+            if self.best.len() >= limit {
+                let untouched_best = (max, Reverse(n + self.rank(slot)));
+                if self
+                    .best
+                    .last()
+                    .is_some_and(|(m, r, _)| (*m, *r) >= untouched_best)
+                {
+                    break;
+                }
+            }
+            if !self.touched.contains(slot) {
+                self.consider_default(slot, limit, need, needs_ports);
+            }
+        }
+    }
+
+    /// Keeps `slot` among the `limit` best by [`Round::default_key`] if it fits and ranks
+    /// so, whatever the order slots come in.
+    fn consider_default(
+        &mut self,
+        slot: usize,
+        limit: usize,
+        (cpu, memory): (i64, i64),
+        needs_ports: bool,
+    ) {
+        if !self.eligible(slot) {
+            return;
+        }
+        let (free_cpu, free_memory) = self.remaining(slot);
+        if free_cpu < cpu || free_memory < memory {
+            return;
+        }
+        let key = self.default_key(slot, free_memory);
+        let enters =
+            self.best.len() < limit || self.best.last().is_some_and(|(m, r, _)| key > (*m, *r));
+        if !enters || self.unmet(slot).is_some() || (needs_ports && !self.ports_free(slot)) {
+            return;
+        }
+        self.insert_best((key.0, key.1, slot), limit);
+    }
+
     fn insert_best(&mut self, entry: (i64, Reverse<usize>, usize), limit: usize) {
         if self.best.len() >= limit {
             self.best.pop();
@@ -1342,6 +1415,46 @@ mod tests {
                 free.iter().collect::<std::collections::BTreeSet<_>>().len(),
                 4
             );
+        }
+    }
+
+    #[test]
+    fn the_default_scan_stops_early_only_where_a_full_scan_agrees() {
+        // A promise that takes no resources and is past joining leaves its instance as
+        // free as the untouched ones but ranked by scan order among them.
+        let pool = equal_pool(12);
+        let d = demand(100, 100);
+        for count in 1..6 {
+            let request = PlacementRequest {
+                demand: &d,
+                count,
+                group: "web",
+                constraints: &[],
+                strategies: &[],
+            };
+            for slot in 0..12 {
+                let promised = [Promise {
+                    slot,
+                    cpu: 0,
+                    memory: 0,
+                    tasks: JOIN_IN_FLIGHT + 1,
+                }];
+                for seed in 0..40 {
+                    let early = StrategyPlacer::with_seed(seed).place_in_pool_reserving(
+                        &pool,
+                        &request,
+                        &[],
+                        &promised,
+                    );
+                    let mut full = StrategyPlacer::with_seed(seed);
+                    full.rescan_every_decision = true;
+                    let scanned = full.place_in_pool_reserving(&pool, &request, &[], &promised);
+                    assert_eq!(
+                        early, scanned,
+                        "count {count}, promise on {slot}, seed {seed}"
+                    );
+                }
+            }
         }
     }
 
@@ -2037,10 +2150,11 @@ mod tests {
             copies in 1usize..4,
             demand in arb_demand(),
             constraints in proptest::collection::vec(arb_constraint(), 0..3),
-            strategies in proptest::collection::vec(arb_strategy(), 1..4),
+            // No strategy too: the default's early-stopping scan against a full one.
+            strategies in proptest::collection::vec(arb_strategy(), 0..4),
             count in 1usize..12,
             excluded in proptest::collection::vec(any::<prop::sample::Index>(), 0..2),
-            reserved in proptest::collection::vec((any::<prop::sample::Index>(), 0i64..600, 0i64..600, 1u32..10), 0..4),
+            reserved in proptest::collection::vec((any::<prop::sample::Index>(), prop_oneof![Just(0i64), 0i64..600], prop_oneof![Just(0i64), 0i64..600], 1u32..40), 0..6),
             seed in any::<u64>(),
         ) {
             // Copies of each instance make ties that a batch wears down.
