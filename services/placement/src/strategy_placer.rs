@@ -834,6 +834,16 @@ impl<'r, S: Source> Round<'r, S> {
         true
     }
 
+    /// A slot's free (CPU, memory) after this batch, if it is eligible and `need` fits.
+    #[inline(always)]
+    fn fitting(&self, slot: usize, (cpu, memory): (i64, i64)) -> Option<(i64, i64)> {
+        if !self.eligible(slot) {
+            return None;
+        }
+        let (free_cpu, free_memory) = self.remaining(slot);
+        (free_cpu >= cpu && free_memory >= memory).then_some((free_cpu, free_memory))
+    }
+
     /// Adds `slot` to the ties if it fits and its key is at least as good as the best so
     /// far (a better key starts the ties over). The scores before `known` are equal for
     /// every slot the caller considers, and not computed.
@@ -846,13 +856,9 @@ impl<'r, S: Source> Round<'r, S> {
         best_key: &mut Option<Key>,
         known: usize,
     ) {
-        if !self.eligible(slot) {
+        let Some((free_cpu, free_memory)) = self.fitting(slot, (cpu, memory)) else {
             return;
-        }
-        let (free_cpu, free_memory) = self.remaining(slot);
-        if free_cpu < cpu || free_memory < memory {
-            return;
-        }
+        };
         // Lexicographic, one score at a time: most slots lose on the first.
         let (cpu_left, memory_left) = (free_cpu - cpu, free_memory - memory);
         let mut key: Key = [0; MAX_STRATEGIES];
@@ -912,20 +918,14 @@ impl<'r, S: Source> Round<'r, S> {
         capacity_with(self.source.instance(slot), cpu, memory, tcp, udp)
     }
 
-    /// Keeps `best` sorted best first (most memory, then earliest in the scan), at most
-    /// `limit`.
     /// Every slot in scan order, keeping the `limit` best by [`Round::default_key`].
-    fn scan_all(&mut self, limit: usize, (cpu, memory): (i64, i64), needs_ports: bool) {
+    fn scan_all(&mut self, limit: usize, need: (i64, i64), needs_ports: bool) {
         let n = self.heads.len();
         let start = self.start;
         for slot in (start..n).chain(0..start) {
-            if !self.eligible(slot) {
+            let Some((_, free_memory)) = self.fitting(slot, need) else {
                 continue;
-            }
-            let (free_cpu, free_memory) = self.remaining(slot);
-            if free_cpu < cpu || free_memory < memory {
-                continue;
-            }
+            };
             // Slots come in scan order, so one that is not joinable enters a full list
             // only with more memory; the key (and its rank) is computed for those that
             // enter.
@@ -979,20 +979,10 @@ impl<'r, S: Source> Round<'r, S> {
 
     /// Keeps `slot` among the `limit` best by [`Round::default_key`] if it fits and ranks
     /// so, whatever the order slots come in.
-    fn consider_default(
-        &mut self,
-        slot: usize,
-        limit: usize,
-        (cpu, memory): (i64, i64),
-        needs_ports: bool,
-    ) {
-        if !self.eligible(slot) {
+    fn consider_default(&mut self, slot: usize, limit: usize, need: (i64, i64), needs_ports: bool) {
+        let Some((_, free_memory)) = self.fitting(slot, need) else {
             return;
-        }
-        let (free_cpu, free_memory) = self.remaining(slot);
-        if free_cpu < cpu || free_memory < memory {
-            return;
-        }
+        };
         let key = self.default_key(slot, free_memory);
         let enters =
             self.best.len() < limit || self.best.last().is_some_and(|(m, r, _)| key > (*m, *r));
@@ -1002,6 +992,8 @@ impl<'r, S: Source> Round<'r, S> {
         self.insert_best((key.0, key.1, slot), limit);
     }
 
+    /// Keeps `best` sorted best first (most memory, then earliest in the scan), at most
+    /// `limit`.
     fn insert_best(&mut self, entry: (i64, Reverse<usize>, usize), limit: usize) {
         if self.best.len() >= limit {
             self.best.pop();
