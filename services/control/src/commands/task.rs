@@ -19,14 +19,14 @@ use berth_placement::{
     StrategyPlacer, MAX_CONSTRAINTS,
 };
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 /// Placement rounds for tasks whose chosen instance refused (another scheduler won).
 const PLACEMENT_ROUNDS: usize = 4;
 
 /// Longest a placement promise waits for the view to show its allocation.
-const PROMISE_WAIT: Duration = Duration::from_millis(500);
+const PROMISE_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything needed to build the tasks of one launch.
 struct Launch {
@@ -267,6 +267,10 @@ pub async fn run(
         if pending.is_empty() {
             break;
         }
+        // One decision at a time per cluster in this replica, so that each sees the
+        // promises of the one before (they are made inside it).
+        let decisions = shared.reservations.decisions(&cluster);
+        let one_at_a_time = decisions.lock().unwrap_or_else(PoisonError::into_inner);
         let decided = shared.view.with_pool(&cluster, |pool| {
             if pool.present() == 0 {
                 return None;
@@ -315,6 +319,7 @@ pub async fn run(
                     .collect::<Vec<_>>(),
             )
         });
+        drop(one_at_a_time);
         let Some(placements) = decided else {
             if round == 0 && refused.is_empty() {
                 return Err(ApiError::invalid(
