@@ -30,6 +30,8 @@ use tracing::Instrument;
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// After this many deliveries that ended without an outcome, the command fails for good.
 const MAX_ATTEMPTS: i64 = 10;
+/// Pause before pulling afresh after the pulls failed.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
 
 /// Facts about the delivery that handlers need.
 pub struct Delivery {
@@ -83,11 +85,16 @@ pub async fn run(shared: Shared) -> Result<(), berth_journal::JournalError> {
                     tokio::spawn(async move { process(shared, msg).await });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "command consumer error");
+                    // A pull that nobody answered (on a fresh cluster the consumer may
+                    // have no leader yet) or a missed heartbeat can leave the pulls
+                    // stalled: pull afresh.
+                    tracing::warn!(error = %e, "command consumer error; pulling afresh");
+                    break;
                 }
             }
         }
         tracing::warn!("command consumer stream ended, re-subscribing");
+        tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
     }
 }
 
