@@ -509,6 +509,26 @@ mod tests {
     }
 
     #[test]
+    fn max_memory_follows_records_down_and_up() {
+        let mut pool = InstancePool::new();
+        assert_eq!(pool.max_memory(), None);
+        let (mut a, b) = (instance("a", 1000, 2000), instance("b", 1000, 1500));
+        pool.upsert("a", record(&a));
+        pool.upsert("b", record(&b));
+        assert_eq!(pool.max_memory(), Some(2000));
+        let used = Allocation {
+            memory: 1000,
+            ..Default::default()
+        };
+        allocate(&mut a, "t1", used);
+        pool.upsert("a", record(&a));
+        assert_eq!(pool.max_memory(), Some(1500));
+        a.allocations.clear();
+        pool.upsert("a", record(&a));
+        assert_eq!(pool.max_memory(), Some(2000));
+    }
+
+    #[test]
     fn bucket_tasks_follow_group_tasks_between_revisions() {
         let mut pool = InstancePool::new();
         pool.add_group_tasks("early", "web", 5); // a slot without a record: not counted

@@ -1373,13 +1373,7 @@ mod tests {
     fn default_placement_joins_writes_under_way_up_to_the_limit() {
         let pool = equal_pool(40);
         let d = demand(100, 100);
-        let request = |count| PlacementRequest {
-            demand: &d,
-            count,
-            group: "web",
-            constraints: &[],
-            strategies: &[],
-        };
+        let request = |count| web_request(&d, count, &[], &[]);
         let slots = |r: Vec<Result<Placement, PlacementFailure>>| -> Vec<usize> {
             r.into_iter().map(|p| p.unwrap().instance_index).collect()
         };
@@ -1417,13 +1411,7 @@ mod tests {
         let pool = equal_pool(12);
         let d = demand(100, 100);
         for count in 1..6 {
-            let request = PlacementRequest {
-                demand: &d,
-                count,
-                group: "web",
-                constraints: &[],
-                strategies: &[],
-            };
+            let request = web_request(&d, count, &[], &[]);
             for slot in 0..12 {
                 let promised = [Promise {
                     slot,
@@ -1457,13 +1445,7 @@ mod tests {
         pool.upsert("i0", Arc::new(instance("i0", 4096, 1000)));
         let slot = pool.slot("i0").unwrap();
         let d = demand(10, 1000);
-        let request = PlacementRequest {
-            demand: &d,
-            count: 1,
-            group: "web",
-            constraints: &[],
-            strategies: &[],
-        };
+        let request = web_request(&d, 1, &[], &[]);
         let promise = Promise {
             slot,
             cpu: 10,
