@@ -281,18 +281,31 @@ pub async fn run(
             // Without strategies, promises name the instance writes under way, which the
             // draw among the best few joins (one group commit for several requests).
             let reserved = shared.reservations.of(&cluster);
-            let placements = placer.place_in_pool_reserving(
-                pool,
-                &PlacementRequest {
-                    demand: &launch.demand,
-                    count: pending.len(),
-                    group: &launch.group,
-                    constraints: &constraints,
-                    strategies: &strategies,
-                },
-                &excluded,
-                &reserved,
-            );
+            let request = PlacementRequest {
+                demand: &launch.demand,
+                count: pending.len(),
+                group: &launch.group,
+                constraints: &constraints,
+                strategies: &strategies,
+            };
+            let mut placements =
+                placer.place_in_pool_reserving(pool, &request, &excluded, &reserved);
+            // Promises are best effort and can count a placement the pool already shows
+            // (its write applied, its promise not yet ended): tasks they leave without room
+            // are decided again without them, and the instance write still decides.
+            let unplaced: Vec<usize> = (0..placements.len())
+                .filter(|&i| placements[i].is_err())
+                .collect();
+            if !reserved.is_empty() && !unplaced.is_empty() {
+                let again = PlacementRequest {
+                    count: unplaced.len(),
+                    ..request
+                };
+                let retried = placer.place_in_pool_reserving(pool, &again, &excluded, &[]);
+                for (i, placement) in unplaced.into_iter().zip(retried) {
+                    placements[i] = placement;
+                }
+            }
             Some(
                 placements
                     .into_iter()
