@@ -691,24 +691,36 @@ async fn placements(
     args: &Args,
     sizes: &Sizes,
 ) -> anyhow::Result<()> {
-    for (cluster, instances, strategy) in [
+    let runs = [
         (PLACE, sizes.instances, None),
         (PLACE_SMALL, sizes.instances_small, None),
         (PLACE_BINPACK, sizes.instances, Some(binpack_memory())),
-    ] {
-        if instances == 0 {
-            continue;
-        }
-        let run = placement_run(
-            env,
-            args,
-            sizes,
-            cluster,
-            instances,
-            sizes.place_tasks,
-            strategy,
-        );
+    ]
+    .into_iter()
+    .filter(|(_, instances, _)| *instances > 0)
+    .map(|(cluster, instances, strategy)| (cluster, instances, sizes.place_tasks, strategy));
+    placement_runs(env, phase, args, sizes, runs).await
+}
+
+/// Runs placements one after the other. The hollow hosts of a run keep beating until the
+/// last run ends: stopped, their instances would be flipped to disconnected in a burst of
+/// writes during the next run.
+async fn placement_runs(
+    env: &mut Env,
+    phase: &mut Phase,
+    args: &Args,
+    sizes: &Sizes,
+    runs: impl Iterator<Item = (&'static str, usize, usize, Option<PlacementStrategy>)>,
+) -> anyhow::Result<()> {
+    let running_before = env.sims.len();
+    for (cluster, instances, tasks, strategy) in runs {
+        let run = placement_run(env, args, sizes, cluster, instances, tasks, strategy);
         phase.placements.push(run.await?);
+    }
+    while env.sims.len() > running_before {
+        if let Some(sim) = env.sims.pop() {
+            sim.stop().await;
+        }
     }
     Ok(())
 }
@@ -767,9 +779,6 @@ async fn placement_run(
     let mut run = placement::run(&env.api, &load, env.cpu_groups(), profile_target).await;
     run.instances = instances;
     run.registration = registration;
-    if let Some(sim) = env.sims.pop() {
-        sim.stop().await;
-    }
     Ok(Placement {
         instances,
         strategy: strategy.as_ref().map(strategy_label),
@@ -856,18 +865,10 @@ async fn measure_three_nodes(
     let seed_definition = env.register(&seed::task_definition_request()).await?;
     env.register(&seed::definition(PLACE_FAMILY, 16, 32, Vec::new()))
         .await?;
-    for (cluster, strategy) in [(PLACE, None), (PLACE_BINPACK, Some(binpack_memory()))] {
-        let run = placement_run(
-            env,
-            args,
-            sizes,
-            cluster,
-            sizes.r3_instances,
-            sizes.r3_tasks,
-            strategy,
-        );
-        phase.placements.push(run.await?);
-    }
+    let runs = [(PLACE, None), (PLACE_BINPACK, Some(binpack_memory()))]
+        .into_iter()
+        .map(|(cluster, strategy)| (cluster, sizes.r3_instances, sizes.r3_tasks, strategy));
+    placement_runs(env, phase, args, sizes, runs).await?;
 
     let (hollow, _) = env
         .start_sim(

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    disable_transparent_huge_pages();
     let config = berth_control::ControlConfig::parse();
     let filter = EnvFilter::builder()
         .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
@@ -26,6 +27,17 @@ fn main() -> anyhow::Result<()> {
     }
     berth_control::run_blocking(config, shutdown_signal())?;
     Ok(())
+}
+
+/// Transparent huge pages made placement slower: with them, the allocator's fresh pages
+/// faulted in as zeroed 2 MiB pages, and zeroing took 5.6% of berth-control's CPU during
+/// placement (1.1% with 4 KiB pages; docs/benchmarks.md, session 8). The flag covers the
+/// whole process and is checked at each fault, so setting it here is early enough.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("berth-control: cannot disable transparent huge pages: {error}");
+    }
 }
 
 async fn shutdown_signal() {

@@ -78,6 +78,10 @@ pub struct SharedInner {
     pub reservations: Arc<crate::reservations::Reservations>,
     /// The replica's reply inbox for command outcomes (started on first use).
     pub replies: tokio::sync::OnceCell<Arc<crate::api::Replies>>,
+    /// Command ids this replica's API minted (random) for calls still waiting: on its
+    /// first delivery such a command cannot have an outcome yet, so the processor does
+    /// not look one up.
+    pub fresh_commands: dashmap::DashSet<String>,
     instances: DashMap<(String, String), Addr<InstanceActor>>,
     tasks: DashMap<(String, String), Addr<TaskActor>>,
 }
@@ -109,6 +113,7 @@ impl Shared {
             metrics: Metrics::default(),
             reservations: Arc::default(),
             replies: tokio::sync::OnceCell::new(),
+            fresh_commands: dashmap::DashSet::new(),
             instances: DashMap::new(),
             tasks: DashMap::new(),
         }))

@@ -446,8 +446,7 @@ impl Journal {
                 recorded_here: true,
             }),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                let (outcome, encoded) = self
-                    .read_outcome_encoded(&outcome.command_id)
+                let (outcome, encoded) = Box::pin(self.read_outcome_encoded(&outcome.command_id))
                     .await?
                     .ok_or_else(|| JournalError::Read {
                         subject,

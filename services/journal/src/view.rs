@@ -56,7 +56,10 @@ const PULL_EXPIRY: Duration = Duration::from_secs(4);
 /// Most messages applied under one lock (and one progress update).
 const APPLY_BATCH: usize = 512;
 
-/// Batches at least this long (catch-up) are made compact on two threads.
+/// Batches at least this long are made compact on two threads while the view catches up.
+/// A live view never does: the other core is busy with the rest of the work then, and
+/// rayon's idle threads spun after each parallel batch (2% of berth-control's CPU during
+/// placement).
 const PARALLEL_PREPARE: usize = 128;
 
 /// Messages and bytes the catch-up consumer asks for per pull.
@@ -107,6 +110,8 @@ pub struct TaskFilter {
     pub family: Option<String>,
     pub started_by: Option<String>,
     pub desired_status: Option<TaskStatus>,
+    /// Not indexed (no API filters by group; an index cost a set insert per task placed
+    /// and ~40 bytes per task): a filter on it alone scans the cluster's tasks.
     pub group: Option<String>,
 }
 
@@ -198,7 +203,6 @@ struct ScopeData {
     on_instance: HashMap<Arc<str>, InstanceTasks>,
     by_family: HashMap<Sym, IdSet>,
     by_started_by: HashMap<Sym, IdSet>,
-    by_group: HashMap<Sym, IdSet>,
     /// Every desired status but RUNNING (which nearly every task has: a filter on it
     /// scans, an index would only cost memory).
     by_desired: HashMap<TaskStatus, IdSet>,
@@ -510,7 +514,6 @@ impl ScopeData {
         if task.started_by != NO_SYM {
             index_insert(&mut self.by_started_by, task.started_by, id);
         }
-        index_insert(&mut self.by_group, task.group, id);
         if desired_indexed(task.desired) {
             index_insert(&mut self.by_desired, task.desired, id);
         }
@@ -542,7 +545,7 @@ impl ScopeData {
         // The sets are independent: built on the machine's cores at once (catch-up is over,
         // nothing else is running in this replica yet).
         let tasks = &self.tasks;
-        let (on, family, group, started_by, desired, stale) = std::thread::scope(|scope| {
+        let (on, family, started_by, desired, stale) = std::thread::scope(|scope| {
             let joined = |handle: std::thread::ScopedJoinHandle<'_, Vec<(Sym, IdSet)>>| {
                 handle
                     .join()
@@ -550,18 +553,10 @@ impl ScopeData {
             };
             let on = scope.spawn(|| sets(tasks, |t| Some(t.instance)));
             let family = scope.spawn(|| sets(tasks, |t| known(t.family)));
-            let group = sets(tasks, |t| Some(t.group));
             let started_by = sets(tasks, |t| known(t.started_by));
             let desired = sets(tasks, |t| desired_indexed(t.desired).then_some(t.desired));
             let stale = self.find_stale();
-            (
-                joined(on),
-                joined(family),
-                group,
-                started_by,
-                desired,
-                stale,
-            )
+            (joined(on), joined(family), started_by, desired, stale)
         });
         for (sym, ids) in on {
             if let Some(o) = self.on_instance.get_mut(self.syms.name(sym)) {
@@ -571,7 +566,6 @@ impl ScopeData {
         self.on_instance.retain(|_, o| !o.ids.is_empty());
         self.by_family = family.into_iter().collect();
         self.by_started_by = started_by.into_iter().collect();
-        self.by_group = group.into_iter().collect();
         self.by_desired = desired.into_iter().collect();
         self.stale = stale;
     }
@@ -630,7 +624,6 @@ impl ScopeData {
         if task.started_by != NO_SYM {
             index_remove(&mut self.by_started_by, &task.started_by, id);
         }
-        index_remove(&mut self.by_group, &task.group, id);
         if desired_indexed(task.desired) {
             index_remove(&mut self.by_desired, &task.desired, id);
         }
@@ -788,7 +781,6 @@ impl ScopeData {
                 .map(|i| self.on_instance.get(i.as_str()).map(|o| &o.ids)),
             by_sym(&self.syms, &self.by_family, &filter.family),
             by_sym(&self.syms, &self.by_started_by, &filter.started_by),
-            by_sym(&self.syms, &self.by_group, &filter.group),
             filter
                 .desired_status
                 .filter(|s| desired_indexed(*s))
@@ -964,7 +956,7 @@ impl Inner {
                 });
             }
         };
-        if batch.len() < PARALLEL_PREPARE {
+        if batch.len() < PARALLEL_PREPARE || self.progress.borrow().ready {
             prepare(batch, &mut prepared);
         } else {
             // Catch-up: both halves are made compact at once, on rayon's long-lived
@@ -1609,6 +1601,23 @@ impl View {
             data.raw(task)
         };
         self.inner.decode_task(cluster, raw)
+    }
+
+    /// [`View::task`] for several ids of one cluster, under one lock.
+    pub fn tasks_by_id(&self, cluster: &str, task_ids: &[String]) -> Vec<Option<Arc<TaskEntry>>> {
+        let Some(scope) = self.inner.scope(cluster) else {
+            return vec![None; task_ids.len()];
+        };
+        let raws: Vec<Option<RawTask>> = {
+            let data = read(&scope.data);
+            task_ids
+                .iter()
+                .map(|id| data.tasks.get(&TaskKey::new(id)).map(|t| data.raw(t)))
+                .collect()
+        };
+        raws.into_iter()
+            .map(|raw| raw.and_then(|raw| self.inner.decode_task(cluster, raw)))
+            .collect()
     }
 
     /// Drops a task from the view if its record is still at `version` (the journal

@@ -52,16 +52,19 @@ impl TaskOp {
         command_id: &str,
         kind: TaskOpKind,
     ) -> ExecResult<TaskDone> {
-        if matches!(kind, TaskOpKind::Create { .. }) {
-            // Creation is conditional on the subject being empty (expected sequence 0), so
-            // it cannot overwrite anyone and needs no serialising actor.
-            let span = tracing::debug_span!("task_create", command_id = %command_id, cluster = %cluster, task = %task_id);
-            return tracing::Instrument::instrument(
-                execute(shared, cluster, task_id, command_id, kind),
-                span,
-            )
-            .await;
-        }
+        let kind = match kind {
+            TaskOpKind::Create { instance_id, task } => {
+                // Creation is conditional on the subject being empty (expected sequence 0),
+                // so it cannot overwrite anyone and needs no serialising actor.
+                let span = tracing::debug_span!("task_create", command_id = %command_id, cluster = %cluster, task = %task_id);
+                return tracing::Instrument::instrument(
+                    create(shared, cluster, task_id, command_id, instance_id, task),
+                    span,
+                )
+                .await;
+            }
+            update => update,
+        };
         let (tx, rx) = oneshot::channel();
         shared.task_actor(cluster, task_id).do_send(TaskOp {
             command_id: command_id.to_string(),
@@ -137,6 +140,40 @@ impl Handler<TaskOp> for TaskActor {
     }
 }
 
+/// Writes a new task record (expected sequence 0); an existing one is returned as is.
+/// Kept apart from updates so that a RunTask's ten creations in flight stay small futures.
+async fn create(
+    shared: &Shared,
+    cluster: &str,
+    task_id: &str,
+    command_id: &str,
+    instance_id: String,
+    task: Box<Task>,
+) -> ExecResult<TaskDone> {
+    let subject = subjects::task(cluster, &instance_id, task_id);
+    match shared.journal.write(&subject, &*task, 0, command_id).await {
+        Ok(version) => Ok(TaskDone {
+            instance_id,
+            task: Versioned {
+                value: *task,
+                version,
+            },
+        }),
+        Err(e) if e.is_conflict() => {
+            let existing = Box::pin(shared.journal.read::<Task>(&subject))
+                .await?
+                .ok_or_else(|| {
+                    ApiError::server(format!("task {task_id} conflicts but is absent"))
+                })?;
+            Ok(TaskDone {
+                instance_id,
+                task: existing,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn execute(
     shared: &Shared,
     cluster: &str,
@@ -146,31 +183,7 @@ async fn execute(
 ) -> ExecResult<TaskDone> {
     match kind {
         TaskOpKind::Create { instance_id, task } => {
-            let subject = subjects::task(cluster, &instance_id, task_id);
-            match shared.journal.write(&subject, &*task, 0, command_id).await {
-                Ok(version) => Ok(TaskDone {
-                    instance_id,
-                    task: Versioned {
-                        value: *task,
-                        version,
-                    },
-                }),
-                Err(e) if e.is_conflict() => {
-                    let existing =
-                        shared
-                            .journal
-                            .read::<Task>(&subject)
-                            .await?
-                            .ok_or_else(|| {
-                                ApiError::server(format!("task {task_id} conflicts but is absent"))
-                            })?;
-                    Ok(TaskDone {
-                        instance_id,
-                        task: existing,
-                    })
-                }
-                Err(e) => Err(e.into()),
-            }
+            create(shared, cluster, task_id, command_id, instance_id, task).await
         }
         TaskOpKind::Update(mut change) => {
             let instance_id = locate(shared, cluster, task_id).await?;

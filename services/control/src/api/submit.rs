@@ -57,6 +57,9 @@ pub async fn submit(
     let command_id = chosen_id
         .clone()
         .unwrap_or_else(crate::ids::fresh_command_id);
+    let _fresh = chosen_id
+        .is_none()
+        .then(|| FreshCommand::mark(shared, &command_id));
     let payload = request
         .encode(Encoding::MsgPack)
         .map_err(|e| ApiError::server(e.to_string()))?;
@@ -93,6 +96,29 @@ pub async fn submit(
         body,
         sequence: Some(outcome.journal_sequence),
     })
+}
+
+/// Marks a command id this call minted as fresh (see `SharedInner::fresh_commands`) until
+/// the call ends.
+struct FreshCommand<'a> {
+    shared: &'a Shared,
+    command_id: String,
+}
+
+impl<'a> FreshCommand<'a> {
+    fn mark(shared: &'a Shared, command_id: &str) -> Self {
+        shared.fresh_commands.insert(command_id.to_string());
+        Self {
+            shared,
+            command_id: command_id.to_string(),
+        }
+    }
+}
+
+impl Drop for FreshCommand<'_> {
+    fn drop(&mut self) {
+        self.shared.fresh_commands.remove(&self.command_id);
+    }
 }
 
 fn exec_to_api(e: crate::shared::ExecError) -> ApiError {

@@ -137,7 +137,15 @@ async fn process(shared: Shared, msg: jetstream::Message) {
     let span = tracing::info_span!("command", command_id = %command_id, action = %action_name, cluster = %scope, delivered);
     async move {
         Metrics::inc(&shared.metrics.commands);
-        match shared.journal.read_outcome_encoded(&command_id).await {
+        // A command this replica's API minted the id of, on its first delivery, has no
+        // outcome yet: the look-up is skipped.
+        let fresh = delivered == 1 && shared.fresh_commands.contains(&command_id);
+        let existing = if fresh {
+            Ok(None)
+        } else {
+            Box::pin(shared.journal.read_outcome_encoded(&command_id)).await
+        };
+        match existing {
             Ok(Some((outcome, encoded))) => {
                 tracing::debug!("command already has an outcome");
                 let existing = RecordedOutcome {
@@ -145,7 +153,7 @@ async fn process(shared: Shared, msg: jetstream::Message) {
                     encoded,
                     recorded_here: false,
                 };
-                publish_reply(&shared, reply_to.as_deref(), existing, None).await;
+                Box::pin(publish_reply(&shared, reply_to.as_deref(), existing, None)).await;
                 ack(&msg).await;
                 return;
             }
@@ -198,22 +206,23 @@ async fn process(shared: Shared, msg: jetstream::Message) {
             journal_sequence: sequence,
             request_digest: request_digest(&msg.payload),
         };
+        // Boxed, like the action's future, so that the future spawned per delivery stays small.
         let recorded = match &body {
-            Some(body) => shared.journal.record_outcome_with_body(outcome, body).await,
-            None => shared
-                .journal
-                .record_outcome(outcome)
-                .await
-                .map(|(outcome, encoded)| RecordedOutcome {
-                    outcome,
-                    encoded,
-                    recorded_here: true,
-                }),
+            Some(body) => Box::pin(shared.journal.record_outcome_with_body(outcome, body)).await,
+            None => {
+                Box::pin(shared.journal.record_outcome(outcome))
+                    .await
+                    .map(|(outcome, encoded)| RecordedOutcome {
+                        outcome,
+                        encoded,
+                        recorded_here: true,
+                    })
+            }
         };
         match recorded {
             Ok(recorded) => {
                 let body = body.filter(|_| recorded.recorded_here);
-                publish_reply(&shared, reply_to.as_deref(), recorded, body).await;
+                Box::pin(publish_reply(&shared, reply_to.as_deref(), recorded, body)).await;
                 ack(&msg).await;
             }
             Err(e) => {
@@ -231,7 +240,9 @@ fn backoff(delivered: i64) -> Duration {
 }
 
 async fn ack(msg: &jetstream::Message) {
-    if let Err(e) = msg.double_ack().await {
+    // A lost ack only means a redelivery, answered from the recorded outcome: no need to
+    // wait for the server to confirm it.
+    if let Err(e) = msg.ack().await {
         tracing::warn!(error = %e, "ack failed; the command will be redelivered and answered from its outcome");
     }
 }
@@ -308,40 +319,46 @@ async fn decode_and_execute(
     execute(shared, delivery, request).await
 }
 
-/// Executes one decoded, validated command.
+/// Executes one decoded, validated command. Each action's future is boxed, so that this
+/// one (and the command's, spawned per delivery) stays small instead of as large as the
+/// largest action's.
 pub async fn execute(
     shared: &Shared,
     delivery: &Delivery,
     request: CommandRequest,
 ) -> ExecResult<(CommandResponse, u64)> {
     match request {
-        CommandRequest::CreateCluster(r) => cluster::create(shared, delivery, r).await,
-        CommandRequest::DeleteCluster(r) => cluster::delete(shared, delivery, r).await,
+        CommandRequest::CreateCluster(r) => Box::pin(cluster::create(shared, delivery, r)).await,
+        CommandRequest::DeleteCluster(r) => Box::pin(cluster::delete(shared, delivery, r)).await,
         CommandRequest::RegisterContainerInstance(r) => {
-            instance::register(shared, delivery, r).await
+            Box::pin(instance::register(shared, delivery, r)).await
         }
         CommandRequest::DeregisterContainerInstance(r) => {
-            instance::deregister(shared, delivery, r).await
+            Box::pin(instance::deregister(shared, delivery, r)).await
         }
         CommandRequest::UpdateContainerInstancesState(r) => {
-            instance::update_state(shared, delivery, r).await
+            Box::pin(instance::update_state(shared, delivery, r)).await
         }
-        CommandRequest::PutAttributes(r) => instance::put_attributes(shared, delivery, r).await,
+        CommandRequest::PutAttributes(r) => {
+            Box::pin(instance::put_attributes(shared, delivery, r)).await
+        }
         CommandRequest::DeleteAttributes(r) => {
-            instance::delete_attributes(shared, delivery, r).await
+            Box::pin(instance::delete_attributes(shared, delivery, r)).await
         }
-        CommandRequest::RegisterTaskDefinition(r) => taskdef::register(shared, delivery, r).await,
+        CommandRequest::RegisterTaskDefinition(r) => {
+            Box::pin(taskdef::register(shared, delivery, r)).await
+        }
         CommandRequest::DeregisterTaskDefinition(r) => {
-            taskdef::deregister(shared, delivery, r).await
+            Box::pin(taskdef::deregister(shared, delivery, r)).await
         }
-        CommandRequest::RunTask(r) => task::run(shared, delivery, r).await,
-        CommandRequest::StartTask(r) => task::start(shared, delivery, r).await,
-        CommandRequest::StopTask(r) => task::stop(shared, delivery, r).await,
+        CommandRequest::RunTask(r) => Box::pin(task::run(shared, delivery, r)).await,
+        CommandRequest::StartTask(r) => Box::pin(task::start(shared, delivery, r)).await,
+        CommandRequest::StopTask(r) => Box::pin(task::stop(shared, delivery, r)).await,
         CommandRequest::SubmitTaskStateChange(r) => {
-            task::submit_task_state(shared, delivery, r).await
+            Box::pin(task::submit_task_state(shared, delivery, r)).await
         }
         CommandRequest::SubmitContainerStateChange(r) => {
-            task::submit_container_state(shared, delivery, r).await
+            Box::pin(task::submit_container_state(shared, delivery, r)).await
         }
     }
 }

@@ -18,6 +18,7 @@ use berth_placement::{
     constraints_from, strategies_from, Constraint, Demand, PlacementFailure, PlacementRequest,
     StrategyPlacer, MAX_CONSTRAINTS,
 };
+use futures::StreamExt;
 use std::collections::HashSet;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
@@ -230,8 +231,13 @@ pub async fn run(
     let mut failures: Vec<Failure> = Vec::new();
 
     // What an earlier attempt of this command already created or allocated.
-    for (i, task_id) in task_ids.iter().enumerate() {
-        if let Some(entry) = shared.view.task(&cluster, task_id) {
+    for (i, entry) in shared
+        .view
+        .tasks_by_id(&cluster, &task_ids)
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(entry) = entry {
             done[i] = Some(TaskDone {
                 instance_id: entry.instance_id.clone(),
                 task: entry.task.clone(),
@@ -412,7 +418,11 @@ pub async fn run(
                 }
             }
         });
-        let results = futures::future::join_all(attempts).await;
+        // Polled as each is woken (join_all polls all ten whenever one wakes).
+        let results: Vec<_> = attempts
+            .collect::<futures::stream::FuturesUnordered<_>>()
+            .collect()
+            .await;
         let mut next_pending = Vec::new();
         for (i, attempt) in results {
             match attempt {
