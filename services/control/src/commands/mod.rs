@@ -39,6 +39,9 @@ pub struct Delivery {
     /// True when this command may have run before (redelivery): handlers then look for
     /// writes a previous attempt made before minting anything.
     pub redelivered: bool,
+    /// True when this replica's API minted the command id (random) and this is its first
+    /// delivery: nothing derived from the id can exist yet.
+    pub fresh: bool,
 }
 
 /// Runs the consumer until the connection ends.
@@ -169,6 +172,7 @@ async fn process(shared: Shared, msg: jetstream::Message) {
         let delivery = Delivery {
             command_id: command_id.clone(),
             redelivered: delivered > 1,
+            fresh,
         };
         let result: ExecResult<(CommandResponse, u64)> = match id_error {
             Some(e) => Err(e.into()),

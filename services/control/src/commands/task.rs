@@ -230,13 +230,14 @@ pub async fn run(
     let mut done: Vec<Option<TaskDone>> = vec![None; count];
     let mut failures: Vec<Failure> = Vec::new();
 
-    // What an earlier attempt of this command already created or allocated.
-    for (i, entry) in shared
-        .view
-        .tasks_by_id(&cluster, &task_ids)
-        .into_iter()
-        .enumerate()
-    {
+    // What an earlier attempt of this command already created or allocated (a fresh
+    // command has none: its task ids derive from an id minted for it).
+    let earlier = if d.fresh {
+        Vec::new()
+    } else {
+        shared.view.tasks_by_id(&cluster, &task_ids)
+    };
+    for (i, entry) in earlier.into_iter().enumerate() {
         if let Some(entry) = entry {
             done[i] = Some(TaskDone {
                 instance_id: entry.instance_id.clone(),
