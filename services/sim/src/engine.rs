@@ -7,13 +7,14 @@
 
 use crate::api;
 use crate::fleet::Fleet;
+use crate::play::PlayedTask;
 use crate::play::{Effect, Script, TaskBook, Wake};
 use async_nats::jetstream::{
     self,
     consumer::{pull, DeliverPolicy},
 };
 use berth_messages::api::{AcknowledgmentResponse, SubmitTaskStateChangeRequest};
-use berth_messages::model::{Task, TaskStatus};
+use berth_messages::model::TaskStatus;
 use berth_messages::subjects::{self, StateKey};
 use berth_messages::{codec, streams};
 use futures::StreamExt;
@@ -43,7 +44,7 @@ enum Event {
     Record {
         slot: usize,
         task_id: String,
-        task: Box<Task>,
+        task: Box<PlayedTask>,
     },
     Acknowledged {
         slot: usize,
@@ -234,7 +235,7 @@ fn route(
         return None;
     }
     let slot = *slot_of.get(instance_id)?;
-    match codec::decode_record::<Task>(payload) {
+    match codec::decode_record::<PlayedTask>(payload) {
         Ok(task) => Some(Event::Record {
             slot,
             task_id: task_id.to_string(),
@@ -385,11 +386,17 @@ mod tests {
     #[test]
     fn routes_only_our_instances_in_our_cluster() {
         let slot_of: HashMap<String, usize> = [("i1".to_string(), 7)].into_iter().collect();
-        let task = Task {
+        let task = berth_messages::model::Task {
             task_arn: "arn".into(),
+            containers: vec![berth_messages::model::Container {
+                name: "app".into(),
+                image: Some("busybox".into()),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let payload = codec::encode_record(&task).unwrap();
+        let task_record = task;
         let ours = route("c1", &slot_of, &subjects::task("c1", "i1", "t1"), &payload);
         match ours {
             Some(Event::Record {
@@ -398,8 +405,8 @@ mod tests {
                 task,
             }) => {
                 assert_eq!(
-                    (slot, task_id.as_str(), task.task_arn.as_str()),
-                    (7, "t1", "arn")
+                    (slot, task_id.as_str(), *task),
+                    (7, "t1", PlayedTask::from(&task_record))
                 );
             }
             other => panic!("{other:?}"),
