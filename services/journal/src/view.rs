@@ -2208,6 +2208,17 @@ mod tests {
         assert_eq!(entry.task.value.version, Some(seq_b));
         assert_eq!(entry.instance_id, "i1");
         assert_eq!(entry.cluster, "c");
+        let ids = |ids: &[&str]| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        let found: Vec<Option<u64>> = v
+            .tasks_by_id("c", &ids(&["b", "nope", "a"]))
+            .into_iter()
+            .map(|e| e.map(|e| e.task.version))
+            .collect();
+        assert_eq!(found, [Some(seq_b), None, Some(seq_b - 1)]);
+        assert!(v
+            .tasks_by_id("other", &ids(&["a", "b"]))
+            .iter()
+            .all(Option::is_none));
 
         a.last = TaskStatus::Running;
         put_task(&mut feed, "c", "a", &a);
@@ -2354,6 +2365,11 @@ mod tests {
         filters.push(TaskFilter {
             instance_id: Some("i1".into()),
             family: Some("db".into()),
+            group: Some("g2".into()),
+            ..Default::default()
+        });
+        // Groups have no index: alone, the filter scans.
+        filters.push(TaskFilter {
             group: Some("g2".into()),
             ..Default::default()
         });
