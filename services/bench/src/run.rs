@@ -717,10 +717,8 @@ async fn placement_runs(
         let run = placement_run(env, args, sizes, cluster, instances, tasks, strategy);
         phase.placements.push(run.await?);
     }
-    while env.sims.len() > running_before {
-        if let Some(sim) = env.sims.pop() {
-            sim.stop().await;
-        }
+    for sim in env.sims.split_off(running_before) {
+        sim.stop().await;
     }
     Ok(())
 }

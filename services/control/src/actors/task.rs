@@ -40,7 +40,8 @@ pub struct TaskDone {
 #[rtype(result = "()")]
 pub struct TaskOp {
     pub command_id: String,
-    pub kind: TaskOpKind,
+    /// Creations never reach the actor (see [`TaskOp::run`]).
+    pub change: TaskChange,
     pub reply: oneshot::Sender<ExecResult<TaskDone>>,
 }
 
@@ -52,7 +53,7 @@ impl TaskOp {
         command_id: &str,
         kind: TaskOpKind,
     ) -> ExecResult<TaskDone> {
-        let kind = match kind {
+        let change = match kind {
             TaskOpKind::Create { instance_id, task } => {
                 // Creation is conditional on the subject being empty (expected sequence 0),
                 // so it cannot overwrite anyone and needs no serialising actor.
@@ -63,12 +64,12 @@ impl TaskOp {
                 )
                 .await;
             }
-            update => update,
+            TaskOpKind::Update(change) => change,
         };
         let (tx, rx) = oneshot::channel();
         shared.task_actor(cluster, task_id).do_send(TaskOp {
             command_id: command_id.to_string(),
-            kind,
+            change,
             reply: tx,
         });
         rx.await.unwrap_or_else(|_| {
@@ -132,7 +133,7 @@ impl Handler<TaskOp> for TaskActor {
         let task_id = self.task_id.clone();
         let span = tracing::debug_span!("task_op", command_id = %op.command_id, cluster = %cluster, task = %task_id);
         let fut = async move {
-            let result = execute(&shared, &cluster, &task_id, &op.command_id, op.kind).await;
+            let result = update(&shared, &cluster, &task_id, &op.command_id, op.change).await;
             let _ = op.reply.send(result);
         };
         ctx.wait(tracing::Instrument::instrument(fut, span).into_actor(self));
@@ -174,80 +175,75 @@ async fn create(
     }
 }
 
-async fn execute(
+/// Read, change, conditionally write the task record wherever it lives; on STOPPED the
+/// task's resources return to its instance before the answer.
+async fn update(
     shared: &Shared,
     cluster: &str,
     task_id: &str,
     command_id: &str,
-    kind: TaskOpKind,
+    mut change: TaskChange,
 ) -> ExecResult<TaskDone> {
-    match kind {
-        TaskOpKind::Create { instance_id, task } => {
-            create(shared, cluster, task_id, command_id, instance_id, task).await
-        }
-        TaskOpKind::Update(mut change) => {
-            let instance_id = locate(shared, cluster, task_id).await?;
-            let subject = subjects::task(cluster, &instance_id, task_id);
-            let mut current = match shared.view.task(cluster, task_id) {
-                Some(entry) if entry.instance_id == instance_id => Some(entry.task.clone()),
-                _ => None,
-            };
-            for _ in 0..MAX_CONFLICTS {
-                let Some(read) = current.take() else {
-                    current = shared.journal.read::<Task>(&subject).await?;
-                    if current.is_none() {
-                        return Err(ApiError::invalid(format!(
-                            "The referenced task was not found: {task_id}"
-                        ))
-                        .into());
-                    }
-                    continue;
-                };
-                let mut next = read.value.clone();
-                next.version = None;
-                change(&mut next)?;
-                let mut unchanged = read.value.clone();
-                unchanged.version = None;
-                if next == unchanged {
-                    return Ok(TaskDone {
-                        instance_id,
-                        task: read,
-                    });
-                }
-                match shared
-                    .journal
-                    .write(&subject, &next, read.version, command_id)
-                    .await
-                {
-                    Ok(version) => {
-                        if next.last_status == TaskStatus::Stopped
-                            && read.value.last_status != TaskStatus::Stopped
-                        {
-                            release(shared, cluster, &instance_id, task_id, command_id).await?;
-                        }
-                        return Ok(TaskDone {
-                            instance_id,
-                            task: Versioned {
-                                value: next,
-                                version,
-                            },
-                        });
-                    }
-                    Err(e) if e.is_conflict() => {
-                        crate::shared::Metrics::inc(&shared.metrics.conflicts);
-                        current = None;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+    let instance_id = locate(shared, cluster, task_id).await?;
+    let subject = subjects::task(cluster, &instance_id, task_id);
+    let mut current = match shared.view.task(cluster, task_id) {
+        Some(entry) if entry.instance_id == instance_id => Some(entry.task.clone()),
+        _ => None,
+    };
+    for _ in 0..MAX_CONFLICTS {
+        let Some(read) = current.take() else {
+            current = shared.journal.read::<Task>(&subject).await?;
+            if current.is_none() {
+                return Err(ApiError::invalid(format!(
+                    "The referenced task was not found: {task_id}"
+                ))
+                .into());
             }
-            Err(ExecError::Transient(
-                berth_journal::JournalError::TooManyConflicts {
-                    subject,
-                    attempts: MAX_CONFLICTS,
-                },
-            ))
+            continue;
+        };
+        let mut next = read.value.clone();
+        next.version = None;
+        change(&mut next)?;
+        let mut unchanged = read.value.clone();
+        unchanged.version = None;
+        if next == unchanged {
+            return Ok(TaskDone {
+                instance_id,
+                task: read,
+            });
+        }
+        match shared
+            .journal
+            .write(&subject, &next, read.version, command_id)
+            .await
+        {
+            Ok(version) => {
+                if next.last_status == TaskStatus::Stopped
+                    && read.value.last_status != TaskStatus::Stopped
+                {
+                    release(shared, cluster, &instance_id, task_id, command_id).await?;
+                }
+                return Ok(TaskDone {
+                    instance_id,
+                    task: Versioned {
+                        value: next,
+                        version,
+                    },
+                });
+            }
+            Err(e) if e.is_conflict() => {
+                crate::shared::Metrics::inc(&shared.metrics.conflicts);
+                current = None;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
+    Err(ExecError::Transient(
+        berth_journal::JournalError::TooManyConflicts {
+            subject,
+            attempts: MAX_CONFLICTS,
+        },
+    ))
 }
 
 /// Returns a stopped task's resources to its instance.

@@ -107,11 +107,9 @@ struct FreshCommand<'a> {
 
 impl<'a> FreshCommand<'a> {
     fn mark(shared: &'a Shared, command_id: &str) -> Self {
-        shared.fresh_commands.insert(command_id.to_string());
-        Self {
-            shared,
-            command_id: command_id.to_string(),
-        }
+        let command_id = command_id.to_string();
+        shared.fresh_commands.insert(command_id.clone());
+        Self { shared, command_id }
     }
 }
 
