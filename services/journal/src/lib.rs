@@ -10,6 +10,7 @@
 
 mod compact;
 mod keys;
+pub mod landing;
 pub mod view;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream, Context};
@@ -311,6 +312,31 @@ impl Journal {
             .await
             .map_err(|e| publish_error(subject, expected, e.kind(), &e))?;
         Ok(ack.sequence)
+    }
+
+    /// The conditional write of [`Journal::write_bytes`] published without a reply
+    /// subject: the server applies the same check but answers nothing, so the writer learns
+    /// the outcome from the view ([`crate::landing`]) or by reading the subject back.
+    pub async fn publish_unacknowledged(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        expected: u64,
+        command_id: &str,
+    ) -> Result<()> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expected.to_string().as_str(),
+        );
+        headers.insert(headers::COMMAND_ID, command_id);
+        self.client
+            .publish_with_headers(subject.to_string(), headers, payload)
+            .await
+            .map_err(|e| JournalError::Publish {
+                subject: subject.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     /// The latest record on a journal subject, by direct get (any replica may answer;

@@ -20,6 +20,7 @@
 
 use crate::compact::{CompactError, FastMap, Field, Interner};
 use crate::keys::{Sym, Symbols, TaskKey, NO_SYM};
+use crate::landing::{Landing, Landings};
 use crate::{Journal, JournalError, Result, Versioned};
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -181,6 +182,7 @@ struct Inner {
     /// Instance records this replica wrote, by sequence, until the apply loop reaches
     /// them: it takes the record instead of decoding the message.
     written_instances: Mutex<BTreeMap<u64, Arc<Versioned<ContainerInstance>>>>,
+    landings: Arc<Landings>,
 }
 
 /// Everything that lives under one cluster's subjects.
@@ -1342,6 +1344,11 @@ fn apply_messages(
     buffers.prepared = inner.apply_batch_with(&items, std::mem::take(&mut buffers.prepared));
     if !items.is_empty() {
         inner.advance(last, caught_up);
+        inner.landings.applied(
+            items
+                .iter()
+                .map(|&(subject, _, sequence)| (subject, sequence)),
+        );
     }
     buffers.items = recycle(items);
 }
@@ -1510,6 +1517,12 @@ impl View {
     }
 
     /// Stream sequence of the last message applied (or skipped).
+    /// Starts waiting for the next record on `subject` to be applied (see
+    /// [`crate::landing`]); call it before publishing the record.
+    pub fn expect_landing(&self, subject: &str) -> Landing {
+        self.inner.landings.expect(subject)
+    }
+
     pub fn applied_sequence(&self) -> u64 {
         self.inner.applied()
     }

@@ -435,3 +435,65 @@ async fn recovers_after_a_server_restart() {
     assert_eq!(view.clusters_len(), 2);
     assert!(view.cluster("d").is_some());
 }
+
+/// A record published without acknowledgement lands where the view says, and the
+/// server still applies the expected-sequence check: a second creation of the same
+/// subject writes nothing, and no landing reports it.
+#[tokio::test]
+async fn unacknowledged_creation_is_confirmed_by_the_view() {
+    let server = NatsServer::start();
+    let journal = open(&server).await;
+    let view = start(&journal).await;
+    let subject = subjects::task("c", "i-1", "t-1");
+    let first =
+        berth_messages::codec::encode_record(&task("c", "i-1", "t-1", "web", TaskStatus::Pending))
+            .expect("encode");
+    let landing = view.expect_landing(&subject);
+    journal
+        .publish_unacknowledged(&subject, first.into(), 0, "cmd-1")
+        .await
+        .expect("publish");
+    let version = landing
+        .wait(WAIT)
+        .await
+        .expect("the view applies the record");
+    let (_, read_version, command) = journal
+        .read_raw(&subject)
+        .await
+        .expect("read")
+        .expect("record");
+    assert_eq!(read_version, version);
+    assert_eq!(command.as_deref(), Some("cmd-1"));
+    assert_eq!(
+        view.task("c", "t-1").expect("in the view").task.version,
+        version
+    );
+
+    // Expected sequence 0 on a subject that has a record: refused, silently.
+    let second =
+        berth_messages::codec::encode_record(&task("c", "i-1", "t-1", "web", TaskStatus::Running))
+            .expect("encode");
+    let refused = view.expect_landing(&subject);
+    journal
+        .publish_unacknowledged(&subject, second.into(), 0, "cmd-2")
+        .await
+        .expect("publish");
+    // A later record on another subject proves the server has handled the refused one.
+    let marker = put(&journal, &subjects::cluster("c"), &cluster("c")).await;
+    assert!(view.wait_for(marker, WAIT).await);
+    assert_eq!(refused.wait(Duration::from_millis(1)).await, None);
+    let (_, after, command) = journal
+        .read_raw(&subject)
+        .await
+        .expect("read")
+        .expect("record");
+    assert_eq!((after, command.as_deref()), (version, Some("cmd-1")));
+    assert_eq!(
+        view.task("c", "t-1")
+            .expect("in the view")
+            .task
+            .value
+            .last_status,
+        TaskStatus::Pending
+    );
+}

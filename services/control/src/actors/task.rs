@@ -7,14 +7,20 @@
 use crate::actors::instance::{InstanceOp, OpKind};
 use crate::shared::{ExecError, ExecResult, Shared};
 use actix::prelude::*;
-use berth_journal::Versioned;
+use berth_journal::{JournalError, Versioned};
+use berth_messages::codec;
 use berth_messages::model::{Task, TaskStatus};
 use berth_messages::{subjects, ApiError};
+use bytes::Bytes;
+use futures::FutureExt;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 const IDLE_STOP: Duration = Duration::from_secs(30);
 const MAX_CONFLICTS: u32 = 50;
+/// How long a fresh creation waits for the view to show it before reading the journal.
+const LANDING_WAIT: Duration = Duration::from_secs(5);
+const LANDING_ATTEMPTS: u32 = 3;
 
 /// A change to a task record; it must leave the record untouched when it refuses.
 pub type TaskChange = Box<dyn FnMut(&mut Task) -> Result<(), ApiError> + Send + 'static>;
@@ -24,6 +30,10 @@ pub enum TaskOpKind {
     Create {
         instance_id: String,
         task: Box<Task>,
+        /// No earlier attempt of the command can have written it (see
+        /// [`crate::commands::Delivery::fresh`]): it is published without acknowledgement
+        /// and confirmed by the view.
+        fresh: bool,
     },
     /// Change the record wherever it lives.
     Update(TaskChange),
@@ -54,15 +64,21 @@ impl TaskOp {
         kind: TaskOpKind,
     ) -> ExecResult<TaskDone> {
         let change = match kind {
-            TaskOpKind::Create { instance_id, task } => {
+            TaskOpKind::Create {
+                instance_id,
+                task,
+                fresh,
+            } => {
                 // Creation is conditional on the subject being empty (expected sequence 0),
                 // so it cannot overwrite anyone and needs no serialising actor.
                 let span = tracing::debug_span!("task_create", command_id = %command_id, cluster = %cluster, task = %task_id);
-                return tracing::Instrument::instrument(
-                    create(shared, cluster, task_id, command_id, instance_id, task),
-                    span,
-                )
-                .await;
+                let subject = subjects::task(cluster, &instance_id, task_id);
+                let created = if fresh {
+                    create_fresh(shared, subject, command_id, instance_id, task).boxed()
+                } else {
+                    create(shared, subject, task_id, command_id, instance_id, task).boxed()
+                };
+                return tracing::Instrument::instrument(created, span).await;
             }
             TaskOpKind::Update(change) => change,
         };
@@ -145,13 +161,12 @@ impl Handler<TaskOp> for TaskActor {
 /// Kept apart from updates so that a RunTask's ten creations in flight stay small futures.
 async fn create(
     shared: &Shared,
-    cluster: &str,
+    subject: String,
     task_id: &str,
     command_id: &str,
     instance_id: String,
     task: Box<Task>,
 ) -> ExecResult<TaskDone> {
-    let subject = subjects::task(cluster, &instance_id, task_id);
     match shared.journal.write(&subject, &*task, 0, command_id).await {
         Ok(version) => Ok(TaskDone {
             instance_id,
@@ -173,6 +188,50 @@ async fn create(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// [`create`] of a record no one else can have written: published without asking for an
+/// acknowledgement, and confirmed by the view applying it (see [`berth_journal::landing`]).
+/// When the view does not show it in time, the journal is read: a record found is the one
+/// published (nothing else writes this subject), an empty subject is published again.
+async fn create_fresh(
+    shared: &Shared,
+    subject: String,
+    command_id: &str,
+    instance_id: String,
+    task: Box<Task>,
+) -> ExecResult<TaskDone> {
+    let payload = Bytes::from(codec::encode_record(&*task).map_err(JournalError::from)?);
+    for _ in 0..LANDING_ATTEMPTS {
+        let landing = shared.view.expect_landing(&subject);
+        shared
+            .journal
+            .publish_unacknowledged(&subject, payload.clone(), 0, command_id)
+            .await?;
+        if let Some(version) = landing.wait(LANDING_WAIT).await {
+            return Ok(TaskDone {
+                instance_id,
+                task: Versioned {
+                    value: *task,
+                    version,
+                },
+            });
+        }
+        if let Some(existing) = Box::pin(shared.journal.read::<Task>(&subject)).await? {
+            return Ok(TaskDone {
+                instance_id,
+                task: existing,
+            });
+        }
+        tracing::warn!(
+            subject,
+            "task record not in the journal after publishing; publishing again"
+        );
+    }
+    Err(ExecError::Transient(JournalError::Publish {
+        subject,
+        reason: format!("not in the journal after {LANDING_ATTEMPTS} unacknowledged publishes"),
+    }))
 }
 
 /// Read, change, conditionally write the task record wherever it lives; on STOPPED the

@@ -33,6 +33,8 @@ const PROMISE_WAIT: Duration = Duration::from_secs(5);
 struct Launch {
     cluster: String,
     command_id: String,
+    /// See [`Delivery::fresh`]: its tasks are published without acknowledgement.
+    fresh: bool,
     definition: Arc<Versioned<TaskDefinition>>,
     demand: Demand,
     group: String,
@@ -135,6 +137,7 @@ impl Launch {
             TaskOpKind::Create {
                 instance_id: instance_id.to_string(),
                 task: Box::new(task),
+                fresh: self.fresh,
             },
         )
         .await
@@ -175,6 +178,7 @@ fn launch_for(
     Ok(Launch {
         cluster,
         command_id: d.command_id.clone(),
+        fresh: d.fresh,
         definition,
         demand,
         group,
