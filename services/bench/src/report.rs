@@ -171,8 +171,29 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
         format!("{} serially", rate(c.serial_rate)),
         "1×".into(),
     );
+    let placement_ceiling = match &phase.placement_ceiling {
+        Some(again) => {
+            let value = rate(again.pipelined_rate);
+            t.row(
+                p,
+                "journal ceiling measured again right before the placement runs (their reference)",
+                format!(
+                    "{} ({} writes in {}); one write waited for p50 {} / p99 {}",
+                    value,
+                    thousands(again.pipelined_writes as u64),
+                    human(again.pipelined_elapsed),
+                    human(again.serial.p50),
+                    human(again.serial.p99)
+                ),
+                value,
+                percent(again.pipelined_rate, c.pipelined_rate) + " of the first",
+            );
+            again
+        }
+        None => c,
+    };
     for placement in &phase.placements {
-        placement_rows(t, p, c, placement);
+        placement_rows(t, p, placement_ceiling, placement);
     }
     for (tasks, seed) in &phase.seeding {
         t.row(
@@ -422,7 +443,9 @@ fn where_time_goes(out: &mut String, phase: &Phase, placement: &Placement) {
         placement_title(placement),
         phase.label
     );
-    let ceiling = phase.ceiling.as_ref().map_or(0.0, |c| c.pipelined_rate);
+    let ceiling = phase
+        .ceiling_for_placement()
+        .map_or(0.0, |c| c.pipelined_rate);
     let per_task = run.writes_per_task();
     let _ = writeln!(
         out,
@@ -593,7 +616,7 @@ fn goals(out: &mut String, results: &Results) {
 
     let largest = |phase: Option<&Phase>| -> Option<(Placement, f64)> {
         let phase = phase?;
-        let ceiling = phase.ceiling.as_ref()?.pipelined_rate;
+        let ceiling = phase.ceiling_for_placement()?.pipelined_rate;
         phase
             .placements
             .iter()

@@ -62,6 +62,10 @@ pub struct Phase {
     pub label: String,
     pub replicas: usize,
     pub ceiling: Option<Ceiling>,
+    /// The ceiling measured again right before the placement runs when they come long
+    /// after the first (R1: after seeding, reads and recovery): the host's speed drifts
+    /// within a run, so placement is compared with the server as it is then.
+    pub placement_ceiling: Option<Ceiling>,
     pub placements: Vec<Placement>,
     pub seeding: Vec<(usize, SeedReport)>,
     pub reads: Vec<ReadRun>,
@@ -98,6 +102,11 @@ impl Results {
 }
 
 impl Phase {
+    /// The ceiling placement figures are compared with.
+    pub fn ceiling_for_placement(&self) -> Option<&Ceiling> {
+        self.placement_ceiling.as_ref().or(self.ceiling.as_ref())
+    }
+
     /// Memory per task from the fresh replicas: the slope between the smallest and the
     /// largest recovery (so fixed costs cancel out), in bytes per task.
     pub fn bytes_per_task(&self) -> Option<f64> {

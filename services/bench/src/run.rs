@@ -647,6 +647,10 @@ async fn measure_single_node(
         );
         phase.start = Some(task_start(env, sizes, bins).await?);
     }
+    // Minutes have passed since the first ceiling: measure it again on the server as it
+    // is now, so that placement is compared with what the journal does at the same time.
+    tracing::info!("R1: journal ceiling before placement");
+    phase.placement_ceiling = Some(env.measure_ceiling(sizes).await?);
     // Last: once their hollow hosts stop, the placement clusters' instances are flipped
     // to disconnected in a burst of writes that other measurements must not share.
     placements(env, phase, args, sizes).await?;
