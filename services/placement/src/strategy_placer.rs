@@ -70,8 +70,8 @@ pub const JOIN_IN_FLIGHT: u32 = 16;
 /// seeded, it is deterministic.
 pub struct StrategyPlacer {
     rng: StdRng,
-    /// Scan every instance for every task of a batch (the reference the incremental path
-    /// is checked against).
+    /// Scan every instance for every task of a batch, with the general loop (the reference
+    /// the incremental path and the specialised scans are checked against).
     rescan_every_decision: bool,
 }
 
@@ -148,6 +148,7 @@ impl StrategyPlacer {
         }
         let mut round = Round::new(source, present, request, excluded);
         round.incremental &= !self.rescan_every_decision;
+        round.plain_binpack = !self.rescan_every_decision;
         if self.rescan_every_decision {
             round.max_memory = None;
         }
@@ -399,6 +400,8 @@ struct Round<'r, S: Source> {
     /// Whether a decision may start from the previous one's ties (with strategies whose
     /// scores are per instance: a placement changes only its own instance's key).
     incremental: bool,
+    /// Whether [`Round::scan_plain_binpack`] may replace the general scan.
+    plain_binpack: bool,
     /// The best key of the last full scan and the slots tied for it that no placement of
     /// this batch has touched since, in slot order.
     base: Option<(Key, Vec<usize>)>,
@@ -502,6 +505,7 @@ impl<'r, S: Source> Round<'r, S> {
             shortlist: None,
             start: 0,
             k,
+            plain_binpack: true,
             incremental: !request.strategies.is_empty()
                 && !request
                     .strategies
@@ -715,17 +719,22 @@ impl<'r, S: Source> Round<'r, S> {
                     while i < order.len() && self.ties.is_empty() {
                         let level = self.buckets[b].tasks[order[i]];
                         while i < order.len() && self.buckets[b].tasks[order[i]] == level {
-                            for &slot in &column.members[order[i]] {
-                                self.consider(slot, (cpu, memory), needs_ports, &mut best_key, 1);
-                            }
+                            let members = column.members[order[i]].iter().copied();
+                            self.consider_all(
+                                members,
+                                (cpu, memory),
+                                needs_ports,
+                                &mut best_key,
+                                1,
+                            );
                             i += 1;
                         }
                     }
                 }
                 _ if self.incremental && self.ties_since_last_scan((cpu, memory), needs_ports) => {}
                 _ => {
-                    for slot in 0..n {
-                        self.consider(slot, (cpu, memory), needs_ports, &mut best_key, 0);
+                    if !self.scan_plain_binpack((cpu, memory), needs_ports, &mut best_key) {
+                        self.consider_all(0..n, (cpu, memory), needs_ports, &mut best_key, 0);
                     }
                     if self.incremental {
                         self.base = best_key.map(|key| (key, self.ties.clone()));
@@ -886,6 +895,132 @@ impl<'r, S: Source> Round<'r, S> {
             *best_key = Some(key);
         }
         self.ties.push(slot);
+    }
+
+    /// The full scan of a decision whose only strategy is binpack and that has nothing to
+    /// check per slot beyond its headroom (no constraint, no port, nothing taken or
+    /// excluded yet), in two passes without branches on the data: the least headroom left
+    /// among the slots that fit, then the slots that leave exactly that. Returns false,
+    /// having done nothing, when the decision is not of that kind.
+    fn scan_plain_binpack(
+        &mut self,
+        (cpu, memory): (i64, i64),
+        needs_ports: bool,
+        best_key: &mut Option<Key>,
+    ) -> bool {
+        let by_memory = match self.scores.as_slice() {
+            [Score::BinpackMemory] => true,
+            [Score::BinpackCpu] => false,
+            _ => return false,
+        };
+        if !self.plain_binpack
+            || needs_ports
+            || self.any_excluded
+            || !self.taken.is_empty()
+            || !self.member_of.is_empty()
+            || self.distinct.is_some()
+        {
+            return false;
+        }
+        let left = |head: &Head| -> i64 {
+            let fits =
+                head.present & head.eligible.is_ok() & (head.cpu >= cpu) & (head.memory >= memory);
+            let left = if by_memory {
+                head.memory - memory
+            } else {
+                head.cpu - cpu
+            };
+            if fits {
+                left
+            } else {
+                i64::MAX
+            }
+        };
+        let best = self.heads.iter().map(left).min().unwrap_or(i64::MAX);
+        self.ties.clear();
+        if best == i64::MAX {
+            return true;
+        }
+        let heads = self.heads;
+        let ties = heads
+            .iter()
+            .enumerate()
+            .filter(|(_, head)| left(head) == best);
+        self.ties.extend(ties.map(|(slot, _)| slot));
+        let mut key: Key = [0; MAX_STRATEGIES];
+        key[0] = best;
+        *best_key = Some(key);
+        true
+    }
+
+    /// [`Round::consider`] of every slot of `slots`. When at most one score is left to
+    /// compute and it reads only the slot's headroom (binpack, or nothing), the loop is
+    /// specialised for it: most decisions scan every instance this way.
+    fn consider_all(
+        &mut self,
+        slots: impl Iterator<Item = usize>,
+        need: (i64, i64),
+        needs_ports: bool,
+        best_key: &mut Option<Key>,
+        known: usize,
+    ) {
+        match self.scores.get(known..).unwrap_or(&[]) {
+            [] => self.consider_by_headroom(slots, need, needs_ports, best_key, None, |_, _| 0),
+            [Score::BinpackMemory] => {
+                let at = Some(known);
+                self.consider_by_headroom(slots, need, needs_ports, best_key, at, |_, m| m)
+            }
+            [Score::BinpackCpu] => {
+                let at = Some(known);
+                self.consider_by_headroom(slots, need, needs_ports, best_key, at, |c, _| c)
+            }
+            _ => {
+                for slot in slots {
+                    self.consider(slot, need, needs_ports, best_key, known);
+                }
+            }
+        }
+    }
+
+    /// [`Round::consider`] when the key's only computed score (at index `at`, if any) is
+    /// `score_of` the headroom left after the task (CPU, memory); the scores before it are
+    /// equal for every slot the caller considers.
+    #[inline(always)]
+    fn consider_by_headroom(
+        &mut self,
+        slots: impl Iterator<Item = usize>,
+        (cpu, memory): (i64, i64),
+        needs_ports: bool,
+        best_key: &mut Option<Key>,
+        at: Option<usize>,
+        score_of: impl Fn(i64, i64) -> i64,
+    ) {
+        let mut best = best_key.map(|key| at.map_or(0, |i| key[i]));
+        for slot in slots {
+            let Some((free_cpu, free_memory)) = self.fitting(slot, (cpu, memory)) else {
+                continue;
+            };
+            let score = score_of(free_cpu - cpu, free_memory - memory);
+            let ordering = best.map_or(Ordering::Less, |best| score.cmp(&best));
+            if ordering == Ordering::Greater
+                || self.unmet(slot).is_some()
+                || (needs_ports && !self.ports_free(slot))
+            {
+                continue;
+            }
+            if ordering == Ordering::Less {
+                self.ties.clear();
+                best = Some(score);
+            }
+            self.ties.push(slot);
+        }
+        if let Some(best) = best {
+            let mut key: Key = [0; MAX_STRATEGIES];
+            if let Some(i) = at {
+                key[i] = best;
+            }
+            *best_key = Some(key);
+        }
     }
 
     #[inline]
@@ -2160,6 +2295,37 @@ mod tests {
             rescanning.rescan_every_decision = true;
             let scanned = rescanning.place_in_pool_reserving(&pool, &request, &excluded, &reserved);
             prop_assert_eq!(incremental, scanned);
+        }
+    }
+
+    proptest! {
+        /// The two-pass scan of a binpack-only decision decides exactly like the general
+        /// loop, on headrooms coarse enough that exact fits and ties are common.
+        #[test]
+        fn plain_binpack_scans_match_the_general_loop(
+            hosts in proptest::collection::vec((0i64..5, 0i64..5, 0u8..6), 1..40),
+            need in (0i64..3, 0i64..3),
+            by_memory in any::<bool>(),
+            count in 1usize..6,
+            seed in any::<u64>(),
+        ) {
+            let mut pool = InstancePool::new();
+            for (n, (cpu, memory, state)) in hosts.iter().enumerate() {
+                let mut i = instance_with_ports(&format!("i{n}"), cpu * 256, memory * 256, &[], &[]);
+                i.container_instance_arn = format!("arn:aws:ecs:r:a:container-instance/c/{n}");
+                i.status = if *state == 0 { InstanceStatus::Draining } else { InstanceStatus::Active };
+                i.agent_connected = *state != 1;
+                pool.upsert(&format!("i{n}"), Arc::new(i));
+            }
+            let demand = Demand { cpu: need.0 * 256, memory: need.1 * 256, ..Default::default() };
+            let field = if by_memory { BinpackField::Memory } else { BinpackField::Cpu };
+            let strategies = [Strategy::Binpack(field)];
+            let request = web_request(&demand, count, &[], &strategies);
+            let specialised = StrategyPlacer::with_seed(seed).place_in_pool_reserving(&pool, &request, &[], &[]);
+            let mut general = StrategyPlacer::with_seed(seed);
+            general.rescan_every_decision = true;
+            let reference = general.place_in_pool_reserving(&pool, &request, &[], &[]);
+            prop_assert_eq!(specialised, reference);
         }
     }
 
