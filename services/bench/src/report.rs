@@ -171,27 +171,24 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
         format!("{} serially", rate(c.serial_rate)),
         "1×".into(),
     );
-    let placement_ceiling = match &phase.placement_ceiling {
-        Some(again) => {
-            let value = rate(again.pipelined_rate);
-            t.row(
-                p,
-                "journal ceiling measured again right before the placement runs (their reference)",
-                format!(
-                    "{} ({} writes in {}); one write waited for p50 {} / p99 {}",
-                    value,
-                    thousands(again.pipelined_writes as u64),
-                    human(again.pipelined_elapsed),
-                    human(again.serial.p50),
-                    human(again.serial.p99)
-                ),
+    if let Some(again) = &phase.placement_ceiling {
+        let value = rate(again.pipelined_rate);
+        t.row(
+            p,
+            "journal ceiling measured again right before the placement runs (their reference)",
+            format!(
+                "{} ({} writes in {}); one write waited for p50 {} / p99 {}",
                 value,
-                percent(again.pipelined_rate, c.pipelined_rate) + " of the first",
-            );
-            again
-        }
-        None => c,
-    };
+                thousands(again.pipelined_writes as u64),
+                human(again.pipelined_elapsed),
+                human(again.serial.p50),
+                human(again.serial.p99)
+            ),
+            value,
+            percent(again.pipelined_rate, c.pipelined_rate) + " of the first",
+        );
+    }
+    let placement_ceiling = phase.ceiling_for_placement().unwrap_or(c);
     for placement in &phase.placements {
         placement_rows(t, p, placement_ceiling, placement);
     }

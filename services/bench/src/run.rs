@@ -2,7 +2,8 @@
 //! `berth-control` process; read latency under churn at growing seeded sizes, with a
 //! fresh replica's recovery and memory at the recovery sizes (so a recovery replays the
 //! seeded tasks and nothing else of size); task start latency with a real
-//! `berth-agent`; placement throughput on the large and the small hollow clusters and
+//! `berth-agent`; the journal ceiling again (placement is compared with the server as it
+//! is then); placement throughput on the large and the small hollow clusters and
 //! with binpack (last: their hosts' disconnection is a burst of writes); then
 //! quiescence and the audit. Phase R3 (3-node cluster, R3 streams): ceiling, placement
 //! throughput (default and binpack) and reads, then the audit.

@@ -36,6 +36,7 @@ impl Landings {
             subject: subject.into(),
             token,
             landed: rx,
+            delivered: false,
         }
     }
 
@@ -69,22 +70,28 @@ pub struct Landing {
     subject: Box<str>,
     token: u64,
     landed: oneshot::Receiver<u64>,
+    delivered: bool,
 }
 
 impl Landing {
     /// The sequence of the subject's first record applied after [`crate::view::View::expect_landing`],
     /// or `None` when none came within `timeout`.
     pub async fn wait(mut self, timeout: Duration) -> Option<u64> {
-        tokio::time::timeout(timeout, &mut self.landed)
+        let landed = tokio::time::timeout(timeout, &mut self.landed)
             .await
             .ok()
-            .and_then(Result::ok)
+            .and_then(Result::ok);
+        // Delivered: the apply loop has already removed the entry.
+        self.delivered = landed.is_some();
+        landed
     }
 }
 
 impl Drop for Landing {
     fn drop(&mut self) {
-        self.landings.forget(&self.subject, self.token);
+        if !self.delivered {
+            self.landings.forget(&self.subject, self.token);
+        }
     }
 }
 

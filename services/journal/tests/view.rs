@@ -445,14 +445,18 @@ async fn unacknowledged_creation_is_confirmed_by_the_view() {
     let journal = open(&server).await;
     let view = start(&journal).await;
     let subject = subjects::task("c", "i-1", "t-1");
-    let first =
-        berth_messages::codec::encode_record(&task("c", "i-1", "t-1", "web", TaskStatus::Pending))
-            .expect("encode");
-    let landing = view.expect_landing(&subject);
-    journal
-        .publish_unacknowledged(&subject, first.into(), 0, "cmd-1")
-        .await
-        .expect("publish");
+    let create = |last: TaskStatus, command: &'static str| {
+        let record = task("c", "i-1", "t-1", "web", last);
+        let payload = berth_messages::codec::encode_record(&record).expect("encode");
+        // Registered before the publish, as a writer must.
+        let landing = view.expect_landing(&subject);
+        let published = journal.publish_unacknowledged(&subject, payload.into(), 0, command);
+        async move {
+            published.await.expect("publish");
+            landing
+        }
+    };
+    let landing = create(TaskStatus::Pending, "cmd-1").await;
     let version = landing
         .wait(WAIT)
         .await
@@ -470,14 +474,7 @@ async fn unacknowledged_creation_is_confirmed_by_the_view() {
     );
 
     // Expected sequence 0 on a subject that has a record: refused, silently.
-    let second =
-        berth_messages::codec::encode_record(&task("c", "i-1", "t-1", "web", TaskStatus::Running))
-            .expect("encode");
-    let refused = view.expect_landing(&subject);
-    journal
-        .publish_unacknowledged(&subject, second.into(), 0, "cmd-2")
-        .await
-        .expect("publish");
+    let refused = create(TaskStatus::Running, "cmd-2").await;
     // A later record on another subject proves the server has handled the refused one.
     let marker = put(&journal, &subjects::cluster("c"), &cluster("c")).await;
     assert!(view.wait_for(marker, WAIT).await);

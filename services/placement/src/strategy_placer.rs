@@ -148,7 +148,7 @@ impl StrategyPlacer {
         }
         let mut round = Round::new(source, present, request, excluded);
         round.incremental &= !self.rescan_every_decision;
-        round.plain_binpack = !self.rescan_every_decision;
+        round.specialised_scans = !self.rescan_every_decision;
         if self.rescan_every_decision {
             round.max_memory = None;
         }
@@ -400,8 +400,9 @@ struct Round<'r, S: Source> {
     /// Whether a decision may start from the previous one's ties (with strategies whose
     /// scores are per instance: a placement changes only its own instance's key).
     incremental: bool,
-    /// Whether [`Round::scan_plain_binpack`] may replace the general scan.
-    plain_binpack: bool,
+    /// Whether [`Round::scan_plain_binpack`] and [`Round::consider_by_headroom`] may stand
+    /// in for the general loop of [`Round::consider`].
+    specialised_scans: bool,
     /// The best key of the last full scan and the slots tied for it that no placement of
     /// this batch has touched since, in slot order.
     base: Option<(Key, Vec<usize>)>,
@@ -505,7 +506,7 @@ impl<'r, S: Source> Round<'r, S> {
             shortlist: None,
             start: 0,
             k,
-            plain_binpack: true,
+            specialised_scans: true,
             incremental: !request.strategies.is_empty()
                 && !request
                     .strategies
@@ -913,7 +914,7 @@ impl<'r, S: Source> Round<'r, S> {
             [Score::BinpackCpu] => false,
             _ => return false,
         };
-        if !self.plain_binpack
+        if !self.specialised_scans
             || needs_ports
             || self.any_excluded
             || !self.taken.is_empty()
@@ -964,21 +965,32 @@ impl<'r, S: Source> Round<'r, S> {
         best_key: &mut Option<Key>,
         known: usize,
     ) {
-        match self.scores.get(known..).unwrap_or(&[]) {
-            [] => self.consider_by_headroom(slots, need, needs_ports, best_key, None, |_, _| 0),
-            [Score::BinpackMemory] => {
-                let at = Some(known);
-                self.consider_by_headroom(slots, need, needs_ports, best_key, at, |_, m| m)
-            }
-            [Score::BinpackCpu] => {
-                let at = Some(known);
-                self.consider_by_headroom(slots, need, needs_ports, best_key, at, |c, _| c)
-            }
-            _ => {
-                for slot in slots {
-                    self.consider(slot, need, needs_ports, best_key, known);
+        if self.specialised_scans {
+            let by_memory = match self.scores.get(known..).unwrap_or(&[]) {
+                [] => {
+                    let equal = |_, _| 0;
+                    return self.consider_by_headroom(
+                        slots,
+                        need,
+                        needs_ports,
+                        best_key,
+                        None,
+                        equal,
+                    );
                 }
+                [Score::BinpackMemory] => Some(true),
+                [Score::BinpackCpu] => Some(false),
+                _ => None,
+            };
+            if let Some(by_memory) = by_memory {
+                // `by_memory` is the same for every slot: a branch always predicted right.
+                let left = move |cpu, memory| if by_memory { memory } else { cpu };
+                let at = Some(known);
+                return self.consider_by_headroom(slots, need, needs_ports, best_key, at, left);
             }
+        }
+        for slot in slots {
+            self.consider(slot, need, needs_ports, best_key, known);
         }
     }
 
