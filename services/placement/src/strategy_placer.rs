@@ -967,6 +967,9 @@ impl<'r, S: Source> Round<'r, S> {
     ) {
         if self.specialised_scans {
             let by_memory = match self.scores.get(known..).unwrap_or(&[]) {
+                [] if !needs_ports && self.member_of.is_empty() && self.distinct.is_none() => {
+                    return self.extend_fitting(slots, need, best_key);
+                }
                 [] => {
                     let equal = |_, _| 0;
                     return self.consider_by_headroom(
@@ -991,6 +994,38 @@ impl<'r, S: Source> Round<'r, S> {
         }
         for slot in slots {
             self.consider(slot, need, needs_ports, best_key, known);
+        }
+    }
+
+    /// [`Round::consider`] of every slot of `slots` when no score is left to compute and
+    /// nothing is checked per slot beyond its headroom (no constraint, no port): every
+    /// slot that fits ties, so the ties are the fitting slots, found without branching on
+    /// each slot's figures.
+    fn extend_fitting(
+        &mut self,
+        slots: impl Iterator<Item = usize>,
+        (cpu, memory): (i64, i64),
+        best_key: &mut Option<Key>,
+    ) {
+        let heads = self.heads;
+        let fits = |head: &Head| {
+            head.present & head.eligible.is_ok() & (head.cpu >= cpu) & (head.memory >= memory)
+        };
+        let before = self.ties.len();
+        if self.taken.is_empty() && !self.any_excluded {
+            self.ties.extend(slots.filter(|slot| fits(&heads[*slot])));
+        } else {
+            for slot in slots {
+                if self.fitting(slot, (cpu, memory)).is_some() {
+                    self.ties.push(slot);
+                }
+            }
+        }
+        if self.ties.len() > before || best_key.is_some() {
+            if best_key.is_none() {
+                self.ties.drain(..before);
+            }
+            *best_key = Some([0; MAX_STRATEGIES]);
         }
     }
 
@@ -2337,6 +2372,46 @@ mod tests {
             let mut general = StrategyPlacer::with_seed(seed);
             general.rescan_every_decision = true;
             let reference = general.place_in_pool_reserving(&pool, &request, &[], &[]);
+            prop_assert_eq!(specialised, reference);
+        }
+    }
+
+    proptest! {
+        /// The fitting-slots scan of a spread decision with nothing else to score decides
+        /// exactly like the general loop, with exclusions and promises elsewhere.
+        #[test]
+        fn spread_only_scans_match_the_general_loop(
+            hosts in proptest::collection::vec((0i64..4, 0i64..4, 0u8..6, 0u8..3, 0u32..3), 1..40),
+            need in (0i64..3, 0i64..3),
+            count in 1usize..8,
+            excluded in proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+            reserved in proptest::collection::vec((any::<prop::sample::Index>(), 0i64..600, 0i64..600), 0..4),
+            seed in any::<u64>(),
+        ) {
+            let mut pool = InstancePool::new();
+            for (n, (cpu, memory, state, zone, web)) in hosts.iter().enumerate() {
+                let i = instance_with_ports(&format!("i{n}"), cpu * 256, memory * 256, &[], &[]);
+                let mut i = with_attribute(i, "ecs.availability-zone", ["a", "b", "c"][usize::from(*zone)]);
+                i.container_instance_arn = format!("arn:aws:ecs:r:a:container-instance/c/{n}");
+                i.status = if *state == 0 { InstanceStatus::Draining } else { InstanceStatus::Active };
+                i.agent_connected = *state != 1;
+                pool.add_group_tasks(&format!("i{n}"), "web", i64::from(*web));
+                pool.upsert(&format!("i{n}"), Arc::new(i));
+            }
+            let n = hosts.len();
+            let excluded: Vec<usize> = excluded.iter().map(|x| x.index(n)).collect();
+            let reserved: Vec<Promise> = reserved
+                .iter()
+                .map(|(x, cpu, memory)| Promise { slot: x.index(n), cpu: *cpu, memory: *memory, tasks: 1 })
+                .collect();
+            let demand = Demand { cpu: need.0 * 256, memory: need.1 * 256, ..Default::default() };
+            let strategies = [spread_zone()];
+            let request = web_request(&demand, count, &[], &strategies);
+            let specialised = StrategyPlacer::with_seed(seed)
+                .place_in_pool_reserving(&pool, &request, &excluded, &reserved);
+            let mut general = StrategyPlacer::with_seed(seed);
+            general.rescan_every_decision = true;
+            let reference = general.place_in_pool_reserving(&pool, &request, &excluded, &reserved);
             prop_assert_eq!(specialised, reference);
         }
     }
