@@ -1617,7 +1617,11 @@ impl View {
     }
 
     /// [`View::task`] for several ids of one cluster, under one lock.
-    pub fn tasks_by_id(&self, cluster: &str, task_ids: &[String]) -> Vec<Option<Arc<TaskEntry>>> {
+    pub fn tasks_by_id(
+        &self,
+        cluster: &str,
+        task_ids: &[impl AsRef<str>],
+    ) -> Vec<Option<Arc<TaskEntry>>> {
         let Some(scope) = self.inner.scope(cluster) else {
             return vec![None; task_ids.len()];
         };
@@ -1625,7 +1629,10 @@ impl View {
             let data = read(&scope.data);
             task_ids
                 .iter()
-                .map(|id| data.tasks.get(&TaskKey::new(id)).map(|t| data.raw(t)))
+                .map(|id| {
+                    let key = TaskKey::new(id.as_ref());
+                    data.tasks.get(&key).map(|t| data.raw(t))
+                })
                 .collect()
         };
         raws.into_iter()

@@ -10,6 +10,7 @@ use berth_messages::codec::Encoding;
 use berth_messages::command::{Action, DEFAULT_CLUSTER};
 use berth_messages::model::*;
 use berth_messages::{arn, validate, ApiError};
+use std::sync::Arc;
 
 pub async fn read(
     shared: &Shared,
@@ -402,23 +403,32 @@ async fn describe_tasks(
 ) -> Result<TasksResponse, ApiError> {
     let cluster = require_cluster(shared, r.cluster.as_deref()).await?;
     validate::batch("tasks", r.tasks.len(), 100)?;
-    let mut out = TasksResponse::default();
+    // Every reference is checked first; the tasks of this cluster are then read under one
+    // lock, and each decoded record (fresh, not shared) is moved into the reply.
+    let mut ids: Vec<Option<&str>> = Vec::with_capacity(r.tasks.len());
     for reference in &r.tasks {
         crate::validation::task_ref(reference)?;
         let (in_arn, id) = arn::task_id(reference);
-        let found = in_arn
-            .is_none_or(|c| c == cluster)
-            .then(|| shared.view.task(&cluster, id))
-            .flatten();
-        match found {
+        ids.push(in_arn.is_none_or(|c| c == cluster).then_some(id));
+    }
+    let wanted: Vec<&str> = ids.iter().flatten().copied().collect();
+    let mut found = shared.view.tasks_by_id(&cluster, &wanted).into_iter();
+    let mut out = TasksResponse::default();
+    for (reference, id) in r.tasks.iter().zip(&ids) {
+        let entry = id.and_then(|_| found.next().flatten());
+        match entry {
             Some(entry) => {
-                out.tasks
-                    .push(entry.task.value.clone().presented(entry.task.version));
+                let task = Arc::try_unwrap(entry)
+                    .map_or_else(|shared| shared.task.clone(), |owned| owned.task);
+                out.tasks.push(task.value.presented(task.version));
             }
-            None => out.failures.push(Failure::new(
-                shared.arns.task(&cluster, id),
-                reason::MISSING,
-            )),
+            None => {
+                let id = id.unwrap_or_else(|| arn::task_id(reference).1);
+                out.failures.push(Failure::new(
+                    shared.arns.task(&cluster, id),
+                    reason::MISSING,
+                ));
+            }
         }
     }
     Ok(out)
