@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 #[derive(Default)]
 pub(crate) struct Landings {
-    waiting: DashMap<Box<str>, (u64, oneshot::Sender<u64>)>,
+    waiting: DashMap<Box<str>, (u64, oneshot::Sender<u64>), rustc_hash::FxBuildHasher>,
     /// Entries in `waiting`, read by the apply loop without touching the map's shards.
     len: AtomicUsize,
     tokens: AtomicU64,
