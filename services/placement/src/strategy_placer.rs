@@ -26,6 +26,7 @@ use crate::placer::{best_few, Placement, PlacementFailure};
 use crate::pool::{Column, Head, InstancePool};
 use crate::rules::{BinpackField, Constraint, SpreadField, Strategy, MAX_STRATEGIES};
 use berth_messages::model::{Allocation, ContainerInstance};
+use fixedbitset::FixedBitSet;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::borrow::Cow;
@@ -340,35 +341,14 @@ type MemberOf<'e> = (u16, &'e Expr, Option<Arc<[bool]>>);
 const UNMET_UNKNOWN: u16 = u16::MAX;
 const UNMET_NONE: u16 = u16::MAX - 1;
 
-/// A set of slots.
-struct Bits(Vec<u64>);
-
-impl Bits {
-    fn new(len: usize) -> Self {
-        Self(vec![0; len.div_ceil(64)])
-    }
-
-    fn contains(&self, i: usize) -> bool {
-        self.0
-            .get(i / 64)
-            .is_some_and(|word| word & (1 << (i % 64)) != 0)
-    }
-
-    fn insert(&mut self, i: usize) {
-        if let Some(word) = self.0.get_mut(i / 64) {
-            *word |= 1 << (i % 64);
-        }
-    }
-}
-
 /// One `place` call's state.
 struct Round<'r, S: Source> {
     source: &'r S,
     request: &'r PlacementRequest<'r>,
     heads: &'r [Head],
-    excluded: Bits,
+    excluded: FixedBitSet,
     any_excluded: bool,
-    touched: Bits,
+    touched: FixedBitSet,
     /// What this batch and the reservations took, by touched slot (a handful of slots: a
     /// map, not a vector as long as the pool, which would cost a fresh allocation per call).
     taken: HashMap<usize, Taken>,
@@ -437,9 +417,11 @@ impl<'r, S: Source> Round<'r, S> {
             .iter()
             .position(|c| *c == Constraint::DistinctInstance)
             .map(index);
-        let mut excluded = Bits::new(n);
-        for slot in excluded_slots {
-            excluded.insert(*slot);
+        let mut excluded = FixedBitSet::with_capacity(n);
+        for &slot in excluded_slots {
+            if slot < n {
+                excluded.insert(slot);
+            }
         }
         let group_tasks = source.group_tasks(request.group);
         // The dense per-slot count only when a per-slot figure is read (distinctInstance,
@@ -487,7 +469,7 @@ impl<'r, S: Source> Round<'r, S> {
             heads,
             excluded,
             any_excluded: !excluded_slots.is_empty(),
-            touched: Bits::new(n),
+            touched: FixedBitSet::with_capacity(n),
             taken: HashMap::new(),
             group,
             promised: BTreeMap::new(),
