@@ -41,6 +41,13 @@ pub(crate) struct Head {
 }
 
 impl Head {
+    /// Whether a task of (CPU, memory) fits here, ignoring what a batch took: computed
+    /// without branches, for scans that test every slot.
+    #[inline(always)]
+    pub(crate) fn fits(&self, cpu: i64, memory: i64) -> bool {
+        self.present & self.eligible.is_ok() & (self.cpu >= cpu) & (self.memory >= memory)
+    }
+
     const ABSENT: Head = Head {
         cpu: 0,
         memory: 0,

@@ -380,8 +380,9 @@ struct Round<'r, S: Source> {
     /// Whether a decision may start from the previous one's ties (with strategies whose
     /// scores are per instance: a placement changes only its own instance's key).
     incremental: bool,
-    /// Whether [`Round::scan_plain_binpack`] and [`Round::consider_by_headroom`] may stand
-    /// in for the general loop of [`Round::consider`].
+    /// Whether [`Round::scan_plain_binpack`], [`Round::extend_fitting`] and
+    /// [`Round::consider_by_headroom`] may stand in for the general loop of
+    /// [`Round::consider`].
     specialised_scans: bool,
     /// The best key of the last full scan and the slots tied for it that no placement of
     /// this batch has touched since, in slot order.
@@ -906,8 +907,7 @@ impl<'r, S: Source> Round<'r, S> {
             return false;
         }
         let left = |head: &Head| -> i64 {
-            let fits =
-                head.present & head.eligible.is_ok() & (head.cpu >= cpu) & (head.memory >= memory);
+            let fits = head.fits(cpu, memory);
             let left = if by_memory {
                 head.memory - memory
             } else {
@@ -990,12 +990,10 @@ impl<'r, S: Source> Round<'r, S> {
         best_key: &mut Option<Key>,
     ) {
         let heads = self.heads;
-        let fits = |head: &Head| {
-            head.present & head.eligible.is_ok() & (head.cpu >= cpu) & (head.memory >= memory)
-        };
         let before = self.ties.len();
         if self.taken.is_empty() && !self.any_excluded {
-            self.ties.extend(slots.filter(|slot| fits(&heads[*slot])));
+            self.ties
+                .extend(slots.filter(|slot| heads[*slot].fits(cpu, memory)));
         } else {
             for slot in slots {
                 if self.fitting(slot, (cpu, memory)).is_some() {
@@ -2327,6 +2325,20 @@ mod tests {
         }
     }
 
+    /// Instance `n` with headroom in steps of 256 (so that exact fits and ties are common):
+    /// state 0 is DRAINING, 1 disconnected, anything else a candidate.
+    fn coarse_host(n: usize, cpu: i64, memory: i64, state: u8) -> ContainerInstance {
+        let mut i = instance_with_ports(&format!("i{n}"), cpu * 256, memory * 256, &[], &[]);
+        i.container_instance_arn = format!("arn:aws:ecs:r:a:container-instance/c/{n}");
+        i.status = if state == 0 {
+            InstanceStatus::Draining
+        } else {
+            InstanceStatus::Active
+        };
+        i.agent_connected = state != 1;
+        i
+    }
+
     proptest! {
         /// The two-pass scan of a binpack-only decision decides exactly like the general
         /// loop, on headrooms coarse enough that exact fits and ties are common.
@@ -2340,11 +2352,7 @@ mod tests {
         ) {
             let mut pool = InstancePool::new();
             for (n, (cpu, memory, state)) in hosts.iter().enumerate() {
-                let mut i = instance_with_ports(&format!("i{n}"), cpu * 256, memory * 256, &[], &[]);
-                i.container_instance_arn = format!("arn:aws:ecs:r:a:container-instance/c/{n}");
-                i.status = if *state == 0 { InstanceStatus::Draining } else { InstanceStatus::Active };
-                i.agent_connected = *state != 1;
-                pool.upsert(&format!("i{n}"), Arc::new(i));
+                pool.upsert(&format!("i{n}"), Arc::new(coarse_host(n, *cpu, *memory, *state)));
             }
             let demand = Demand { cpu: need.0 * 256, memory: need.1 * 256, ..Default::default() };
             let field = if by_memory { BinpackField::Memory } else { BinpackField::Cpu };
@@ -2372,11 +2380,8 @@ mod tests {
         ) {
             let mut pool = InstancePool::new();
             for (n, (cpu, memory, state, zone, web)) in hosts.iter().enumerate() {
-                let i = instance_with_ports(&format!("i{n}"), cpu * 256, memory * 256, &[], &[]);
-                let mut i = with_attribute(i, "ecs.availability-zone", ["a", "b", "c"][usize::from(*zone)]);
-                i.container_instance_arn = format!("arn:aws:ecs:r:a:container-instance/c/{n}");
-                i.status = if *state == 0 { InstanceStatus::Draining } else { InstanceStatus::Active };
-                i.agent_connected = *state != 1;
+                let i = coarse_host(n, *cpu, *memory, *state);
+                let i = with_attribute(i, "ecs.availability-zone", ["a", "b", "c"][usize::from(*zone)]);
                 pool.add_group_tasks(&format!("i{n}"), "web", i64::from(*web));
                 pool.upsert(&format!("i{n}"), Arc::new(i));
             }

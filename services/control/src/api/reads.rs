@@ -419,7 +419,7 @@ async fn describe_tasks(
         match entry {
             Some(entry) => {
                 let task = Arc::try_unwrap(entry)
-                    .map_or_else(|shared| shared.task.clone(), |owned| owned.task);
+                    .map_or_else(|kept| kept.task.clone(), |owned| owned.task);
                 out.tasks.push(task.value.presented(task.version));
             }
             None => {
