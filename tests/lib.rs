@@ -87,9 +87,16 @@ pub struct ControlProcess {
 
 impl ControlProcess {
     pub fn start(url: &str) -> ControlProcess {
+        Self::start_with(url, &[])
+    }
+
+    /// A replica of `url` (comma-separated URLs for a cluster) with more `BERTH_*`
+    /// settings in its environment.
+    pub fn start_with(url: &str, env: &[(&str, &str)]) -> ControlProcess {
         let bin = berth_testkit::workspace_bin("berth-control", "berth-control");
         let config = control_config(url);
         let child = Command::new(bin)
+            .envs(env.iter().copied())
             .env("BERTH_NATS_URL", url)
             .env(
                 "BERTH_HEARTBEAT_INTERVAL",
@@ -113,11 +120,120 @@ impl ControlProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGSTOP: the process stays, holding its connections and subscriptions, and does
+    /// nothing (a long stall, a frozen VM or container).
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP)
+            .expect("SIGSTOP");
+    }
+
+    /// SIGCONT after [`ControlProcess::pause`].
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT)
+            .expect("SIGCONT");
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) -> nix::Result<()> {
+        let pid = i32::try_from(self.child.id()).map_err(|_| nix::errno::Errno::ESRCH)?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+    }
 }
 
 impl Drop for ControlProcess {
     fn drop(&mut self) {
+        // Continued first, in case a test left it paused (a process already gone or
+        // reaped refuses the signal, which is fine).
+        let _ = self.signal(nix::sys::signal::Signal::SIGCONT);
         self.kill();
+    }
+}
+
+/// Messages in `BERTH_OUTCOME`: one per command that has its outcome.
+pub async fn outcome_count(journal: &berth_journal::Journal) -> u64 {
+    let mut stream = journal
+        .jetstream()
+        .get_stream(berth_messages::streams::OUTCOME)
+        .await
+        .expect("outcome stream");
+    stream.info().await.expect("info").state.messages
+}
+
+/// Publishes a RunTask command straight into `BERTH_CMD` with `id` as its
+/// `Nats-Msg-Id` (and `startedBy`); returns once the stream has accepted it.
+pub async fn publish_run_task(
+    js: &async_nats::jetstream::Context,
+    cluster: &str,
+    id: &str,
+    task_definition: &str,
+    count: usize,
+) {
+    let mut h = HeaderMap::new();
+    h.insert(headers::MSG_ID, id);
+    h.insert(headers::CONTENT_TYPE, headers::JSON);
+    let body = serde_json::json!({"cluster": cluster, "taskDefinition": task_definition,
+        "count": count, "startedBy": id});
+    js.publish_with_headers(
+        subjects::command(cluster, "RunTask"),
+        h,
+        serde_json::to_vec(&body).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("accepted");
+}
+
+/// Waits for the outcome of every command in `ids`: each must name `count` tasks, and no
+/// task may be in two outcomes. Returns the task ARNs.
+pub async fn outcome_tasks(
+    journal: &berth_journal::Journal,
+    ids: &[String],
+    count: usize,
+) -> std::collections::HashSet<String> {
+    use berth_messages::command::CommandResponse;
+    let mut task_arns = std::collections::HashSet::new();
+    for id in ids {
+        let outcome = wait_for("outcome of every accepted command", PATIENCE, || {
+            let journal = journal.clone();
+            let id = id.clone();
+            async move { journal.read_outcome(&id).await.ok().flatten() }
+        })
+        .await;
+        match outcome.response {
+            Some(CommandResponse::Tasks(t)) => {
+                assert_eq!(t.tasks.len(), count, "{id}: {:?}", t.failures);
+                for task in t.tasks {
+                    assert!(
+                        task_arns.insert(task.task_arn.clone()),
+                        "task {} in two outcomes",
+                        task.task_arn
+                    );
+                }
+            }
+            other => panic!("{id}: unexpected outcome {other:?} {:?}", outcome.error),
+        }
+    }
+    task_arns
+}
+
+/// Every task ARN of a cluster, through ListTasks pages.
+pub async fn all_task_arns(api: &Api, cluster: &str) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut req = serde_json::json!({"cluster": cluster, "maxResults": 100});
+        if let Some(t) = &token {
+            req["nextToken"] = serde_json::json!(t);
+        }
+        let page = api.call_json("ListTasks", req).await.expect("ListTasks");
+        for arn in page["taskArns"].as_array().into_iter().flatten() {
+            out.insert(arn.as_str().unwrap_or_default().to_string());
+        }
+        match page["nextToken"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => return out,
+        }
     }
 }
 

@@ -4,6 +4,10 @@
 pub const COMMAND_ID: &str = "Berth-Command-Id";
 /// Where a command's outcome is published (core NATS) once it is durable.
 pub const REPLY_TO: &str = "Berth-Reply-To";
+/// JetStream: the subject (wildcards allowed) whose last sequence
+/// `Nats-Expected-Last-Subject-Sequence` is checked against, instead of the published one.
+pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+    "Nats-Expected-Last-Subject-Sequence-Subject";
 /// JetStream de-duplication id; Berth sets it to the command id.
 pub const MSG_ID: &str = "Nats-Msg-Id";
 /// Request and reply encoding.

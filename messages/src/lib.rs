@@ -11,6 +11,7 @@ pub mod codec;
 pub mod command;
 pub mod error;
 pub mod headers;
+pub mod ids;
 pub mod model;
 pub mod streams;
 pub mod subjects;

@@ -212,6 +212,23 @@ pub struct Allocation {
     /// task of its group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// The claim (delivery of its command) that made this allocation, kept in the
+    /// instance record's copy only and only past the first delivery (absent means 1), so
+    /// the auditor can check that no allocation lands under a claim already fenced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<u32>,
+}
+
+/// A command whose earlier claims are void on this instance: an allocation made under a
+/// claim below `claim` is refused (see "Fencing" in ARCHITECTURE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Fence {
+    /// The lowest claim (delivery count) of the command still allowed to allocate here.
+    pub claim: u32,
+    /// When the fence was raised (seconds since the epoch); fences older than the
+    /// outcome retention are dropped.
+    pub at: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -249,6 +266,10 @@ pub struct ContainerInstance {
     /// of this map is the placement decision.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub allocations: BTreeMap<String, Allocation>,
+    /// Internal: by command id, the claims fenced off this instance by a later delivery of
+    /// the command (written only when a command is redelivered).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fenced_commands: BTreeMap<String, Fence>,
 }
 
 impl ContainerInstance {
@@ -272,6 +293,7 @@ impl ContainerInstance {
             registered_at: self.registered_at,
             tags: self.tags.clone(),
             allocations: self.allocations.clone(),
+            fenced_commands: self.fenced_commands.clone(),
         }
     }
 }

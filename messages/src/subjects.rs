@@ -44,6 +44,13 @@ pub fn task(cluster: &str, instance_id: &str, task_id: &str) -> String {
     format!("{STATE_PREFIX}.{cluster}.task.{instance_id}.{task_id}")
 }
 
+/// `berth.state.<cluster>.task.*.<task-id>`: a task's record on whichever instance it is.
+/// Creations are conditional on this filter being empty, so a task id is created once in
+/// the whole cluster.
+pub fn task_on_any_instance(cluster: &str, task_id: &str) -> String {
+    format!("{STATE_PREFIX}.{cluster}.task.*.{task_id}")
+}
+
 /// `berth.state.<cluster>.task.<instance-id>.*`: what an agent follows.
 pub fn tasks_of_instance(cluster: &str, instance_id: &str) -> String {
     format!("{STATE_PREFIX}.{cluster}.task.{instance_id}.*")

@@ -7,7 +7,7 @@
 use crate::report::{AuditReport, Invariant, Violation};
 use berth_messages::codec::{self, CodecError};
 use berth_messages::model::{
-    Allocation, Cluster, ContainerInstance, InstanceStatus, Resource, Task, TaskDefinition,
+    Allocation, Cluster, ContainerInstance, Fence, InstanceStatus, Resource, Task, TaskDefinition,
     TaskDefinitionFamily, TaskStatus,
 };
 use berth_messages::subjects::{self, StateKey};
@@ -29,6 +29,7 @@ struct InstanceState {
     subject: String,
     status: InstanceStatus,
     allocations: BTreeMap<String, Allocation>,
+    fenced_commands: BTreeMap<String, Fence>,
 }
 
 /// The latest decodable record of a task subject.
@@ -56,6 +57,11 @@ pub struct Auditor {
     /// Instances whose latest record allocates each task.
     holders: HashMap<ClusterTask, BTreeSet<String>>,
     commands: BTreeMap<String, FirstWrite>,
+    /// The command of each task a fenced command may have launched (filled in as fences
+    /// appear in instance records).
+    fenced_task_commands: HashMap<ClusterTask, String>,
+    /// Commands whose task ids are in `fenced_task_commands`, by (cluster, command id).
+    fenced_commands_seen: HashSet<(String, String)>,
     /// TaskPlacedTwice findings already reported, so a later version showing the same
     /// pair again does not repeat them.
     placed_twice_reported: HashSet<(ClusterTask, String, String)>,
@@ -155,6 +161,7 @@ impl Auditor {
         self.check_ports(sequence, subject, &record);
 
         let key = (cluster.to_string(), instance_id.to_string());
+        self.check_fenced_claims(sequence, subject, cluster, instance_id, &record);
         if let Some(previous) = self.instances.get(&key) {
             for task_id in previous.allocations.keys() {
                 let holder = (cluster.to_string(), task_id.clone());
@@ -189,8 +196,66 @@ impl Auditor {
                 subject: subject.to_string(),
                 status: record.status,
                 allocations: record.allocations,
+                fenced_commands: record.fenced_commands,
             },
         );
+    }
+
+    /// An allocation new in this version must not come from a claim that the version it
+    /// replaces had fenced off (a fence and an allocation in one version: the allocation
+    /// came first, as the writer applies a batch in order and refuses what a fence in it
+    /// forbids). Fences are per instance: a claim may still allocate on an instance its
+    /// command's later delivery has not fenced yet, which that delivery then adopts.
+    fn check_fenced_claims(
+        &mut self,
+        sequence: u64,
+        subject: &str,
+        cluster: &str,
+        instance_id: &str,
+        record: &ContainerInstance,
+    ) {
+        for command in record.fenced_commands.keys() {
+            if self
+                .fenced_commands_seen
+                .insert((cluster.to_string(), command.clone()))
+            {
+                for task_id in berth_messages::ids::launched_task_ids(command) {
+                    self.fenced_task_commands
+                        .insert((cluster.to_string(), task_id), command.clone());
+                }
+            }
+        }
+        let key = (cluster.to_string(), instance_id.to_string());
+        let Some(previous) = self.instances.get(&key) else {
+            return;
+        };
+        if previous.fenced_commands.is_empty() {
+            return;
+        }
+        let mut stale = Vec::new();
+        for (task_id, allocation) in &record.allocations {
+            if previous.allocations.contains_key(task_id) {
+                continue;
+            }
+            let Some(command) = self
+                .fenced_task_commands
+                .get(&(cluster.to_string(), task_id.clone()))
+            else {
+                continue;
+            };
+            let claim = allocation.claim.unwrap_or(1);
+            if let Some(fence) = previous.fenced_commands.get(command) {
+                if claim < fence.claim {
+                    stale.push(format!(
+                        "task {task_id} of command {command} allocated on instance {instance_id} under claim {claim} after claim {} fenced it off",
+                        fence.claim
+                    ));
+                }
+            }
+        }
+        for detail in stale {
+            self.violate(sequence, subject, Invariant::StaleClaim, detail);
+        }
     }
 
     fn check_capacity(&mut self, sequence: u64, subject: &str, record: &ContainerInstance) {
@@ -432,6 +497,7 @@ mod tests {
             ports: ports.to_vec(),
             ports_udp: Vec::new(),
             group: None,
+            claim: None,
         }
     }
 
@@ -595,6 +661,7 @@ mod tests {
             ports: Vec::new(),
             ports_udp: vec![53],
             group: None,
+            claim: None,
         };
         h.instance(
             "i1",
@@ -638,6 +705,55 @@ mod tests {
         assert_eq!(report.violations[0].sequence, 2);
         // i2's allocation has no task record on i2.
         assert_eq!(report.count(Invariant::OrphanAllocation), 1, "{report}");
+    }
+
+    #[test]
+    fn an_allocation_under_a_fenced_claim_is_a_stale_claim() {
+        use berth_messages::ids::run_task_id;
+        let (t0, t1, t2) = (
+            run_task_id("cmd", 0),
+            run_task_id("cmd", 1),
+            run_task_id("cmd", 2),
+        );
+        let fenced = |allocations: &[(&str, Allocation)]| {
+            let mut record = instance(1024, 1024, &[], allocations);
+            record
+                .fenced_commands
+                .insert("cmd".into(), Fence { claim: 2, at: 0.0 });
+            record
+        };
+        let claimed = |claim: u32| Allocation {
+            claim: (claim > 1).then_some(claim),
+            ..alloc(1, 1, &[])
+        };
+        let mut h = History::default();
+        // Claim 1 allocated t0 before the fence (adopted), claim 2 places t1 on i2, then
+        // the stale claim 1 lands t1 on i1. Claim 1 allocating on i3, which no fence has
+        // reached yet, is no violation (the later delivery adopts what it finds there).
+        h.instance("i1", &fenced(&[(&t0, claimed(1))]))
+            .instance("i2", &fenced(&[(&t1, claimed(2))]))
+            .instance("i3", &instance(1024, 1024, &[], &[]))
+            .instance("i3", &instance(1024, 1024, &[], &[(&t2, claimed(1))]))
+            .instance("i1", &fenced(&[(&t0, claimed(1)), (&t1, claimed(1))]))
+            .task("i1", &t0, &task(TaskStatus::Running, TaskStatus::Running))
+            .task("i2", &t1, &task(TaskStatus::Running, TaskStatus::Running))
+            .task("i3", &t2, &task(TaskStatus::Running, TaskStatus::Running));
+        let report = h.finish();
+        assert_eq!(report.count(Invariant::StaleClaim), 1, "{report}");
+        let v = report
+            .violations
+            .iter()
+            .find(|v| v.invariant == Invariant::StaleClaim)
+            .cloned();
+        assert_eq!(v.map(|v| v.sequence), Some(5));
+        // The same history without the stale write is clean.
+        let mut h = History::default();
+        h.instance("i1", &fenced(&[(&t0, claimed(1))]))
+            .instance("i2", &fenced(&[(&t1, claimed(2))]))
+            .task("i1", &t0, &task(TaskStatus::Running, TaskStatus::Running))
+            .task("i2", &t1, &task(TaskStatus::Running, TaskStatus::Running));
+        let report = h.finish();
+        assert!(report.is_clean(), "{report}");
     }
 
     #[test]

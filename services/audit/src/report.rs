@@ -24,10 +24,13 @@ pub enum Invariant {
     MissingOutcome,
     /// A record on an entity subject does not decode as that entity.
     UndecodableRecord,
+    /// A command's effect landed under a claim a later delivery had already fenced off:
+    /// two executors of one command both placed a task.
+    StaleClaim,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 8] = [
+    pub const ALL: [Invariant; 9] = [
         Self::OverCommit,
         Self::PortHeldTwice,
         Self::TaskPlacedTwice,
@@ -36,6 +39,7 @@ impl Invariant {
         Self::OrphanAllocation,
         Self::MissingOutcome,
         Self::UndecodableRecord,
+        Self::StaleClaim,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +52,7 @@ impl Invariant {
             Self::OrphanAllocation => "OrphanAllocation",
             Self::MissingOutcome => "MissingOutcome",
             Self::UndecodableRecord => "UndecodableRecord",
+            Self::StaleClaim => "StaleClaim",
         }
     }
 }

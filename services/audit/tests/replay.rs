@@ -31,6 +31,7 @@ fn instance(allocations: &[(&str, i64)]) -> ContainerInstance {
                         ports: vec![8080],
                         ports_udp: Vec::new(),
                         group: None,
+                        claim: None,
                     },
                 )
             })

@@ -347,6 +347,7 @@ fn allocation() -> Allocation {
         ports: Vec::new(),
         ports_udp: Vec::new(),
         group: None,
+        claim: None,
     }
 }
 

@@ -22,6 +22,11 @@ pub enum ExecError {
     /// the command is redelivered later.
     #[error("journal unavailable: {0}")]
     Transient(JournalError),
+    /// A later delivery of the command fenced this one off an instance it was about to
+    /// allocate on: this executor stops without an outcome, acknowledgement or retry
+    /// (the later delivery finishes the command).
+    #[error("the command's claim {claim} was fenced off by a later delivery")]
+    ClaimLost { claim: u32 },
 }
 
 impl From<JournalError> for ExecError {
@@ -31,6 +36,16 @@ impl From<JournalError> for ExecError {
                 Self::Api(ApiError::server(e.to_string()))
             }
             other => Self::Transient(other),
+        }
+    }
+}
+
+impl From<ExecError> for ApiError {
+    /// What an API caller is told when a command could not be answered by an outcome.
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Api(a) => a,
+            other => ApiError::server(other.to_string()),
         }
     }
 }

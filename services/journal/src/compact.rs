@@ -599,6 +599,7 @@ mod tests {
                 ports: Vec::new(),
                 ports_udp: Vec::new(),
                 group: None,
+                claim: None,
             },
             ..Default::default()
         }

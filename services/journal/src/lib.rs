@@ -27,7 +27,8 @@ use std::time::Duration;
 /// Failures of journal operations.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    /// Someone wrote the subject after the version this writer read (JetStream 10071).
+    /// Someone wrote the subject after the version this writer read (a wrong last
+    /// sequence: JetStream 10071, or 10164 from a replicated stream, see [`CONFLICT_CODES`]).
     #[error("conflict on {subject}: it changed after version {expected}")]
     Conflict { subject: String, expected: u64 },
     #[error("record on {subject} cannot be decoded: {source}")]
@@ -58,6 +59,25 @@ impl JournalError {
 }
 
 pub type Result<T, E = JournalError> = std::result::Result<T, E>;
+
+/// JetStream error codes that answer a conditional publish whose expected last sequence
+/// is not the subject's: 10071 (`wrong last sequence: <seq>`, the stored sequence differs)
+/// and 10164 (`wrong last sequence`, the stream leader refused it because another write
+/// of the subject is in flight, as replicated streams do). Both mean someone else wrote
+/// first: re-read, re-validate, retry. 10163 (`expected last sequence per subject
+/// temporarily unavailable`) is not one: the leader cannot check yet, so the write is
+/// simply retried later.
+pub const CONFLICT_CODES: [u64; 2] = [10071, 10164];
+
+/// Whether a publish failure is a conflict: by the server's error code, never by text.
+pub fn is_conflict_error(error: &jetstream::context::PublishError) -> bool {
+    if error.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| CONFLICT_CODES.contains(&e.error_code().0))
+}
 
 /// A record with its version (the stream sequence of the message that holds it).
 #[derive(Debug, Clone, PartialEq)]
@@ -299,29 +319,64 @@ impl Journal {
         expected: u64,
         command_id: &str,
     ) -> Result<u64> {
-        let publish = jetstream::message::PublishMessage::build()
+        self.publish_checked(subject, payload, expected, None, command_id)
+            .await
+    }
+
+    /// Creates a record on `subject` only if no subject matching `unique` holds one: the
+    /// server checks the last sequence over the whole filter (the
+    /// `Nats-Expected-Last-Subject-Sequence-Subject` header), so one entity that may live
+    /// under several subjects (a task under any instance) is created once. A
+    /// [`JournalError::Conflict`] means it exists; [`Journal::read_last_matching`] finds it.
+    pub async fn create_unique<T: Serialize>(
+        &self,
+        subject: &str,
+        unique: &str,
+        record: &T,
+        command_id: &str,
+    ) -> Result<u64> {
+        let payload = codec::encode_record(record)?;
+        self.publish_checked(subject, payload.into(), 0, Some(unique), command_id)
+            .await
+    }
+
+    async fn publish_checked(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        expected: u64,
+        check_subject: Option<&str>,
+        command_id: &str,
+    ) -> Result<u64> {
+        let mut publish = jetstream::message::PublishMessage::build()
             .payload(payload)
             .expected_last_subject_sequence(expected)
             .header(headers::COMMAND_ID, command_id);
+        if let Some(check) = check_subject {
+            publish = publish.header(headers::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, check);
+        }
         let ack = self
             .js
             .send_publish(subject.to_string(), publish)
             .await
-            .map_err(|e| publish_error(subject, expected, e.kind(), &e))?;
+            .map_err(|e| publish_error(subject, expected, &e))?;
         let ack = ack
             .await
-            .map_err(|e| publish_error(subject, expected, e.kind(), &e))?;
+            .map_err(|e| publish_error(subject, expected, &e))?;
         Ok(ack.sequence)
     }
 
     /// The conditional write of [`Journal::write_bytes`] published without a reply
     /// subject: the server applies the same check but answers nothing, so the writer learns
     /// the outcome from the view ([`crate::landing`]) or by reading the subject back.
+    /// `unique`, when given, extends the check to every subject it matches (see
+    /// [`Journal::create_unique`]).
     pub async fn publish_unacknowledged(
         &self,
         subject: &str,
         payload: Bytes,
         expected: u64,
+        unique: Option<&str>,
         command_id: &str,
     ) -> Result<()> {
         let mut headers = HeaderMap::new();
@@ -329,6 +384,9 @@ impl Journal {
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             expected.to_string().as_str(),
         );
+        if let Some(check) = unique {
+            headers.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, check);
+        }
         headers.insert(headers::COMMAND_ID, command_id);
         self.client
             .publish_with_headers(subject.to_string(), headers, payload)
@@ -350,6 +408,43 @@ impl Journal {
                     subject: subject.to_string(),
                     source,
                 }),
+        }
+    }
+
+    /// The latest record on any subject matching `filter` (which may hold wildcards), with
+    /// the subject it is on. Asked of the stream leader (direct gets take no wildcards); for
+    /// the rare reads after a refused [`Journal::create_unique`].
+    pub async fn read_last_matching<T: DeserializeOwned>(
+        &self,
+        filter: &str,
+    ) -> Result<Option<(String, Versioned<T>)>> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        match self
+            .state
+            .raw_message_builder()
+            .last_by_subject(filter)
+            .send()
+            .await
+        {
+            Ok(msg) => codec::decode_record(&msg.payload)
+                .map(|value| {
+                    Some((
+                        msg.subject.to_string(),
+                        Versioned {
+                            value,
+                            version: msg.sequence,
+                        },
+                    ))
+                })
+                .map_err(|source| JournalError::Decode {
+                    subject: msg.subject.to_string(),
+                    source,
+                }),
+            Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(JournalError::Read {
+                subject: filter.to_string(),
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -471,7 +566,7 @@ impl Journal {
                 encoded: payload,
                 recorded_here: true,
             }),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+            Err(e) if is_conflict_error(&e) => {
                 let (outcome, encoded) = Box::pin(self.read_outcome_encoded(&outcome.command_id))
                     .await?
                     .ok_or_else(|| JournalError::Read {
@@ -484,7 +579,7 @@ impl Journal {
                     recorded_here: false,
                 })
             }
-            Err(e) => Err(publish_error(&subject, 0, e.kind(), &e)),
+            Err(e) => Err(publish_error(&subject, 0, &e)),
         }
     }
 
@@ -574,17 +669,17 @@ pub fn command_id_of(headers: &HeaderMap) -> Option<String> {
 fn publish_error(
     subject: &str,
     expected: u64,
-    kind: PublishErrorKind,
-    e: &dyn std::fmt::Display,
+    e: &jetstream::context::PublishError,
 ) -> JournalError {
-    match kind {
-        PublishErrorKind::WrongLastSequence => JournalError::Conflict {
+    if is_conflict_error(e) {
+        JournalError::Conflict {
             subject: subject.to_string(),
             expected,
-        },
-        _ => JournalError::Publish {
+        }
+    } else {
+        JournalError::Publish {
             subject: subject.to_string(),
             reason: e.to_string(),
-        },
+        }
     }
 }

@@ -450,7 +450,7 @@ async fn unacknowledged_creation_is_confirmed_by_the_view() {
         let payload = berth_messages::codec::encode_record(&record).expect("encode");
         // Registered before the publish, as a writer must.
         let landing = view.expect_landing(&subject);
-        let published = journal.publish_unacknowledged(&subject, payload.into(), 0, command);
+        let published = journal.publish_unacknowledged(&subject, payload.into(), 0, None, command);
         async move {
             published.await.expect("publish");
             landing

@@ -133,6 +133,7 @@ pub fn fit_resources(capacity: &Capacity, demand: &Demand) -> Result<Allocation,
         ports,
         ports_udp,
         group: None,
+        claim: None,
     })
 }
 
@@ -395,6 +396,7 @@ pub(crate) mod tests {
                 ports: vec![80, 49153],
                 ports_udp: vec![53],
                 group: None,
+                claim: None,
             },
         );
         allocate(
@@ -431,6 +433,7 @@ pub(crate) mod tests {
                 ports: vec![9, 49153],
                 ports_udp: vec![5353],
                 group: None,
+                claim: None,
             },
         );
         let r = &i.remaining_resources;
@@ -515,6 +518,7 @@ pub(crate) mod tests {
                 ports: vec![80, 8080],
                 ports_udp: vec![53],
                 group: None,
+                claim: None,
             })
         );
     }

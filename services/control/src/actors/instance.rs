@@ -28,6 +28,8 @@ pub enum InstanceOpError {
     Shortfall(Shortfall),
     #[error("the container instance already runs a task of group {0}")]
     SameGroup(String),
+    #[error("claim {claim} of the command is fenced off this instance")]
+    ClaimLost { claim: u32 },
     #[error(transparent)]
     Rejected(ApiError),
     #[error(transparent)]
@@ -50,6 +52,7 @@ impl From<InstanceOpError> for ExecError {
                 "distinctInstance placement constraint unsatisfied: the container instance \
                  already runs a task of group {group}"
             ))),
+            InstanceOpError::ClaimLost { claim } => ExecError::ClaimLost { claim },
         }
     }
 }
@@ -66,16 +69,21 @@ pub enum OpKind {
     /// Reserve resources for a task of `group` (idempotent per task id).
     /// `require_active`: the instance must be ACTIVE with a connected agent (RunTask and
     /// StartTask). `distinct`: the instance must hold no other task of the group
-    /// (distinctInstance, checked on the record the write replaces).
+    /// (distinctInstance, checked on the record the write replaces). `claim`: the
+    /// delivery of the command making it; refused when the record fences it off.
     Allocate {
         task_id: String,
         demand: Demand,
         group: String,
         require_active: bool,
         distinct: bool,
+        claim: u32,
     },
     /// Return a task's resources (idempotent).
     Release { task_id: String },
+    /// Fence off every claim of the operation's command below `claim` (a later delivery
+    /// taking the command over): allocations they make on this record are refused.
+    Fence { claim: u32 },
     /// Any other change: status, attributes, agentConnected, deregistration.
     Mutate(Mutation),
     /// Create the record (registration) or replace it when it exists (re-registration);
@@ -226,7 +234,7 @@ async fn commit(
             Vec::with_capacity(batch.len());
         let mut changed = false;
         for op in batch.iter_mut() {
-            results.push(apply(&mut next, &mut op.kind, &mut changed));
+            results.push(apply(&mut next, &op.command_id, &mut op.kind, &mut changed));
         }
         if !changed {
             // Nothing to write (no operation changed the record): answer from it as it is.
@@ -237,6 +245,7 @@ async fn commit(
             respond(batch, results, None);
             return None;
         };
+        drop_expired_fences(&mut next);
         next.remaining_resources = berth_placement::remaining_resources(&next);
         next.version = None;
         next.running_tasks_count = None;
@@ -281,8 +290,24 @@ async fn commit(
     }
 }
 
+/// A fence outlives the command's outcome (kept 24 h), after which no delivery of the
+/// command executes any more.
+const FENCE_RETENTION_SECONDS: f64 = 24.0 * 3600.0;
+
+/// Drops fences past their retention (on records being written anyway).
+fn drop_expired_fences(record: &mut ContainerInstance) {
+    if record.fenced_commands.is_empty() {
+        return;
+    }
+    let horizon = berth_messages::now_epoch_seconds() - FENCE_RETENTION_SECONDS;
+    record
+        .fenced_commands
+        .retain(|_, fence| fence.at >= horizon);
+}
+
 fn apply(
     record: &mut Option<ContainerInstance>,
+    command_id: &str,
     kind: &mut OpKind,
     changed: &mut bool,
 ) -> Result<Option<Allocation>, InstanceOpError> {
@@ -302,9 +327,19 @@ fn apply(
             group,
             require_active,
             distinct,
+            claim,
         } => {
             if let Some(existing) = instance.allocations.get(task_id.as_str()) {
                 return Ok(Some(existing.clone()));
+            }
+            // The write that follows is conditional on this record's version, so a fence
+            // raised after it was read makes the write conflict and this check run again.
+            if instance
+                .fenced_commands
+                .get(command_id)
+                .is_some_and(|fence| *claim < fence.claim)
+            {
+                return Err(InstanceOpError::ClaimLost { claim: *claim });
             }
             if *distinct
                 && instance
@@ -321,6 +356,7 @@ fn apply(
             }
             .map_err(InstanceOpError::Shortfall)?;
             allocation.group = Some(group.clone());
+            allocation.claim = (*claim > 1).then_some(*claim);
             // remainingResources is refreshed once for the whole batch before the write.
             instance
                 .allocations
@@ -330,6 +366,18 @@ fn apply(
         }
         OpKind::Release { task_id } => {
             if instance.allocations.remove(task_id.as_str()).is_some() {
+                *changed = true;
+            }
+            Ok(None)
+        }
+        OpKind::Fence { claim } => {
+            let fence = instance
+                .fenced_commands
+                .entry(command_id.to_string())
+                .or_default();
+            if fence.claim < *claim {
+                fence.claim = *claim;
+                fence.at = berth_messages::now_epoch_seconds();
                 *changed = true;
             }
             Ok(None)
@@ -422,32 +470,109 @@ mod tests {
             group: group.into(),
             require_active: true,
             distinct,
+            claim: 1,
         }
     }
+
+    /// Applies one operation of command `cmd`.
+    fn run(record: &mut Option<ContainerInstance>, mut kind: OpKind) -> AllocationResult {
+        apply(record, "cmd", &mut kind, &mut false)
+    }
+
+    type AllocationResult = Result<Option<Allocation>, InstanceOpError>;
 
     #[test]
     fn distinct_allocation_refuses_a_second_task_of_its_group() {
         let mut record = instance();
-        let mut changed = false;
-        let first = apply(&mut record, &mut allocate("t1", "g", true), &mut changed);
+        let first = run(&mut record, allocate("t1", "g", true));
         assert_eq!(first.ok().flatten().and_then(|a| a.group), Some("g".into()));
         // Idempotent for the same task; refused for another task of the group.
-        assert!(apply(&mut record, &mut allocate("t1", "g", true), &mut changed).is_ok());
+        assert!(run(&mut record, allocate("t1", "g", true)).is_ok());
         assert!(matches!(
-            apply(&mut record, &mut allocate("t2", "g", true), &mut changed),
+            run(&mut record, allocate("t2", "g", true)),
             Err(InstanceOpError::SameGroup(g)) if g == "g"
         ));
         // Another group, or the same group without the constraint, still fits.
-        assert!(apply(&mut record, &mut allocate("t3", "h", true), &mut changed).is_ok());
-        assert!(apply(&mut record, &mut allocate("t4", "g", false), &mut changed).is_ok());
+        assert!(run(&mut record, allocate("t3", "h", true)).is_ok());
+        assert!(run(&mut record, allocate("t4", "g", false)).is_ok());
         // Once the group's tasks are released the instance takes one again.
         for task_id in ["t1", "t4"] {
-            let mut release = OpKind::Release {
+            let release = OpKind::Release {
                 task_id: task_id.into(),
             };
-            assert!(apply(&mut record, &mut release, &mut changed).is_ok());
+            assert!(run(&mut record, release).is_ok());
         }
-        assert!(apply(&mut record, &mut allocate("t5", "g", true), &mut changed).is_ok());
+        assert!(run(&mut record, allocate("t5", "g", true)).is_ok());
         assert_eq!(record.map(|r| r.allocations.len()), Some(2));
+    }
+
+    fn allocate_as(task_id: &str, claim: u32) -> OpKind {
+        match allocate(task_id, "g", false) {
+            OpKind::Allocate {
+                task_id,
+                demand,
+                group,
+                require_active,
+                distinct,
+                ..
+            } => OpKind::Allocate {
+                task_id,
+                demand,
+                group,
+                require_active,
+                distinct,
+                claim,
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn a_fenced_claim_allocates_nothing_and_later_claims_do() {
+        let mut record = instance();
+        // Claim 1 allocates t1 before the fence: the later delivery adopts it.
+        assert!(run(&mut record, allocate_as("t1", 1)).is_ok());
+        let mut changed = false;
+        let mut fence = OpKind::Fence { claim: 2 };
+        assert!(apply(&mut record, "cmd", &mut fence, &mut changed).is_ok());
+        assert!(changed, "raising a fence is a write");
+        // Fencing again with the same or a lower claim changes nothing.
+        changed = false;
+        for claim in [2, 1] {
+            let mut again = OpKind::Fence { claim };
+            assert!(apply(&mut record, "cmd", &mut again, &mut changed).is_ok());
+        }
+        assert!(!changed);
+        // Claim 1 may no longer allocate; what it already holds is still answered.
+        assert!(matches!(
+            run(&mut record, allocate_as("t2", 1)),
+            Err(InstanceOpError::ClaimLost { claim: 1 })
+        ));
+        assert!(run(&mut record, allocate_as("t1", 1)).is_ok());
+        // Claim 2 allocates and is stamped; other commands are not fenced.
+        let t2 = run(&mut record, allocate_as("t2", 2));
+        assert_eq!(t2.ok().flatten().and_then(|a| a.claim), Some(2));
+        let mut other = allocate_as("t3", 1);
+        let other = apply(&mut record, "other", &mut other, &mut changed);
+        assert_eq!(other.ok().flatten().map(|a| a.claim), Some(None));
+        let held = record.map(|r| r.allocations.len());
+        assert_eq!(held, Some(3));
+    }
+
+    #[test]
+    fn fences_past_their_retention_are_dropped() {
+        let mut record = instance().unwrap_or_default();
+        let now = berth_messages::now_epoch_seconds();
+        for (command, at) in [("old", now - FENCE_RETENTION_SECONDS - 1.0), ("new", now)] {
+            record.fenced_commands.insert(
+                command.into(),
+                berth_messages::model::Fence { claim: 2, at },
+            );
+        }
+        drop_expired_fences(&mut record);
+        assert_eq!(
+            record.fenced_commands.keys().collect::<Vec<_>>(),
+            vec!["new"]
+        );
     }
 }

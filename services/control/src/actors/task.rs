@@ -34,6 +34,11 @@ pub enum TaskOpKind {
         /// [`crate::commands::Delivery::fresh`]): it is published without acknowledgement
         /// and confirmed by the view.
         fresh: bool,
+        /// The command is redelivered: the creation is also conditional on no record of
+        /// the task on any other instance (a filter check the server pays for with a walk
+        /// over the cluster's instances, so the first delivery, which fences make safe,
+        /// does without it).
+        unique: bool,
     },
     /// Change the record wherever it lives.
     Update(TaskChange),
@@ -68,15 +73,20 @@ impl TaskOp {
                 instance_id,
                 task,
                 fresh,
+                unique,
             } => {
                 // Creation is conditional on the subject being empty (expected sequence 0),
                 // so it cannot overwrite anyone and needs no serialising actor.
                 let span = tracing::debug_span!("task_create", command_id = %command_id, cluster = %cluster, task = %task_id);
-                let subject = subjects::task(cluster, &instance_id, task_id);
+                let target = Creation {
+                    subject: subjects::task(cluster, &instance_id, task_id),
+                    unique: unique.then(|| subjects::task_on_any_instance(cluster, task_id)),
+                    instance_id,
+                };
                 let created = if fresh {
-                    create_fresh(shared, subject, command_id, instance_id, task).boxed()
+                    create_fresh(shared, target, command_id, task).boxed()
                 } else {
-                    create(shared, subject, task_id, command_id, instance_id, task).boxed()
+                    create(shared, target, task_id, command_id, task).boxed()
                 };
                 return tracing::Instrument::instrument(created, span).await;
             }
@@ -157,35 +167,77 @@ impl Handler<TaskOp> for TaskActor {
     }
 }
 
+/// Where a task record is created.
+struct Creation {
+    subject: String,
+    instance_id: String,
+    /// The filter over every instance's subject for the task, when the creation must
+    /// also be the only record of the task in the cluster.
+    unique: Option<String>,
+}
+
+impl Creation {
+    /// The task's record as it already is in the journal: on this subject, or with
+    /// `unique` on whichever instance holds it (the answer then names that instance, and
+    /// the caller returns what it allocated here).
+    async fn existing(&self, shared: &Shared) -> ExecResult<Option<TaskDone>> {
+        let Some(filter) = &self.unique else {
+            let found = Box::pin(shared.journal.read::<Task>(&self.subject)).await?;
+            return Ok(found.map(|task| TaskDone {
+                instance_id: self.instance_id.clone(),
+                task,
+            }));
+        };
+        let found = Box::pin(shared.journal.read_last_matching::<Task>(filter)).await?;
+        Ok(
+            found.and_then(|(subject, task)| match subjects::parse_state(&subject) {
+                Some(subjects::StateKey::Task { instance_id, .. }) => Some(TaskDone {
+                    instance_id: instance_id.to_string(),
+                    task,
+                }),
+                _ => None,
+            }),
+        )
+    }
+}
+
 /// Writes a new task record (expected sequence 0); an existing one is returned as is.
 /// Kept apart from updates so that a RunTask's ten creations in flight stay small futures.
 async fn create(
     shared: &Shared,
-    subject: String,
+    target: Creation,
     task_id: &str,
     command_id: &str,
-    instance_id: String,
     task: Box<Task>,
 ) -> ExecResult<TaskDone> {
-    match shared.journal.write(&subject, &*task, 0, command_id).await {
+    let written = match &target.unique {
+        Some(filter) => {
+            shared
+                .journal
+                .create_unique(&target.subject, filter, &*task, command_id)
+                .await
+        }
+        None => {
+            shared
+                .journal
+                .write(&target.subject, &*task, 0, command_id)
+                .await
+        }
+    };
+    match written {
         Ok(version) => Ok(TaskDone {
-            instance_id,
+            instance_id: target.instance_id,
             task: Versioned {
                 value: *task,
                 version,
             },
         }),
-        Err(e) if e.is_conflict() => {
-            let existing = Box::pin(shared.journal.read::<Task>(&subject))
-                .await?
-                .ok_or_else(|| {
-                    ApiError::server(format!("task {task_id} conflicts but is absent"))
-                })?;
-            Ok(TaskDone {
-                instance_id,
-                task: existing,
+        Err(e) if e.is_conflict() => target.existing(shared).await?.ok_or_else(|| {
+            ExecError::Transient(JournalError::Read {
+                subject: target.subject.clone(),
+                reason: format!("task {task_id} conflicts but is absent"),
             })
-        }
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -196,40 +248,42 @@ async fn create(
 /// published (nothing else writes this subject), an empty subject is published again.
 async fn create_fresh(
     shared: &Shared,
-    subject: String,
+    target: Creation,
     command_id: &str,
-    instance_id: String,
     task: Box<Task>,
 ) -> ExecResult<TaskDone> {
     let payload = Bytes::from(codec::encode_record(&*task).map_err(JournalError::from)?);
     for _ in 0..LANDING_ATTEMPTS {
-        let landing = shared.view.expect_landing(&subject);
+        let landing = shared.view.expect_landing(&target.subject);
         shared
             .journal
-            .publish_unacknowledged(&subject, payload.clone(), 0, command_id)
+            .publish_unacknowledged(
+                &target.subject,
+                payload.clone(),
+                0,
+                target.unique.as_deref(),
+                command_id,
+            )
             .await?;
         if let Some(version) = landing.wait(LANDING_WAIT).await {
             return Ok(TaskDone {
-                instance_id,
+                instance_id: target.instance_id,
                 task: Versioned {
                     value: *task,
                     version,
                 },
             });
         }
-        if let Some(existing) = Box::pin(shared.journal.read::<Task>(&subject)).await? {
-            return Ok(TaskDone {
-                instance_id,
-                task: existing,
-            });
+        if let Some(existing) = target.existing(shared).await? {
+            return Ok(existing);
         }
         tracing::warn!(
-            subject,
+            subject = target.subject,
             "task record not in the journal after publishing; publishing again"
         );
     }
     Err(ExecError::Transient(JournalError::Publish {
-        subject,
+        subject: target.subject,
         reason: format!("not in the journal after {LANDING_ATTEMPTS} unacknowledged publishes"),
     }))
 }

@@ -118,10 +118,9 @@ fn cluster_name(given: Option<&str>) -> Result<String, ApiError> {
 
 async fn require_cluster(shared: &Shared, given: Option<&str>) -> Result<String, ApiError> {
     let name = cluster_name(given)?;
-    active_cluster(shared, &name).await.map_err(|e| match e {
-        crate::shared::ExecError::Api(a) => a,
-        crate::shared::ExecError::Transient(j) => ApiError::server(j.to_string()),
-    })?;
+    active_cluster(shared, &name)
+        .await
+        .map_err(ApiError::from)?;
     Ok(name)
 }
 

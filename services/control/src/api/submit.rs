@@ -120,10 +120,7 @@ impl Drop for FreshCommand<'_> {
 }
 
 fn exec_to_api(e: crate::shared::ExecError) -> ApiError {
-    match e {
-        crate::shared::ExecError::Api(a) => a,
-        crate::shared::ExecError::Transient(j) => ApiError::server(j.to_string()),
-    }
+    ApiError::from(e)
 }
 
 /// Publishes a command and waits for its outcome: pushed to our inbox by the processor,

@@ -42,6 +42,10 @@ pub struct Delivery {
     /// True when this replica's API minted the command id (random) and this is its first
     /// delivery: nothing derived from the id can exist yet.
     pub fresh: bool,
+    /// This executor's claim on the command: the delivery count. A later delivery fences
+    /// the earlier claims off the instances they could allocate on (see "Fencing" in
+    /// ARCHITECTURE.md).
+    pub claim: u32,
 }
 
 /// Runs the consumer until the connection ends.
@@ -173,6 +177,7 @@ async fn process(shared: Shared, msg: jetstream::Message) {
             command_id: command_id.clone(),
             redelivered: delivered > 1,
             fresh,
+            claim: u32::try_from(delivered).unwrap_or(u32::MAX),
         };
         let result: ExecResult<(CommandResponse, u64)> = match id_error {
             Some(e) => Err(e.into()),
@@ -191,6 +196,15 @@ async fn process(shared: Shared, msg: jetstream::Message) {
             Err(ExecError::Transient(e)) => {
                 tracing::error!(error = %e, "command failed after {MAX_ATTEMPTS} attempts");
                 (None, Some(ApiError::server(e.to_string())), 0)
+            }
+            Err(ExecError::ClaimLost { claim }) => {
+                // The delivery that fenced this one holds the command now: acknowledging
+                // or NAKing it here would take it from that executor.
+                tracing::warn!(
+                    claim,
+                    "a later delivery took the command over; leaving it to that one"
+                );
+                return;
             }
         };
         if let Some(e) = &error {

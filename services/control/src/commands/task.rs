@@ -7,7 +7,7 @@
 use super::taskdef::resolve_for_launch;
 use super::Delivery;
 use crate::actors::instance::{InstanceOp, InstanceOpError, OpDone, OpKind};
-use crate::actors::task::{locate, TaskDone, TaskOp, TaskOpKind};
+use crate::actors::task::{locate, release, TaskDone, TaskOp, TaskOpKind};
 use crate::shared::{ExecResult, Metrics, Shared};
 use berth_journal::Versioned;
 use berth_messages::api::*;
@@ -35,6 +35,8 @@ struct Launch {
     command_id: String,
     /// See [`Delivery::fresh`]: its tasks are published without acknowledgement.
     fresh: bool,
+    /// See [`Delivery::claim`].
+    claim: u32,
     definition: Arc<Versioned<TaskDefinition>>,
     demand: Demand,
     group: String,
@@ -115,6 +117,7 @@ impl Launch {
             // The group is the task's own field; only the instance's copy repeats it.
             allocation: Allocation {
                 group: None,
+                claim: None,
                 ..allocation.clone()
             },
             ..Default::default()
@@ -129,7 +132,7 @@ impl Launch {
         allocation: &Allocation,
     ) -> ExecResult<TaskDone> {
         let task = self.build_task(shared, task_id, instance_id, allocation)?;
-        TaskOp::run(
+        let done = TaskOp::run(
             shared,
             &self.cluster,
             task_id,
@@ -138,9 +141,24 @@ impl Launch {
                 instance_id: instance_id.to_string(),
                 task: Box::new(task),
                 fresh: self.fresh,
+                unique: self.claim > 1,
             },
         )
-        .await
+        .await?;
+        if done.instance_id != instance_id {
+            // Another delivery created the task elsewhere first: what this one allocated
+            // here goes back.
+            tracing::warn!(task = task_id, kept = %done.instance_id, released = instance_id, "task already created on another instance");
+            release(
+                shared,
+                &self.cluster,
+                instance_id,
+                task_id,
+                &self.command_id,
+            )
+            .await?;
+        }
+        Ok(done)
     }
 }
 
@@ -152,6 +170,36 @@ fn presented(t: TaskDone) -> Task {
 /// writes of an earlier attempt are visible.
 async fn catch_up(shared: &Shared) -> ExecResult<()> {
     let last = shared.journal.state_last_sequence().await?;
+    shared.view.wait_for(last, Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// A redelivery takes the command over: it fences the earlier claims off every instance
+/// they could allocate on (each delivery allocates only on instances its view knew when
+/// it began, and this one's view has caught up past that), then waits until its view
+/// shows the fenced records, and with them any allocation an earlier claim made first.
+async fn fence_earlier_claims(
+    shared: &Shared,
+    cluster: &str,
+    d: &Delivery,
+    instance_ids: impl IntoIterator<Item = String>,
+) -> ExecResult<()> {
+    let fences = instance_ids.into_iter().map(|instance_id| async move {
+        let op = OpKind::Fence { claim: d.claim };
+        match InstanceOp::run(shared, cluster, &instance_id, &d.command_id, op).await {
+            Ok(done) => Ok(done.version),
+            Err(InstanceOpError::Missing) => Ok(0),
+            Err(e) => Err(e),
+        }
+    });
+    let versions: Vec<_> = fences
+        .collect::<futures::stream::FuturesUnordered<_>>()
+        .collect()
+        .await;
+    let mut last = 0;
+    for version in versions {
+        last = last.max(version?);
+    }
     shared.view.wait_for(last, Duration::from_secs(10)).await;
     Ok(())
 }
@@ -179,6 +227,7 @@ fn launch_for(
         cluster,
         command_id: d.command_id.clone(),
         fresh: d.fresh,
+        claim: d.claim,
         definition,
         demand,
         group,
@@ -225,11 +274,21 @@ pub async fn run(
             tags: r.tags,
         },
     )?;
+    // The instances this delivery may allocate on: those its view knows now. A later
+    // delivery fences every instance its own view knows, which includes these.
+    let known_slots = shared.view.with_pool(&cluster, |pool| pool.len());
     if d.redelivered {
         catch_up(shared).await?;
+        let instances = shared.view.instances(&cluster);
+        let ids = instances.iter().map(|i| {
+            arn::container_instance_id(&i.value.container_instance_arn)
+                .1
+                .to_string()
+        });
+        fence_earlier_claims(shared, &cluster, d, ids).await?;
     }
     let task_ids: Vec<String> = (0..count)
-        .map(|i| crate::ids::derived(&d.command_id, &format!("task-{i}")))
+        .map(|i| berth_messages::ids::run_task_id(&d.command_id, i))
         .collect();
     let mut done: Vec<Option<TaskDone>> = vec![None; count];
     let mut failures: Vec<Failure> = Vec::new();
@@ -286,7 +345,11 @@ pub async fn run(
             if pool.present() == 0 {
                 return None;
             }
-            let excluded: Vec<usize> = refused.iter().filter_map(|id| pool.slot(id)).collect();
+            let excluded: Vec<usize> = refused
+                .iter()
+                .filter_map(|id| pool.slot(id))
+                .chain(known_slots..pool.len())
+                .collect();
             // Strategies score instances alike for concurrent requests (binpack herds
             // them onto one instance): they see what is promised but not yet written.
             // Without strategies, promises name the instance writes under way, which the
@@ -368,6 +431,7 @@ pub async fn run(
                     group: launch.group.clone(),
                     require_active: true,
                     distinct,
+                    claim: launch.claim,
                 };
                 let answer = InstanceOp::run(
                     shared,
@@ -493,6 +557,11 @@ pub async fn start(
     )?;
     if d.redelivered {
         catch_up(shared).await?;
+        let named = r
+            .container_instances
+            .iter()
+            .map(|reference| arn::container_instance_id(reference).1.to_string());
+        fence_earlier_claims(shared, &cluster, d, named).await?;
     }
     let mut tasks = Vec::new();
     let mut failures = Vec::new();
@@ -505,7 +574,7 @@ pub async fn start(
             .into());
         }
         let instance_arn = shared.arns.container_instance(&cluster, instance_id);
-        let task_id = crate::ids::derived(&d.command_id, &format!("start-{i}"));
+        let task_id = berth_messages::ids::start_task_id(&d.command_id, i);
         if let Some(entry) = shared.view.task(&cluster, &task_id) {
             tasks.push(TaskDone {
                 instance_id: entry.instance_id.clone(),
@@ -519,6 +588,7 @@ pub async fn start(
             group: launch.group.clone(),
             require_active: true,
             distinct: false,
+            claim: d.claim,
         };
         match InstanceOp::run(shared, &cluster, instance_id, &d.command_id, op).await {
             Ok(OpDone { allocation, .. }) => {
