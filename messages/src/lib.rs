@@ -12,6 +12,7 @@ pub mod command;
 pub mod error;
 pub mod headers;
 pub mod model;
+pub mod retry;
 pub mod streams;
 pub mod subjects;
 pub mod validate;
