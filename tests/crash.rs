@@ -4,13 +4,11 @@
 //! STOPPED write and the release of its resources leaves behind is repaired.
 
 use berth_e2e::*;
-use berth_journal::{Journal, JournalConfig};
-use berth_messages::command::CommandResponse;
+use berth_journal::Journal;
 use berth_messages::model::{ContainerInstance, Task, TaskStatus};
 use berth_messages::{streams, subjects};
 use berth_testkit::{wait_for, NatsServer};
 use serde_json::json;
-use std::collections::HashSet;
 
 const COMMANDS: usize = 600;
 
@@ -28,12 +26,7 @@ async fn every_accepted_command_has_exactly_one_outcome_after_a_kill() {
     }
     let _beats = Heartbeats::start(api.client.clone(), "crash", ids.clone());
     register_task_definition(&api, "batch", 1, 1, None).await;
-    let journal = Journal::open(&JournalConfig {
-        servers: vec![url.clone()],
-        ..Default::default()
-    })
-    .await
-    .expect("journal");
+    let journal = open_journal(&url).await;
     let before = outcome_count(&journal).await;
 
     // Accepted = acknowledged by the stream.
@@ -42,20 +35,9 @@ async fn every_accepted_command_has_exactly_one_outcome_after_a_kill() {
     let mut killed = false;
     for i in 0..COMMANDS {
         let id = format!("crash-{i}");
-        let mut h = async_nats::HeaderMap::new();
-        h.insert("Nats-Msg-Id", id.as_str());
-        h.insert("Content-Type", "application/json");
         let body =
             json!({"cluster": "crash", "taskDefinition": "batch", "count": 2, "startedBy": id});
-        js.publish_with_headers(
-            berth_messages::subjects::command("crash", "RunTask"),
-            h,
-            serde_json::to_vec(&body).expect("json").into(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("accepted");
+        publish_command(&js, "crash", "RunTask", &id, &body).await;
         accepted.push(id);
         if !killed && i >= COMMANDS / 4 && outcome_count(&journal).await > before {
             first.kill();
@@ -67,28 +49,7 @@ async fn every_accepted_command_has_exactly_one_outcome_after_a_kill() {
     }
     let _second = ControlProcess::start(&url);
 
-    let mut task_ids = HashSet::new();
-    for id in &accepted {
-        let outcome = wait_for("outcome of every accepted command", PATIENCE, || {
-            let journal = journal.clone();
-            let id = id.clone();
-            async move { journal.read_outcome(&id).await.ok().flatten() }
-        })
-        .await;
-        match outcome.response {
-            Some(CommandResponse::Tasks(t)) => {
-                assert_eq!(t.tasks.len(), 2, "{id}: {:?}", t.failures);
-                for task in t.tasks {
-                    assert!(
-                        task_ids.insert(task.task_arn.clone()),
-                        "task {} in two outcomes",
-                        task.task_arn
-                    );
-                }
-            }
-            other => panic!("{id}: unexpected outcome {other:?} {:?}", outcome.error),
-        }
-    }
+    let task_ids = tasks_of_outcomes(&journal, &accepted, 2).await;
     // Exactly one outcome each: the outcome stream holds one message per command and no
     // command ever got a second outcome written (each write would be a new sequence).
     let mut stream = journal
@@ -140,12 +101,7 @@ async fn reconciliation_releases_what_a_stopped_task_still_holds() {
         .map(|t| id_of(t["taskArn"].as_str().expect("task arn")))
         .collect();
     assert_eq!(ids.len(), 2, "{reply}");
-    let journal = Journal::open(&JournalConfig {
-        servers: vec![url.clone()],
-        ..Default::default()
-    })
-    .await
-    .expect("journal");
+    let journal = open_journal(&url).await;
     let instance_subject = subjects::instance("heal", &instance);
     let held = |record: &ContainerInstance| -> Vec<String> {
         let mut held: Vec<String> = record.allocations.keys().cloned().collect();
@@ -211,23 +167,4 @@ async fn outcome_count(journal: &Journal) -> u64 {
         .await
         .expect("outcome stream");
     stream.info().await.expect("info").state.messages
-}
-
-async fn all_task_arns(api: &Api, cluster: &str) -> HashSet<String> {
-    let mut out = HashSet::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut req = json!({"cluster": cluster, "maxResults": 100});
-        if let Some(t) = &token {
-            req["nextToken"] = json!(t);
-        }
-        let page = api.call_json("ListTasks", req).await.expect("ListTasks");
-        for arn in page["taskArns"].as_array().into_iter().flatten() {
-            out.insert(arn.as_str().unwrap_or_default().to_string());
-        }
-        match page["nextToken"].as_str() {
-            Some(t) => token = Some(t.to_string()),
-            None => return out,
-        }
-    }
 }

@@ -1,10 +1,16 @@
 //! Support for Berth's end-to-end tests: a real nats-server per test, control-plane
 //! replicas (in-process or as `berth-control` processes), an API client speaking JSON or
 //! MessagePack, and simulated agent heartbeats.
+//!
+//! The client follows the API clients' retry policy (`berth_messages::retry`): reads and
+//! mutations sent with a command id go again after an unanswered attempt. Mutations sent
+//! without one are sent once, so that the suite keeps exercising the control plane's own
+//! minted ids (and RunTask's `clientToken`).
 
 use async_nats::HeaderMap;
 use berth_control::ControlConfig;
 use berth_messages::codec::{self, Encoding};
+use berth_messages::retry::{self, RetryPolicy};
 use berth_messages::{headers, subjects, ApiError};
 use berth_testkit::{wait_for, NatsServer};
 use serde::{de::DeserializeOwned, Serialize};
@@ -108,6 +114,12 @@ impl ControlProcess {
         ControlProcess { child }
     }
 
+    /// Sends a signal (SIGSTOP pauses the replica, SIGCONT resumes it).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal sent");
+    }
+
     /// SIGKILL, no cleanup.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -187,13 +199,41 @@ impl Api {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Result<async_nats::Message, async_nats::RequestError> {
+        self.request(action, content_type, None, body).await
+    }
+
+    /// Sends a request under the retry policy, within [`PATIENCE`]: sent again after an
+    /// unanswered attempt if it is a read or carries `command_id` (`Nats-Msg-Id`).
+    pub async fn request(
+        &self,
+        action: &str,
+        content_type: Option<&str>,
+        command_id: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<async_nats::Message, async_nats::RequestError> {
         let mut h = HeaderMap::new();
         if let Some(ct) = content_type {
             h.insert(headers::CONTENT_TYPE, ct);
         }
-        self.client
-            .request_with_headers(subjects::api(action), h, body.into())
-            .await
+        if let Some(id) = command_id {
+            h.insert(headers::MSG_ID, id);
+        }
+        let body = bytes::Bytes::from(body);
+        let schedule = retry::schedule(action, command_id);
+        retry::with_retries(
+            &RetryPolicy::within(PATIENCE).attempt_timeouts(schedule),
+            |timeout| {
+                self.client.send_request(
+                    subjects::api(action),
+                    async_nats::Request::new()
+                        .headers(h.clone())
+                        .payload(body.clone())
+                        .timeout(Some(timeout)),
+                )
+            },
+            |e| e.kind() == async_nats::client::RequestErrorKind::TimedOut,
+        )
+        .await
     }
 
     /// Calls an action with typed request and response.
@@ -218,13 +258,9 @@ impl Api {
         action: &str,
         req: serde_json::Value,
     ) -> Result<serde_json::Value, ApiError> {
-        let mut h = HeaderMap::new();
-        h.insert(headers::CONTENT_TYPE, headers::JSON);
-        h.insert(headers::MSG_ID, command_id);
         let body = serde_json::to_vec(&req).expect("encode request");
         let msg = self
-            .client
-            .request_with_headers(subjects::api(action), h, body.into())
+            .request(action, Some(headers::JSON), Some(command_id), body)
             .await
             .expect("API request answered");
         decode_reply(Encoding::Json, &msg)
@@ -382,6 +418,102 @@ pub async fn register_task_definition(
         .as_str()
         .expect("task definition arn")
         .to_string()
+}
+
+/// A journal client of the server (provisions the streams if they do not exist yet).
+pub async fn open_journal(url: &str) -> berth_journal::Journal {
+    berth_journal::Journal::open(&berth_journal::JournalConfig {
+        servers: vec![url.to_string()],
+        ..Default::default()
+    })
+    .await
+    .expect("journal")
+}
+
+/// Publishes a command (JSON body) straight into `BERTH_CMD` with `Nats-Msg-Id` = `id`,
+/// and waits until the stream has accepted it.
+pub async fn publish_command(
+    js: &async_nats::jetstream::Context,
+    cluster: &str,
+    action: &str,
+    id: &str,
+    body: &serde_json::Value,
+) {
+    let mut h = HeaderMap::new();
+    h.insert(headers::MSG_ID, id);
+    h.insert(headers::CONTENT_TYPE, headers::JSON);
+    js.publish_with_headers(
+        subjects::command(cluster, action),
+        h,
+        serde_json::to_vec(body).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("accepted");
+}
+
+/// Waits for the outcome of each command and checks that each placed `per_command`
+/// tasks and that no task is named by two outcomes; returns the task ARNs.
+pub async fn tasks_of_outcomes(
+    journal: &berth_journal::Journal,
+    ids: &[String],
+    per_command: usize,
+) -> std::collections::HashSet<String> {
+    let mut tasks = std::collections::HashSet::new();
+    for id in ids {
+        let outcome = wait_for("the outcome of every accepted command", PATIENCE, || {
+            let journal = journal.clone();
+            let id = id.clone();
+            async move { journal.read_outcome(&id).await.ok().flatten() }
+        })
+        .await;
+        match outcome.response {
+            Some(berth_messages::command::CommandResponse::Tasks(t)) => {
+                assert_eq!(t.tasks.len(), per_command, "{id}: {:?}", t.failures);
+                for task in t.tasks {
+                    assert!(
+                        tasks.insert(task.task_arn.clone()),
+                        "task {} in two outcomes",
+                        task.task_arn
+                    );
+                }
+            }
+            other => panic!("{id}: unexpected outcome {other:?} {:?}", outcome.error),
+        }
+    }
+    tasks
+}
+
+/// Every task ARN of a cluster, all pages of ListTasks.
+pub async fn all_task_arns(api: &Api, cluster: &str) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut req = serde_json::json!({"cluster": cluster, "maxResults": 100});
+        if let Some(t) = &token {
+            req["nextToken"] = serde_json::json!(t);
+        }
+        let page = api.call_json("ListTasks", req).await.expect("ListTasks");
+        for arn in page["taskArns"].as_array().into_iter().flatten() {
+            out.insert(arn.as_str().unwrap_or_default().to_string());
+        }
+        match page["nextToken"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// A replica's counters (`$SRV.STATS` data; with several replicas, the first to answer).
+pub async fn control_metrics(api: &Api) -> serde_json::Value {
+    let reply = api
+        .client
+        .request("$SRV.STATS.berth", "".into())
+        .await
+        .expect("$SRV.STATS");
+    let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("stats JSON");
+    stats["endpoints"][0]["data"].clone()
 }
 
 /// Runs the auditor against the server and panics with its report on violations.
