@@ -4,7 +4,6 @@
 //! STOPPED write and the release of its resources leaves behind is repaired.
 
 use berth_e2e::*;
-use berth_journal::{Journal, JournalConfig};
 use berth_messages::model::{ContainerInstance, Task, TaskStatus};
 use berth_messages::{streams, subjects};
 use berth_testkit::{wait_for, NatsServer};
@@ -26,12 +25,7 @@ async fn every_accepted_command_has_exactly_one_outcome_after_a_kill() {
     }
     let _beats = Heartbeats::start(api.client.clone(), "crash", ids.clone());
     register_task_definition(&api, "batch", 1, 1, None).await;
-    let journal = Journal::open(&JournalConfig {
-        servers: vec![url.clone()],
-        ..Default::default()
-    })
-    .await
-    .expect("journal");
+    let journal = open_journal(&url).await;
     let before = outcome_count(&journal).await;
 
     // Accepted = acknowledged by the stream.
@@ -40,7 +34,9 @@ async fn every_accepted_command_has_exactly_one_outcome_after_a_kill() {
     let mut killed = false;
     for i in 0..COMMANDS {
         let id = format!("crash-{i}");
-        publish_run_task(&js, "crash", &id, "batch", 2).await;
+        let body =
+            json!({"cluster": "crash", "taskDefinition": "batch", "count": 2, "startedBy": id});
+        publish_command(&js, "crash", "RunTask", &id, &body).await;
         accepted.push(id);
         if !killed && i >= COMMANDS / 4 && outcome_count(&journal).await > before {
             first.kill();
@@ -52,7 +48,7 @@ async fn every_accepted_command_has_exactly_one_outcome_after_a_kill() {
     }
     let _second = ControlProcess::start(&url);
 
-    let task_ids = outcome_tasks(&journal, &accepted, 2).await;
+    let task_ids = tasks_of_outcomes(&journal, &accepted, 2).await;
     // Exactly one outcome each: the outcome stream holds one message per command and no
     // command ever got a second outcome written (each write would be a new sequence).
     let mut stream = journal
@@ -104,12 +100,7 @@ async fn reconciliation_releases_what_a_stopped_task_still_holds() {
         .map(|t| id_of(t["taskArn"].as_str().expect("task arn")))
         .collect();
     assert_eq!(ids.len(), 2, "{reply}");
-    let journal = Journal::open(&JournalConfig {
-        servers: vec![url.clone()],
-        ..Default::default()
-    })
-    .await
-    .expect("journal");
+    let journal = open_journal(&url).await;
     let instance_subject = subjects::instance("heal", &instance);
     let held = |record: &ContainerInstance| -> Vec<String> {
         let mut held: Vec<String> = record.allocations.keys().cloned().collect();

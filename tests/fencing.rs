@@ -88,7 +88,9 @@ async fn run(fault: Fault) {
     let mut faulted = false;
     for i in 0..COMMANDS {
         let id = format!("fence-{i}");
-        publish_run_task(&js, CLUSTER, &id, "burst", TASKS_PER_COMMAND).await;
+        let body = serde_json::json!({"cluster": CLUSTER, "taskDefinition": "burst",
+            "count": TASKS_PER_COMMAND, "startedBy": id});
+        publish_command(&js, CLUSTER, "RunTask", &id, &body).await;
         accepted.push(id);
         // Fault once commands are flowing, so the faulted replica holds some.
         if !faulted && i >= COMMANDS / 3 && outcome_count(&journal).await > before {
@@ -118,7 +120,7 @@ async fn run(fault: Fault) {
         Fault::Kill => replicas[0] = replica(&urls),
     }
 
-    let task_ids = outcome_tasks(&journal, &accepted, TASKS_PER_COMMAND).await;
+    let task_ids = tasks_of_outcomes(&journal, &accepted, TASKS_PER_COMMAND).await;
     assert_eq!(outcome_count(&journal).await - before, COMMANDS as u64);
     let listed = all_task_arns(&api, CLUSTER).await;
     assert_eq!(

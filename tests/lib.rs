@@ -1,10 +1,16 @@
 //! Support for Berth's end-to-end tests: a real nats-server per test, control-plane
 //! replicas (in-process or as `berth-control` processes), an API client speaking JSON or
 //! MessagePack, and simulated agent heartbeats.
+//!
+//! The client follows the API clients' retry policy (`berth_messages::retry`): reads and
+//! mutations sent with a command id go again after an unanswered attempt. Mutations sent
+//! without one are sent once, so that the suite keeps exercising the control plane's own
+//! minted ids (and RunTask's `clientToken`).
 
 use async_nats::HeaderMap;
 use berth_control::ControlConfig;
 use berth_messages::codec::{self, Encoding};
+use berth_messages::retry::{self, RetryPolicy};
 use berth_messages::{headers, subjects, ApiError};
 use berth_testkit::{wait_for, NatsServer};
 use serde::{de::DeserializeOwned, Serialize};
@@ -115,6 +121,11 @@ impl ControlProcess {
         ControlProcess { child }
     }
 
+    /// Sends a signal (SIGSTOP pauses the replica, SIGCONT resumes it).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        self.try_signal(signal).expect("signal sent");
+    }
+
     /// SIGKILL, no cleanup.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -124,17 +135,15 @@ impl ControlProcess {
     /// SIGSTOP: the process stays, holding its connections and subscriptions, and does
     /// nothing (a long stall, a frozen VM or container).
     pub fn pause(&self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP)
-            .expect("SIGSTOP");
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
     }
 
     /// SIGCONT after [`ControlProcess::pause`].
     pub fn resume(&self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT)
-            .expect("SIGCONT");
+        self.signal(nix::sys::signal::Signal::SIGCONT);
     }
 
-    fn signal(&self, signal: nix::sys::signal::Signal) -> nix::Result<()> {
+    fn try_signal(&self, signal: nix::sys::signal::Signal) -> nix::Result<()> {
         let pid = i32::try_from(self.child.id()).map_err(|_| nix::errno::Errno::ESRCH)?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
     }
@@ -144,7 +153,7 @@ impl Drop for ControlProcess {
     fn drop(&mut self) {
         // Continued first, in case a test left it paused (a process already gone or
         // reaped refuses the signal, which is fine).
-        let _ = self.signal(nix::sys::signal::Signal::SIGCONT);
+        let _ = self.try_signal(nix::sys::signal::Signal::SIGCONT);
         self.kill();
     }
 }
@@ -157,84 +166,6 @@ pub async fn outcome_count(journal: &berth_journal::Journal) -> u64 {
         .await
         .expect("outcome stream");
     stream.info().await.expect("info").state.messages
-}
-
-/// Publishes a RunTask command straight into `BERTH_CMD` with `id` as its
-/// `Nats-Msg-Id` (and `startedBy`); returns once the stream has accepted it.
-pub async fn publish_run_task(
-    js: &async_nats::jetstream::Context,
-    cluster: &str,
-    id: &str,
-    task_definition: &str,
-    count: usize,
-) {
-    let mut h = HeaderMap::new();
-    h.insert(headers::MSG_ID, id);
-    h.insert(headers::CONTENT_TYPE, headers::JSON);
-    let body = serde_json::json!({"cluster": cluster, "taskDefinition": task_definition,
-        "count": count, "startedBy": id});
-    js.publish_with_headers(
-        subjects::command(cluster, "RunTask"),
-        h,
-        serde_json::to_vec(&body).expect("json").into(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("accepted");
-}
-
-/// Waits for the outcome of every command in `ids`: each must name `count` tasks, and no
-/// task may be in two outcomes. Returns the task ARNs.
-pub async fn outcome_tasks(
-    journal: &berth_journal::Journal,
-    ids: &[String],
-    count: usize,
-) -> std::collections::HashSet<String> {
-    use berth_messages::command::CommandResponse;
-    let mut task_arns = std::collections::HashSet::new();
-    for id in ids {
-        let outcome = wait_for("outcome of every accepted command", PATIENCE, || {
-            let journal = journal.clone();
-            let id = id.clone();
-            async move { journal.read_outcome(&id).await.ok().flatten() }
-        })
-        .await;
-        match outcome.response {
-            Some(CommandResponse::Tasks(t)) => {
-                assert_eq!(t.tasks.len(), count, "{id}: {:?}", t.failures);
-                for task in t.tasks {
-                    assert!(
-                        task_arns.insert(task.task_arn.clone()),
-                        "task {} in two outcomes",
-                        task.task_arn
-                    );
-                }
-            }
-            other => panic!("{id}: unexpected outcome {other:?} {:?}", outcome.error),
-        }
-    }
-    task_arns
-}
-
-/// Every task ARN of a cluster, through ListTasks pages.
-pub async fn all_task_arns(api: &Api, cluster: &str) -> std::collections::HashSet<String> {
-    let mut out = std::collections::HashSet::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut req = serde_json::json!({"cluster": cluster, "maxResults": 100});
-        if let Some(t) = &token {
-            req["nextToken"] = serde_json::json!(t);
-        }
-        let page = api.call_json("ListTasks", req).await.expect("ListTasks");
-        for arn in page["taskArns"].as_array().into_iter().flatten() {
-            out.insert(arn.as_str().unwrap_or_default().to_string());
-        }
-        match page["nextToken"].as_str() {
-            Some(t) => token = Some(t.to_string()),
-            None => return out,
-        }
-    }
 }
 
 /// A client of the API.
@@ -303,13 +234,41 @@ impl Api {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Result<async_nats::Message, async_nats::RequestError> {
+        self.request(action, content_type, None, body).await
+    }
+
+    /// Sends a request under the retry policy, within [`PATIENCE`]: sent again after an
+    /// unanswered attempt if it is a read or carries `command_id` (`Nats-Msg-Id`).
+    pub async fn request(
+        &self,
+        action: &str,
+        content_type: Option<&str>,
+        command_id: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<async_nats::Message, async_nats::RequestError> {
         let mut h = HeaderMap::new();
         if let Some(ct) = content_type {
             h.insert(headers::CONTENT_TYPE, ct);
         }
-        self.client
-            .request_with_headers(subjects::api(action), h, body.into())
-            .await
+        if let Some(id) = command_id {
+            h.insert(headers::MSG_ID, id);
+        }
+        let body = bytes::Bytes::from(body);
+        let schedule = retry::schedule(action, command_id);
+        retry::with_retries(
+            &RetryPolicy::within(PATIENCE).attempt_timeouts(schedule),
+            |timeout| {
+                self.client.send_request(
+                    subjects::api(action),
+                    async_nats::Request::new()
+                        .headers(h.clone())
+                        .payload(body.clone())
+                        .timeout(Some(timeout)),
+                )
+            },
+            |e| e.kind() == async_nats::client::RequestErrorKind::TimedOut,
+        )
+        .await
     }
 
     /// Calls an action with typed request and response.
@@ -334,13 +293,9 @@ impl Api {
         action: &str,
         req: serde_json::Value,
     ) -> Result<serde_json::Value, ApiError> {
-        let mut h = HeaderMap::new();
-        h.insert(headers::CONTENT_TYPE, headers::JSON);
-        h.insert(headers::MSG_ID, command_id);
         let body = serde_json::to_vec(&req).expect("encode request");
         let msg = self
-            .client
-            .request_with_headers(subjects::api(action), h, body.into())
+            .request(action, Some(headers::JSON), Some(command_id), body)
             .await
             .expect("API request answered");
         decode_reply(Encoding::Json, &msg)
@@ -498,6 +453,102 @@ pub async fn register_task_definition(
         .as_str()
         .expect("task definition arn")
         .to_string()
+}
+
+/// A journal client of the server (provisions the streams if they do not exist yet).
+pub async fn open_journal(url: &str) -> berth_journal::Journal {
+    berth_journal::Journal::open(&berth_journal::JournalConfig {
+        servers: vec![url.to_string()],
+        ..Default::default()
+    })
+    .await
+    .expect("journal")
+}
+
+/// Publishes a command (JSON body) straight into `BERTH_CMD` with `Nats-Msg-Id` = `id`,
+/// and waits until the stream has accepted it.
+pub async fn publish_command(
+    js: &async_nats::jetstream::Context,
+    cluster: &str,
+    action: &str,
+    id: &str,
+    body: &serde_json::Value,
+) {
+    let mut h = HeaderMap::new();
+    h.insert(headers::MSG_ID, id);
+    h.insert(headers::CONTENT_TYPE, headers::JSON);
+    js.publish_with_headers(
+        subjects::command(cluster, action),
+        h,
+        serde_json::to_vec(body).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("accepted");
+}
+
+/// Waits for the outcome of each command and checks that each placed `per_command`
+/// tasks and that no task is named by two outcomes; returns the task ARNs.
+pub async fn tasks_of_outcomes(
+    journal: &berth_journal::Journal,
+    ids: &[String],
+    per_command: usize,
+) -> std::collections::HashSet<String> {
+    let mut tasks = std::collections::HashSet::new();
+    for id in ids {
+        let outcome = wait_for("the outcome of every accepted command", PATIENCE, || {
+            let journal = journal.clone();
+            let id = id.clone();
+            async move { journal.read_outcome(&id).await.ok().flatten() }
+        })
+        .await;
+        match outcome.response {
+            Some(berth_messages::command::CommandResponse::Tasks(t)) => {
+                assert_eq!(t.tasks.len(), per_command, "{id}: {:?}", t.failures);
+                for task in t.tasks {
+                    assert!(
+                        tasks.insert(task.task_arn.clone()),
+                        "task {} in two outcomes",
+                        task.task_arn
+                    );
+                }
+            }
+            other => panic!("{id}: unexpected outcome {other:?} {:?}", outcome.error),
+        }
+    }
+    tasks
+}
+
+/// Every task ARN of a cluster, all pages of ListTasks.
+pub async fn all_task_arns(api: &Api, cluster: &str) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut req = serde_json::json!({"cluster": cluster, "maxResults": 100});
+        if let Some(t) = &token {
+            req["nextToken"] = serde_json::json!(t);
+        }
+        let page = api.call_json("ListTasks", req).await.expect("ListTasks");
+        for arn in page["taskArns"].as_array().into_iter().flatten() {
+            out.insert(arn.as_str().unwrap_or_default().to_string());
+        }
+        match page["nextToken"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// A replica's counters (`$SRV.STATS` data; with several replicas, the first to answer).
+pub async fn control_metrics(api: &Api) -> serde_json::Value {
+    let reply = api
+        .client
+        .request("$SRV.STATS.berth", "".into())
+        .await
+        .expect("$SRV.STATS");
+    let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("stats JSON");
+    stats["endpoints"][0]["data"].clone()
 }
 
 /// Runs the auditor against the server and panics with its report on violations.

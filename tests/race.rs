@@ -57,20 +57,9 @@ async fn three_writers_never_over_commit() {
             let mut ids = Vec::new();
             for i in 0..REQUESTS_PER_CLIENT {
                 let id = format!("direct-{i}");
-                let mut h = async_nats::HeaderMap::new();
-                h.insert("Nats-Msg-Id", id.as_str());
-                h.insert("Content-Type", "application/json");
                 let body =
                     json!({"cluster": "race", "taskDefinition": "job:1", "startedBy": "direct"});
-                js.publish_with_headers(
-                    berth_messages::subjects::command("race", "RunTask"),
-                    h,
-                    serde_json::to_vec(&body).expect("json").into(),
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("accepted");
+                publish_command(&js, "race", "RunTask", &id, &body).await;
                 ids.push(id);
             }
             ids

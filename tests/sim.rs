@@ -80,17 +80,6 @@ async fn cluster_counts(api: &Api, cluster: &str) -> (i64, i64, i64) {
     )
 }
 
-/// The control plane's counters (`$SRV.STATS` data), for the timings this test prints.
-async fn control_metrics(api: &Api) -> serde_json::Value {
-    let reply = api
-        .client
-        .request("$SRV.STATS.berth", "".into())
-        .await
-        .expect("$SRV.STATS");
-    let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("stats JSON");
-    stats["endpoints"][0]["data"].clone()
-}
-
 /// Runs `count` tasks of `td` in cluster `scale` as a careful ECS client does; returns how
 /// many were placed and how many had to be placed again.
 /// - Each request carries a `clientToken`, so when the answer is slow (a request timeout or

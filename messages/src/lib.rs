@@ -13,6 +13,7 @@ pub mod error;
 pub mod headers;
 pub mod ids;
 pub mod model;
+pub mod retry;
 pub mod streams;
 pub mod subjects;
 pub mod validate;

@@ -1,12 +1,15 @@
 //! The agent's client of the Berth API (`berth.api.<Action>`, named MessagePack), and the
 //! delivery of state-change reports: in order per task, retried with backoff until the
-//! control plane acknowledges them.
+//! control plane acknowledges them. Each call is sent as the sim's are
+//! (`berth_sim::api::send`, the API clients' retry policy): an unanswered attempt is sent
+//! again, a mutation under the same minted `Nats-Msg-Id`, so a report that landed on a
+//! hung replica reaches another.
 
 use berth_messages::api::{
     AcknowledgmentResponse, SubmitContainerStateChangeRequest, SubmitTaskStateChangeRequest,
 };
 use berth_messages::codec::{self, Encoding};
-use berth_messages::{headers, subjects, ApiError, ErrorType};
+use berth_messages::{headers, ApiError, ErrorType};
 use serde::{de::DeserializeOwned, Serialize};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +35,9 @@ impl CallError {
     }
 }
 
+/// How long one call may take, all its attempts together.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct ApiClient {
     client: async_nats::Client,
@@ -52,11 +58,10 @@ impl ApiClient {
             action: action.to_string(),
             reason,
         };
-        let body =
-            codec::encode(Encoding::MsgPack, request).map_err(|e| transport(e.to_string()))?;
-        let reply = self
-            .client
-            .request(subjects::api(action), body.into())
+        let body = bytes::Bytes::from(
+            codec::encode(Encoding::MsgPack, request).map_err(|e| transport(e.to_string()))?,
+        );
+        let reply = berth_sim::api::send(&self.client, action, body, CALL_TIMEOUT)
             .await
             .map_err(|e| {
                 transport(match e.kind() {

@@ -1,12 +1,15 @@
 //! The API client: ECS actions over NATS request/reply on `berth.api.<Action>` with JSON
 //! bodies. It remembers the journal sequence of its own writes and asks later reads to
 //! reflect them (`Berth-Min-Sequence`), so a command sees what it just did even when
-//! several control-plane replicas answer.
+//! several control-plane replicas answer. Calls follow the API clients' retry policy
+//! (`berth_messages::retry`): an unanswered attempt is sent again (a mutation under the
+//! same minted `Nats-Msg-Id`), so a request that landed on a hung replica reaches another.
 
 use crate::error::CliError;
 use async_nats::client::RequestErrorKind;
 use async_nats::HeaderMap;
 use berth_messages::command::Action;
+use berth_messages::retry;
 use berth_messages::{headers, subjects, ApiError};
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +17,8 @@ use std::time::Duration;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an API call may take; above the control plane's own 30 s command timeout.
+/// How long an API call may take, all attempts together; above the control plane's own
+/// 30 s command timeout.
 pub const API_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// A connection to Berth.
@@ -92,15 +96,26 @@ impl Client {
         if !action.is_mutation() && seen > 0 {
             h.insert(headers::MIN_SEQUENCE, seen.to_string().as_str());
         }
-        let request = async_nats::Request::new()
-            .headers(h)
-            .payload(body.into())
-            .timeout(Some(API_TIMEOUT));
-        let reply = self
-            .nats
-            .send_request(subjects::api(action.as_str()), request)
-            .await
-            .map_err(|e| self.request_error(action.as_str(), e))?;
+        let reply = retry::call(
+            action.as_str(),
+            None,
+            API_TIMEOUT,
+            |id, timeout| {
+                let mut h = h.clone();
+                if let Some(id) = id {
+                    h.insert(headers::MSG_ID, id);
+                }
+                let request = async_nats::Request::new()
+                    .headers(h)
+                    .payload(body.clone().into())
+                    .timeout(Some(timeout));
+                self.nats
+                    .send_request(subjects::api(action.as_str()), request)
+            },
+            |e| e.kind() == RequestErrorKind::TimedOut,
+        )
+        .await
+        .map_err(|e| self.request_error(action.as_str(), e))?;
         let reply_headers = reply.headers.as_ref();
         if let Some(seq) = reply_headers
             .and_then(|h| h.get(headers::SEQUENCE))

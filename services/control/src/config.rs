@@ -46,6 +46,16 @@ pub struct ControlConfig {
     /// is released once it has stayed so for a whole interval.
     #[arg(long, env = "BERTH_RECONCILE_INTERVAL", default_value_t = 10.0)]
     pub reconcile_interval: f64,
+    /// Seconds a command may go without an acknowledgement or a progress report before
+    /// the stream gives it to another replica; the replica executing it reports progress
+    /// every third of this, so only a dead or hung replica loses its commands.
+    #[arg(
+        long = "command-ack-wait",
+        env = "BERTH_COMMAND_ACK_WAIT",
+        default_value_t = 5.0,
+        value_parser = positive_seconds
+    )]
+    pub command_ack_wait: f64,
     /// Clusters to create at start-up if they do not exist (comma separated).
     #[arg(
         long = "create-cluster",
@@ -56,6 +66,26 @@ pub struct ControlConfig {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "BERTH_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Test hook (no flag): commands whose id starts with the prefix are held this long
+    /// before they execute, as a slow command would be.
+    #[arg(skip)]
+    pub command_hold: Option<CommandHold>,
+}
+
+/// Holds matching commands before they execute (tests of the claim a slow command keeps).
+#[derive(Debug, Clone)]
+pub struct CommandHold {
+    pub id_prefix: String,
+    pub duration: Duration,
+}
+
+/// A duration in seconds that is finite and above zero.
+fn positive_seconds(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && Duration::try_from_secs_f64(v).is_ok() => Ok(v),
+        Ok(_) => Err(format!("'{value}' is not a number of seconds above zero")),
+        Err(e) => Err(format!("'{value}' is not a number of seconds: {e}")),
+    }
 }
 
 impl Default for ControlConfig {
@@ -71,7 +101,9 @@ impl Default for ControlConfig {
             create_clusters: Vec::new(),
             stopped_task_retention: 3600.0,
             reconcile_interval: 10.0,
+            command_ack_wait: 5.0,
             log_json: false,
+            command_hold: None,
         }
     }
 }
@@ -109,7 +141,36 @@ impl ControlConfig {
         Duration::from_secs_f64(self.reconcile_interval.max(0.05))
     }
 
+    /// The command consumer's ack wait (see `--command-ack-wait`).
+    pub fn command_ack_wait(&self) -> Duration {
+        Duration::try_from_secs_f64(self.command_ack_wait.max(0.05))
+            .unwrap_or(Duration::from_secs(5))
+    }
+
     pub fn api_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.api_timeout.max(0.1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn command_ack_wait_is_seconds_above_zero() {
+        let parse =
+            |v: &str| ControlConfig::try_parse_from(["berth-control", "--command-ack-wait", v]);
+        let c = parse("1.5").expect("1.5 s");
+        assert_eq!(c.command_ack_wait(), Duration::from_millis(1500));
+        for bad in ["0", "-1", "nan", "inf", "soon"] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
+        let default = ControlConfig::try_parse_from(["berth-control"]).expect("defaults");
+        assert_eq!(default.command_ack_wait(), Duration::from_secs(5));
+        assert_eq!(
+            ControlConfig::default().command_ack_wait(),
+            Duration::from_secs(5)
+        );
     }
 }

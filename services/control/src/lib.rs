@@ -16,7 +16,7 @@ mod reservations;
 mod shared;
 mod validation;
 
-pub use config::ControlConfig;
+pub use config::{CommandHold, ControlConfig};
 
 use berth_journal::{view::View, Journal, JournalError};
 use std::future::Future;

@@ -1,7 +1,9 @@
 //! The scheduler's client of Berth's public API: JSON request/reply on
 //! `berth.api.<Action>`, ECS error replies recognised by `Nats-Service-Error-Code`. A
 //! refusal (4xx) is definitive; anything else (no reply, a 5xx, an undecodable reply)
-//! leaves the outcome of a mutation unknown.
+//! leaves the outcome of a mutation unknown. Calls follow the API clients' retry policy
+//! (`berth_messages::retry`): an unanswered attempt is sent again within the call's
+//! timeout, a mutation under the same command id (the caller's, else a minted one).
 
 use async_nats::HeaderMap;
 use berth_messages::api::{
@@ -9,6 +11,7 @@ use berth_messages::api::{
     TaskDefinitionRefRequest, TaskDefinitionResponse, TasksResponse,
 };
 use berth_messages::model::{Task, TaskDefinition};
+use berth_messages::retry;
 use berth_messages::{api::DesiredStatusFilter, headers, subjects, ApiError, ErrorType};
 use serde::{de::DeserializeOwned, Serialize};
 use std::time::Duration;
@@ -41,7 +44,7 @@ impl Api {
         }
     }
 
-    /// Calls `action` once with a JSON body.
+    /// Calls `action` with a JSON body.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         action: &str,
@@ -50,8 +53,8 @@ impl Api {
         self.call_as(None, action, request).await
     }
 
-    /// Calls `action` once; with `command_id` (`Nats-Msg-Id`) a mutation sent again with
-    /// the same id takes effect once and is answered with the first one's outcome.
+    /// Calls `action`; with `command_id` (`Nats-Msg-Id`) a mutation sent again with the
+    /// same id takes effect once and is answered with the first one's outcome.
     pub async fn call_as<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         command_id: Option<&str>,
@@ -60,22 +63,27 @@ impl Api {
     ) -> Result<Resp, CallError> {
         let body = serde_json::to_vec(request)
             .map_err(|e| CallError::Refused(ApiError::invalid(e.to_string())))?;
-        let mut h = HeaderMap::new();
-        h.insert(headers::CONTENT_TYPE, headers::JSON);
-        if let Some(id) = command_id {
-            h.insert(headers::MSG_ID, id);
-        }
-        let reply = self
-            .client
-            .send_request(
-                subjects::api(action),
-                async_nats::Request::new()
+        let body = bytes::Bytes::from(body);
+        let reply = retry::call(
+            action,
+            command_id,
+            self.timeout,
+            |id, timeout| {
+                let mut h = HeaderMap::new();
+                h.insert(headers::CONTENT_TYPE, headers::JSON);
+                if let Some(id) = id {
+                    h.insert(headers::MSG_ID, id);
+                }
+                let request = async_nats::Request::new()
                     .headers(h)
-                    .payload(body.into())
-                    .timeout(Some(self.timeout)),
-            )
-            .await
-            .map_err(|e| CallError::Unknown(format!("{action}: {e}")))?;
+                    .payload(body.clone())
+                    .timeout(Some(timeout));
+                self.client.send_request(subjects::api(action), request)
+            },
+            |e| e.kind() == async_nats::client::RequestErrorKind::TimedOut,
+        )
+        .await
+        .map_err(|e| CallError::Unknown(format!("{action}: {e}")))?;
         let code = reply
             .headers
             .as_ref()

@@ -45,7 +45,8 @@ pub struct Config {
     /// Replicas of the BERTH_JOBS stream (3 on a three-node cluster).
     #[arg(long, env = "BERTH_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
-    /// Seconds an API call waits for its reply.
+    /// Seconds an API call waits for its reply, all attempts together (an unanswered
+    /// attempt is sent again after 2 s, a mutation under the same command id).
     #[arg(long, env = "BERTH_SCHEDULER_REQUEST_TIMEOUT", default_value_t = 45.0)]
     pub request_timeout: f64,
     /// Log as JSON lines instead of text.

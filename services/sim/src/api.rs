@@ -1,15 +1,18 @@
 //! The sim's client of Berth's API: NATS request/reply on `berth.api.<Action>` with named
 //! MessagePack bodies, error replies recognised by `Nats-Service-Error-Code`, and retries
 //! with jittered exponential backoff for everything that is not a definitive refusal.
+//! Within one call, an unanswered attempt is sent again at once under the API clients'
+//! retry policy (`berth_messages::retry`; a mutation under the same minted `Nats-Msg-Id`).
 
 use berth_messages::codec::{self, Encoding};
+use berth_messages::retry;
 use berth_messages::{headers, subjects, ApiError};
 use rand::Rng;
 use serde::{de::DeserializeOwned, Serialize};
 use std::time::Duration;
 
-/// How long one request waits for its reply; the control plane answers a mutation
-/// within its API timeout (30 s by default).
+/// How long one call waits for its reply, all attempts together; the control plane
+/// answers a mutation within its API timeout (30 s by default).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -33,13 +36,7 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
 ) -> Result<Resp, CallError> {
     let body = codec::encode(Encoding::MsgPack, request)
         .map_err(|e| CallError::Refused(ApiError::invalid(e.to_string())))?;
-    let sent = client.send_request(
-        subjects::api(action),
-        async_nats::Request::new()
-            .payload(body.into())
-            .timeout(Some(REQUEST_TIMEOUT)),
-    );
-    let reply = sent
+    let reply = send(client, action, body.into(), REQUEST_TIMEOUT)
         .await
         .map_err(|e| CallError::Unavailable(format!("{action}: {e}")))?;
     let code = reply
@@ -58,6 +55,34 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     }
     codec::decode(Encoding::MsgPack, &reply.payload)
         .map_err(|e| CallError::Unavailable(format!("{action}: undecodable reply: {e}")))
+}
+
+/// Sends a request with a MessagePack `body` to `action` under the API clients' retry
+/// policy, all attempts within `total`; returns the reply (which may be an error reply).
+pub async fn send(
+    client: &async_nats::Client,
+    action: &str,
+    body: bytes::Bytes,
+    total: Duration,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    retry::call(
+        action,
+        None,
+        total,
+        |id, timeout| {
+            let mut request = async_nats::Request::new()
+                .payload(body.clone())
+                .timeout(Some(timeout));
+            if let Some(id) = id {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(headers::MSG_ID, id);
+                request = request.headers(h);
+            }
+            client.send_request(subjects::api(action), request)
+        },
+        |e| e.kind() == async_nats::client::RequestErrorKind::TimedOut,
+    )
+    .await
 }
 
 /// Calls `action` until it is answered: transient failures are retried with backoff,

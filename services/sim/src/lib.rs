@@ -9,7 +9,7 @@
 //! one timer heap, and bounded pools of registrations and reports (see [`engine`] and
 //! [`fleet`]). The per-task lifecycle is a pure state machine in [`play`].
 
-mod api;
+pub mod api;
 pub mod engine;
 pub mod fleet;
 mod identity;

@@ -6,6 +6,10 @@
 //!
 //! A command already having an outcome (a duplicate, or a redelivery after the outcome
 //! was written) is answered from that outcome and takes no effect again.
+//!
+//! The ack wait is short (`--command-ack-wait`, 5 s), so that the commands of a dead or
+//! hung replica go to another one within seconds; a replica keeps its claim on a command
+//! it is still executing by reporting progress (`AckKind::Progress`) every third of it.
 
 mod cluster;
 mod instance;
@@ -22,12 +26,12 @@ use berth_journal::RecordedOutcome;
 use berth_messages::codec::Encoding;
 use berth_messages::command::{Action, CommandRequest, CommandResponse, Outcome};
 use berth_messages::{headers, streams, subjects, validate, ApiError};
+use futures::future::Either;
 use futures::StreamExt;
+use std::future::Future;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// A command is redelivered if not acknowledged within this time.
-const ACK_WAIT: Duration = Duration::from_secs(30);
 /// After this many deliveries that ended without an outcome, the command fails for good.
 const MAX_ATTEMPTS: i64 = 10;
 /// Pause before pulling afresh after the pulls failed.
@@ -55,18 +59,17 @@ pub async fn run(shared: Shared) -> Result<(), berth_journal::JournalError> {
         .get_stream(streams::CMD)
         .await
         .map_err(|e| berth_journal::JournalError::Consumer(e.to_string()))?;
-    let consumer = stream
-        .get_or_create_consumer(
-            streams::CMD_CONSUMER,
-            pull::Config {
-                durable_name: Some(streams::CMD_CONSUMER.to_string()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: 20_000,
-                filter_subject: subjects::CMD_ALL.to_string(),
-                ..Default::default()
-            },
-        )
+    // Create or update: a consumer made by an earlier version (or with another
+    // `--command-ack-wait`) takes this replica's ack wait.
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(streams::CMD_CONSUMER.to_string()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: shared.config.command_ack_wait(),
+            max_ack_pending: 20_000,
+            filter_subject: subjects::CMD_ALL.to_string(),
+            ..Default::default()
+        })
         .await
         .map_err(|e| berth_journal::JournalError::Consumer(e.to_string()))?;
     loop {
@@ -142,7 +145,8 @@ async fn process(shared: Shared, msg: jetstream::Message) {
     let action_name = parsed.map(|(_, a)| a.to_string()).unwrap_or_default();
     let scope = parsed.map(|(s, _)| s.to_string()).unwrap_or_default();
     let span = tracing::info_span!("command", command_id = %command_id, action = %action_name, cluster = %scope, delivered);
-    async move {
+    let progress_every = shared.config.command_ack_wait() / 3;
+    let work = async {
         Metrics::inc(&shared.metrics.commands);
         // A command this replica's API minted the id of, on its first delivery, has no
         // outcome yet: the look-up is skipped.
@@ -161,16 +165,18 @@ async fn process(shared: Shared, msg: jetstream::Message) {
                     recorded_here: false,
                 };
                 Box::pin(publish_reply(&shared, reply_to.as_deref(), existing, None)).await;
-                ack(&msg).await;
-                return;
+                return Settle::Ack;
             }
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read outcome; retrying later");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-                    .await;
-                return;
+                return Settle::Nak(Duration::from_millis(500));
+            }
+        }
+        if let Some(hold) = &shared.config.command_hold {
+            if command_id.starts_with(&hold.id_prefix) {
+                tracing::info!(hold = ?hold.duration, "test hook: holding the command");
+                tokio::time::sleep(hold.duration).await;
             }
         }
         let delivery = Delivery {
@@ -190,8 +196,7 @@ async fn process(shared: Shared, msg: jetstream::Message) {
             Err(ExecError::Api(e)) => (None, Some(e), 0),
             Err(ExecError::Transient(e)) if delivered < MAX_ATTEMPTS => {
                 tracing::warn!(error = %e, "command hit a transient failure; it will be retried");
-                let _ = msg.ack_with(AckKind::Nak(Some(backoff(delivered)))).await;
-                return;
+                return Settle::Nak(backoff(delivered));
             }
             Err(ExecError::Transient(e)) => {
                 tracing::error!(error = %e, "command failed after {MAX_ATTEMPTS} attempts");
@@ -204,7 +209,7 @@ async fn process(shared: Shared, msg: jetstream::Message) {
                     claim,
                     "a later delivery took the command over; leaving it to that one"
                 );
-                return;
+                return Settle::Leave;
             }
         };
         if let Some(e) = &error {
@@ -241,16 +246,68 @@ async fn process(shared: Shared, msg: jetstream::Message) {
             Ok(recorded) => {
                 let body = body.filter(|_| recorded.recorded_here);
                 Box::pin(publish_reply(&shared, reply_to.as_deref(), recorded, body)).await;
-                ack(&msg).await;
+                Settle::Ack
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record outcome; retrying later");
-                let _ = msg.ack_with(AckKind::Nak(Some(backoff(delivered)))).await;
+                Settle::Nak(backoff(delivered))
             }
+        }
+    };
+    async {
+        // The verdict is sent after the progress reports have stopped, so none can follow
+        // it (a progress report after a NAK would postpone the redelivery).
+        match keep_claim(&msg, progress_every, work).await {
+            Settle::Ack => ack(&msg).await,
+            Settle::Nak(delay) => {
+                if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::debug!(error = %e, "NAK failed; the command is redelivered after the ack wait");
+                }
+            }
+            Settle::Leave => {}
         }
     }
     .instrument(span)
     .await
+}
+
+/// How a delivery ends.
+enum Settle {
+    /// Done: the outcome is recorded (or already was).
+    Ack,
+    /// To be redelivered after this delay.
+    Nak(Duration),
+    /// Neither: a later delivery fenced this one off and holds the command (an ack or a
+    /// NAK would act on that delivery).
+    Leave,
+}
+
+/// Runs `work` while reporting to the stream every `every` that the command is still being
+/// worked on, so that a command taking longer than the ack wait is not given to another
+/// replica while this one is alive. A dead or hung replica stops reporting and loses the
+/// command within the ack wait.
+async fn keep_claim<T>(
+    msg: &jetstream::Message,
+    every: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let progress = async {
+        let every = every.max(Duration::from_millis(10));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %e, "progress report failed");
+            }
+        }
+    };
+    let work = std::pin::pin!(work);
+    let progress = std::pin::pin!(progress);
+    match futures::future::select(work, progress).await {
+        Either::Left((output, _)) => output,
+        Either::Right(((), work)) => work.await,
+    }
 }
 
 fn backoff(delivered: i64) -> Duration {
