@@ -268,34 +268,6 @@ async fn commands_survive_the_loss_of_the_state_leader() {
     assert_audit_clean(&urls[0]).await;
 }
 
-/// The replicas answering `$SRV.PING.berth` (a replica starts its service once its view
-/// has caught up).
-async fn serving_replicas(client: &async_nats::Client) -> usize {
-    use futures::StreamExt;
-    let inbox = client.new_inbox();
-    let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
-        return 0;
-    };
-    if client
-        .publish_with_reply("$SRV.PING.berth", inbox, "".into())
-        .await
-        .is_err()
-    {
-        return 0;
-    }
-    let mut ids = HashSet::new();
-    while let Ok(Some(reply)) =
-        tokio::time::timeout(Duration::from_millis(300), replies.next()).await
-    {
-        if let Ok(ping) = serde_json::from_slice::<Value>(&reply.payload) {
-            if let Some(id) = ping["id"].as_str() {
-                ids.insert(id.to_string());
-            }
-        }
-    }
-    ids.len()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_started_together_on_a_fresh_cluster_all_serve() {
     let cluster = NatsCluster::start(3);
@@ -306,7 +278,7 @@ async fn three_replicas_started_together_on_a_fresh_cluster_all_serve() {
         .collect();
     let api = cluster_api(&urls).await;
     wait_for("three replicas serving", PATIENCE, || async {
-        (serving_replicas(&api.client).await == 3).then_some(())
+        (berth_testkit::service_instances(&api.client, "berth", 3).await == 3).then_some(())
     })
     .await;
     eprintln!(
