@@ -336,10 +336,12 @@ impl Journal {
         expected: u64,
         command_id: &str,
     ) -> Result<u64> {
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .expected_last_subject_sequence(expected)
-            .header(headers::COMMAND_ID, command_id);
+        let publish = || {
+            jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .expected_last_subject_sequence(expected)
+                .header(headers::COMMAND_ID, command_id)
+        };
         let ack = self
             .publish_when_led(subject, publish)
             .await
@@ -358,7 +360,7 @@ impl Journal {
     async fn publish_when_led(
         &self,
         subject: &str,
-        publish: jetstream::message::PublishMessage,
+        publish: impl Fn() -> jetstream::message::PublishMessage,
     ) -> std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
         use jetstream::context::PublishError;
         let give_up = tokio::time::Instant::now() + js_timeout(&self.js);
@@ -366,10 +368,7 @@ impl Journal {
         let mut pause = Duration::from_millis(50);
         loop {
             elections.borrow_and_update();
-            let ack = self
-                .js
-                .send_publish(subject.to_string(), publish.clone())
-                .await?;
+            let ack = self.js.send_publish(subject.to_string(), publish()).await?;
             let result = tokio::select! {
                 result = tokio::time::timeout_at(give_up, std::future::IntoFuture::into_future(ack)) => result
                     .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut))),
@@ -538,11 +537,13 @@ impl Journal {
 
     async fn record_encoded(&self, outcome: Outcome, payload: Bytes) -> Result<RecordedOutcome> {
         let subject = subjects::outcome(&outcome.command_id);
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(payload.clone())
-            .expected_last_subject_sequence(0)
-            .message_id(format!("outcome-{}", outcome.command_id))
-            .header(headers::COMMAND_ID, outcome.command_id.as_str());
+        let publish = || {
+            jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .expected_last_subject_sequence(0)
+                .message_id(format!("outcome-{}", outcome.command_id))
+                .header(headers::COMMAND_ID, outcome.command_id.as_str())
+        };
         let result = self.publish_when_led(&subject, publish).await.map(|_| ());
         match result {
             Ok(()) => Ok(RecordedOutcome {
