@@ -310,6 +310,21 @@ impl Journal {
         &self.client
     }
 
+    /// Short attempts within the request timeout, for reads that a leader change may lose.
+    fn read_patience(&self) -> Patience {
+        let slowest = js_timeout(&self.js);
+        Patience {
+            give_up_after: Some(slowest),
+            ..Patience::start(slowest, slowest)
+        }
+    }
+
+    /// Signals of this journal's client: its reconnections and every stream's leader
+    /// elections from now on (see [`recovery::LeaderSignals`]).
+    pub fn leader_signals(&self) -> recovery::LeaderSignals {
+        recovery::LeaderSignals::from_count(self.elections.clone())
+    }
+
     pub fn jetstream(&self) -> &Context {
         &self.js
     }
@@ -352,7 +367,8 @@ impl Journal {
     /// Publishes and waits for the stream's acknowledgement, for up to the request timeout.
     /// While a stream elects a leader a publish is either refused at once with "no
     /// responders" (`StreamNotFound`: no server listens on the subject, nothing was stored)
-    /// or reaches a follower that drops it and never answers. The first is published
+    /// or reaches a follower that drops it and never answers. The first (and a copy whose
+    /// `Nats-Msg-Id` is still being stored, see [`not_stored_yet`]) is published
     /// again after a short pause (50 ms doubling to 250 ms), the second as soon as a
     /// leader is elected or the client reconnects, instead of failing the command and
     /// leaving it to a redelivery seconds later. A copy that did land makes the next one
@@ -382,11 +398,8 @@ impl Journal {
                 }
             };
             match result {
-                Err(e)
-                    if e.kind() == PublishErrorKind::StreamNotFound
-                        && tokio::time::Instant::now() + pause < give_up =>
-                {
-                    tracing::debug!(subject, "no stream answers yet; publishing again");
+                Err(e) if not_stored_yet(&e) && tokio::time::Instant::now() + pause < give_up => {
+                    tracing::debug!(subject, error = %e, "not stored yet; publishing again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(250));
                 }
@@ -436,7 +449,7 @@ impl Journal {
 
     /// Latest payload, version and causing command id on a journal subject.
     pub async fn read_raw(&self, subject: &str) -> Result<Option<(Bytes, u64, Option<String>)>> {
-        direct_last(&self.state, subject, js_timeout(&self.js)).await
+        direct_last(&self.state, subject, self).await
     }
 
     /// Read, modify, conditionally write; on conflict re-read and re-apply, up to
@@ -502,7 +515,7 @@ impl Journal {
     /// A command's outcome with its encoded record, if it has one.
     pub async fn read_outcome_encoded(&self, command_id: &str) -> Result<Option<(Outcome, Bytes)>> {
         let subject = subjects::outcome(command_id);
-        match direct_last(&self.outcomes, &subject, js_timeout(&self.js)).await? {
+        match direct_last(&self.outcomes, &subject, self).await? {
             None => Ok(None),
             Some((payload, _, _)) => codec::decode_record(&payload)
                 .map(|outcome| Some((outcome, payload)))
@@ -572,27 +585,28 @@ impl Journal {
     /// written so far).
     pub async fn state_last_sequence(&self) -> Result<u64> {
         // Short attempts: one sent while the stream elects a leader is never answered.
-        let slowest = js_timeout(&self.js);
-        let patience = Patience {
-            give_up_after: Some(slowest),
-            ..Patience::start(slowest, slowest)
-        };
+        let mut signals = self.leader_signals();
         let failed = |e: &dyn std::fmt::Display| JournalError::Read {
             subject: streams::STATE.into(),
             reason: e.to_string(),
         };
-        let info = retry(streams::STATE, patience, None, || async {
-            let mut stream = self
-                .js
-                .get_stream(streams::STATE)
-                .await
-                .map_err(|e| failed(&e))?;
-            stream
-                .info()
-                .await
-                .map(|info| info.state.last_sequence)
-                .map_err(|e| failed(&e))
-        })
+        let info = retry(
+            streams::STATE,
+            self.read_patience(),
+            Some(&mut signals),
+            || async {
+                let mut stream = self
+                    .js
+                    .get_stream(streams::STATE)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                stream
+                    .info()
+                    .await
+                    .map(|info| info.state.last_sequence)
+                    .map_err(|e| failed(&e))
+            },
+        )
         .await;
         info.map_err(|e| JournalError::Read {
             subject: streams::STATE.into(),
@@ -655,24 +669,27 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// The last message on `subject`, by direct get. Any current replica answers; a request
 /// that reached none (during a leader change) is never answered, so attempts are short
-/// and retried, within `slowest` in all (see [`recovery::retry`]).
+/// and retried at once when a leader is elected, within the request timeout in all (see
+/// [`recovery::retry`]).
 async fn direct_last(
     stream: &stream::Stream<()>,
     subject: &str,
-    slowest: Duration,
+    journal: &Journal,
 ) -> Result<Option<(Bytes, u64, Option<String>)>> {
     use async_nats::jetstream::stream::DirectGetErrorKind;
-    let patience = Patience {
-        give_up_after: Some(slowest),
-        ..Patience::start(slowest, slowest)
-    };
-    let found = retry(subject, patience, None, || async {
-        match stream.direct_get_last_for_subject(subject).await {
-            Ok(msg) => Ok(Some(msg)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    })
+    let mut signals = journal.leader_signals();
+    let found = retry(
+        subject,
+        journal.read_patience(),
+        Some(&mut signals),
+        || async {
+            match stream.direct_get_last_for_subject(subject).await {
+                Ok(msg) => Ok(Some(msg)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        },
+    )
     .await
     .map_err(|e| JournalError::Read {
         subject: subject.to_string(),
@@ -682,6 +699,25 @@ async fn direct_last(
         let command = command_id_of(&msg.headers);
         (msg.payload, msg.sequence, command)
     }))
+}
+
+/// JetStream's "a message with this id is being stored" (a copy published again while
+/// the first is still being replicated).
+const DUPLICATE_IN_PROCESS: u64 = 10158;
+
+/// Publish failures after which the same message is published again after a short pause:
+/// no stream listens on the subject (nothing was stored), or a copy with the same
+/// `Nats-Msg-Id` is still being stored (the next one is answered as its duplicate).
+pub fn not_stored_yet(error: &jetstream::context::PublishError) -> bool {
+    use std::error::Error;
+    match error.kind() {
+        PublishErrorKind::StreamNotFound => true,
+        PublishErrorKind::Other => error
+            .source()
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|e| e.error_code().0 == DUPLICATE_IN_PROCESS),
+        _ => false,
+    }
 }
 
 /// The `Berth-Command-Id` header of a journal message.

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Bound on one attempt of a call that a leader answers at once when there is one.
@@ -172,10 +173,19 @@ pub enum Signal {
 /// Without them a consumer lost with its server is noticed only by missed heartbeats, and
 /// a request lost with a leader only by its timeout.
 pub struct LeaderSignals {
-    statistics: Arc<async_nats::Statistics>,
-    connects: u64,
-    check: tokio::time::Interval,
-    advisories: SelectAll<async_nats::Subscriber>,
+    source: Source,
+}
+
+enum Source {
+    /// Watched here.
+    Watched {
+        statistics: Arc<async_nats::Statistics>,
+        connects: u64,
+        check: tokio::time::Interval,
+        advisories: SelectAll<async_nats::Subscriber>,
+    },
+    /// Counted by a task of [`LeaderSignals::counted`].
+    Counted(watch::Receiver<u64>),
 }
 
 impl LeaderSignals {
@@ -186,26 +196,6 @@ impl LeaderSignals {
             &[format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}")],
         )
         .await
-    }
-
-    /// Watches `client`'s reconnections and the leader elections of every stream, counted
-    /// in the returned channel by a task that ends when the last receiver is dropped.
-    pub async fn counted(client: &async_nats::Client) -> tokio::sync::watch::Receiver<u64> {
-        let mut signals = Self::watching(
-            client,
-            &["$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*".to_string()],
-        )
-        .await;
-        let (tx, rx) = tokio::sync::watch::channel(0u64);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = signals.next() => tx.send_modify(|count| *count += 1),
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        rx
     }
 
     /// Watches `client`'s reconnections and the leader elections of `stream` and of its
@@ -219,6 +209,35 @@ impl LeaderSignals {
             ],
         )
         .await
+    }
+
+    /// Watches `client`'s reconnections and the leader elections of every stream, counted
+    /// in the returned channel by a task that ends when the last receiver is dropped; see
+    /// [`LeaderSignals::from_count`].
+    pub async fn counted(client: &async_nats::Client) -> watch::Receiver<u64> {
+        let mut signals = Self::watching(
+            client,
+            &["$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*".to_string()],
+        )
+        .await;
+        let (tx, rx) = watch::channel(0u64);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = signals.next() => tx.send_modify(|count| *count += 1),
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        rx
+    }
+
+    /// The signals of a [`LeaderSignals::counted`] channel from now on.
+    pub fn from_count(mut count: watch::Receiver<u64>) -> Self {
+        count.borrow_and_update();
+        Self {
+            source: Source::Counted(count),
+        }
     }
 
     async fn watching(client: &async_nats::Client, subjects: &[String]) -> Self {
@@ -238,36 +257,64 @@ impl LeaderSignals {
         let mut check = tokio::time::interval(CONNECT_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
-            statistics,
-            connects,
-            check,
-            advisories,
+            source: Source::Watched {
+                statistics,
+                connects,
+                check,
+                advisories,
+            },
         }
     }
 
     /// The next signal. Cancel safe: a signal is consumed only when returned.
     pub async fn next(&mut self) -> Signal {
-        loop {
-            tokio::select! {
-                _ = self.check.tick() => {
-                    let now = self.statistics.connects.load(Ordering::Relaxed);
-                    if now != self.connects {
-                        self.connects = now;
-                        return Signal::Reconnected;
+        match &mut self.source {
+            Source::Watched {
+                statistics,
+                connects,
+                check,
+                advisories,
+            } => loop {
+                tokio::select! {
+                    _ = check.tick() => {
+                        let now = statistics.connects.load(Ordering::Relaxed);
+                        if now != *connects {
+                            *connects = now;
+                            return Signal::Reconnected;
+                        }
+                    }
+                    Some(advisory) = advisories.next(), if !advisories.is_empty() => {
+                        tracing::debug!(subject = %advisory.subject, "JetStream elected a leader");
+                        return Signal::LeaderElected;
                     }
                 }
-                Some(advisory) = self.advisories.next(), if !self.advisories.is_empty() => {
-                    tracing::info!(subject = %advisory.subject, "JetStream elected a leader");
-                    return Signal::LeaderElected;
+            },
+            Source::Counted(count) => {
+                if count.changed().await.is_err() {
+                    // The counting task is gone (its client closed): nothing more to say.
+                    std::future::pending::<()>().await;
                 }
+                Signal::LeaderElected
             }
         }
     }
 
     /// Forgets the signals that have arrived so far.
     pub fn clear(&mut self) {
-        self.connects = self.statistics.connects.load(Ordering::Relaxed);
-        while let Some(Some(_)) = self.advisories.next().now_or_never() {}
+        match &mut self.source {
+            Source::Watched {
+                statistics,
+                connects,
+                advisories,
+                ..
+            } => {
+                *connects = statistics.connects.load(Ordering::Relaxed);
+                while let Some(Some(_)) = advisories.next().now_or_never() {}
+            }
+            Source::Counted(count) => {
+                count.borrow_and_update();
+            }
+        }
     }
 }
 

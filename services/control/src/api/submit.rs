@@ -126,21 +126,22 @@ impl Drop for FreshCommand<'_> {
 }
 
 /// Publish failures that a leader change explains, and that a publish of the same command
-/// again can get past: no server listens on the subject, no answer, a lost connection, or
-/// the server's "unavailable" (503) JetStream errors.
+/// again can get past: nothing stored yet (no stream listening, or the same id still being
+/// stored), no answer, a lost connection, or the server's "unavailable" (503) JetStream
+/// errors.
 fn publish_retryable(error: &async_nats::jetstream::context::PublishError) -> bool {
     use std::error::Error;
-    match error.kind() {
-        PublishErrorKind::StreamNotFound
-        | PublishErrorKind::TimedOut
-        | PublishErrorKind::BrokenPipe
-        | PublishErrorKind::MaxAckPending => true,
-        PublishErrorKind::Other => error
-            .source()
-            .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
-            .is_some_and(|e| e.code() == 503),
-        _ => false,
-    }
+    berth_journal::not_stored_yet(error)
+        || match error.kind() {
+            PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::MaxAckPending => true,
+            PublishErrorKind::Other => error
+                .source()
+                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+                .is_some_and(|e| e.code() == 503),
+            _ => false,
+        }
 }
 
 fn exec_to_api(e: crate::shared::ExecError) -> ApiError {
@@ -181,25 +182,37 @@ async fn publish_and_wait(
     let give_up = Instant::now() + PUBLISH_PATIENCE.min(shared.config.api_timeout());
     let mut pause = FIRST_PUBLISH_PAUSE;
     let mut attempt = 1u32;
+    let mut signals = shared.journal.leader_signals();
     let ack = loop {
-        let published = tokio::time::timeout(PUBLISH_ATTEMPT, async {
+        let publish = tokio::time::timeout(PUBLISH_ATTEMPT, async {
             shared
                 .journal
                 .jetstream()
                 .publish_with_headers(subject.clone(), command_headers(), payload.clone())
                 .await?
                 .await
-        })
-        .await;
+        });
+        // A publish that reached a follower while the stream had no leader is never
+        // answered: publish again as soon as one is elected.
+        let published = tokio::select! {
+            published = publish => Some(published),
+            _ = signals.next() => None,
+        };
         let error = match published {
-            Ok(Ok(ack)) => break ack,
-            Ok(Err(e)) if !publish_retryable(&e) => {
+            None if Instant::now() < give_up => {
+                attempt += 1;
+                pause = FIRST_PUBLISH_PAUSE;
+                continue;
+            }
+            None => "the cluster changed while waiting for the acknowledgement".to_string(),
+            Some(Ok(Ok(ack))) => break ack,
+            Some(Ok(Err(e))) if !publish_retryable(&e) => {
                 return Err(ApiError::server(format!(
                     "command not accepted by the stream: {e}"
                 )))
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no acknowledgement within {PUBLISH_ATTEMPT:?}"),
+            Some(Ok(Err(e))) => e.to_string(),
+            Some(Err(_)) => format!("no acknowledgement within {PUBLISH_ATTEMPT:?}"),
         };
         if Instant::now() + pause >= give_up {
             return Err(ApiError::server(format!(
