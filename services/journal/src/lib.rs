@@ -364,7 +364,8 @@ impl Journal {
         Ok(ack.sequence)
     }
 
-    /// Publishes and waits for the stream's acknowledgement, for up to the request timeout.
+    /// Publishes and waits for the stream's acknowledgement (each for up to the request
+    /// timeout; copies are published again only within it).
     /// While a stream elects a leader a publish is either refused at once with "no
     /// responders" (`StreamNotFound`: no server listens on the subject, nothing was stored)
     /// or reaches a follower that drops it and never answers. The first (and a copy whose
@@ -378,23 +379,22 @@ impl Journal {
         subject: &str,
         publish: impl Fn() -> jetstream::message::PublishMessage,
     ) -> std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
-        use jetstream::context::PublishError;
         let give_up = tokio::time::Instant::now() + js_timeout(&self.js);
         let mut elections = self.elections.clone();
         let mut pause = Duration::from_millis(50);
         loop {
             elections.borrow_and_update();
             let ack = self.js.send_publish(subject.to_string(), publish()).await?;
+            // The acknowledgement's own bound is the request timeout.
+            let mut ack = std::pin::pin!(std::future::IntoFuture::into_future(ack));
             let result = tokio::select! {
-                result = tokio::time::timeout_at(give_up, std::future::IntoFuture::into_future(ack)) => result
-                    .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut))),
+                result = &mut ack => result,
                 changed = elections.changed() => {
-                    if changed.is_ok() {
+                    if changed.is_ok() && tokio::time::Instant::now() < give_up {
                         tracing::debug!(subject, "a leader was elected; publishing again");
                         continue;
                     }
-                    // Not reached while the journal exists (it holds the sender's task).
-                    Err(PublishError::new(PublishErrorKind::BrokenPipe))
+                    ack.await
                 }
             };
             match result {
