@@ -177,46 +177,61 @@ async fn register(
 }
 
 /// Follows the host's task subjects and feeds the task actors. `ready` is answered once
-/// the first consumer exists.
+/// the first consumer exists. A consumer lost with its server is recreated as soon as the
+/// client reconnects or the stream elects a leader, with short attempts (see
+/// `berth_journal::recovery`), not after the client's request timeout.
 async fn follow(shared: Arc<Shared>, ready: tokio::sync::oneshot::Sender<()>) {
     use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+    use berth_journal::recovery::{retry, LeaderSignals, Patience};
     let filter = subjects::tasks_of_instance(&shared.cluster, &shared.instance_id);
     let mut ready = Some(ready);
+    let mut signals = LeaderSignals::for_stream(&shared.client, streams::STATE).await;
     let mut wait = Duration::from_millis(100);
     loop {
-        let created = shared
-            .state
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: filter.clone(),
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await;
-        let messages = match created {
-            Ok(consumer) => consumer.messages().await,
+        let create = || async {
+            let consumer = shared
+                .state
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: filter.clone(),
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| AgentError::Follow(e.to_string()))?;
+            consumer
+                .messages()
+                .await
+                .map_err(|e| AgentError::Follow(e.to_string()))
+        };
+        let mut messages = match retry(
+            "task consumer",
+            Patience::failover(),
+            Some(&mut signals),
+            create,
+        )
+        .await
+        {
+            Ok(messages) => messages,
             Err(e) => {
+                // Not reached: failover patience never gives up.
                 tracing::warn!(error = %e, "cannot follow this host's tasks yet");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow this host's tasks yet");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        wait = Duration::from_millis(100);
         if let Some(tx) = ready.take() {
             let _ = tx.send(());
         }
-        while let Some(item) = messages.next().await {
+        let failed = loop {
+            let item = tokio::select! {
+                item = messages.next() => item,
+                signal = signals.next() => {
+                    tracing::info!(?signal, "following this host's tasks again");
+                    break false;
+                }
+            };
             match item {
-                Ok(msg) => {
+                Some(Ok(msg)) => {
+                    wait = Duration::from_millis(100);
                     let Some(StateKey::Task { task_id, .. }) = subjects::parse_state(&msg.subject)
                     else {
                         continue;
@@ -228,14 +243,18 @@ async fn follow(shared: Arc<Shared>, ready: tokio::sync::oneshot::Sender<()>) {
                         }
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "task consumer failed; following again");
-                    break;
+                    break true;
                 }
+                None => break true,
             }
-        }
+        };
         // Level-triggered: a new consumer delivers every task's last record again.
-        tokio::time::sleep(wait).await;
+        if failed {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
     }
 }
 

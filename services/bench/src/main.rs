@@ -7,6 +7,7 @@
 mod api;
 mod ceiling;
 mod criterion;
+mod failover;
 mod placement;
 mod processes;
 mod procfs;
@@ -94,6 +95,13 @@ pub struct Args {
     /// Seeded tasks for the R3 read measurement.
     #[arg(long)]
     pub r3_read_size: Option<usize>,
+    /// Only measure NATS failover on a 3-node cluster with three replicas: kill the node
+    /// leading BERTH_STATE this many times (see `failover.rs`).
+    #[arg(long)]
+    pub failover_kills: Option<usize>,
+    /// With --failover-kills: fresh clusters on which three replicas are started together.
+    #[arg(long, default_value_t = 3)]
+    pub failover_starts: usize,
 }
 
 /// The load generator and the hollow hosts share the two cores with what they measure;

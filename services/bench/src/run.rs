@@ -179,6 +179,11 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
             .context("creating a work directory")?
             .keep(),
     };
+    if let Some(kills) = args.failover_kills {
+        crate::failover::run(&bins.control, &work_dir, kills, args.failover_starts).await?;
+        eprintln!("berth-bench: logs in {}", work_dir.display());
+        return Ok(Results::default());
+    }
     tracing::info!(work_dir = %work_dir.display(), ?sizes, "berth-bench starting");
     let mut results = Results {
         quick: args.quick,

@@ -11,6 +11,7 @@
 mod compact;
 mod keys;
 pub mod landing;
+pub mod recovery;
 pub mod view;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream, Context};
@@ -21,8 +22,13 @@ use berth_messages::headers;
 use berth_messages::streams::{self, Retention, StreamOptions, StreamSpec};
 use berth_messages::subjects;
 use bytes::Bytes;
+use recovery::{retry, Patience};
 use serde::{de::DeserializeOwned, Serialize};
 use std::time::Duration;
+
+/// How long start-up calls (provisioning, the view's first consumer) keep trying: a fresh
+/// 3-node cluster may need many seconds to elect its meta leader.
+pub const START_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Failures of journal operations.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +130,8 @@ impl Default for JournalConfig {
 pub struct Journal {
     client: async_nats::Client,
     js: Context,
+    /// Moves on every reconnection and stream leader election (see [`Journal::write`]).
+    elections: tokio::sync::watch::Receiver<u64>,
     state: stream::Stream<()>,
     outcomes: stream::Stream<()>,
 }
@@ -169,6 +177,15 @@ fn client_options(config: &JournalConfig) -> async_nats::ConnectOptions {
         .request_timeout(Some(config.request_timeout))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting")
+                }
+                other => tracing::info!(event = %other, "NATS connection event"),
+            }
+        })
 }
 
 /// [`connect`], then, on a cluster where `stream` exists, to the server that leads it
@@ -216,11 +233,21 @@ pub async fn leader_first(
     if servers.len() < 2 {
         return None;
     }
-    let mut handle = jetstream::new(client.clone())
-        .get_stream(stream)
+    let info = async {
+        jetstream::new(client.clone())
+            .get_stream(stream)
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()
+            .map(|info| info.cluster.as_ref()?.leader.clone())
+    };
+    // Only an optimisation: not worth waiting for a stream that has no leader yet.
+    let leader = tokio::time::timeout(recovery::ATTEMPT_TIMEOUT, info)
         .await
-        .ok()?;
-    let leader = handle.info().await.ok()?.cluster.as_ref()?.leader.clone()?;
+        .ok()??;
+    let leader = leader?;
     if client.server_info().server_name == leader {
         return None;
     }
@@ -257,7 +284,7 @@ impl Journal {
     pub async fn open(config: &JournalConfig) -> Result<Self> {
         let journal = Self::with_client(connect(config).await?, config).await?;
         match near_leader(config, journal.client(), streams::STATE).await {
-            Some(client) => Self::with_client(client, config).await,
+            Some(client) => Self::provisioned(client, config).await,
             None => Ok(journal),
         }
     }
@@ -268,6 +295,14 @@ impl Journal {
             .timeout(config.request_timeout)
             .build(client.clone());
         provision(&js, &config.streams).await?;
+        Self::provisioned(client, config).await
+    }
+
+    /// A handle on streams already provisioned.
+    async fn provisioned(client: async_nats::Client, config: &JournalConfig) -> Result<Self> {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .build(client.clone());
         let get = |name: &'static str| {
             let js = js.clone();
             async move {
@@ -281,9 +316,11 @@ impl Journal {
         };
         let state = get(streams::STATE).await?;
         let outcomes = get(streams::OUTCOME).await?;
+        let elections = recovery::LeaderSignals::counted(&client).await;
         Ok(Self {
             client,
             js,
+            elections,
             state,
             outcomes,
         })
@@ -291,6 +328,21 @@ impl Journal {
 
     pub fn client(&self) -> &async_nats::Client {
         &self.client
+    }
+
+    /// Short attempts within the request timeout, for reads that a leader change may lose.
+    fn read_patience(&self) -> Patience {
+        let slowest = js_timeout(&self.js);
+        Patience {
+            give_up_after: Some(slowest),
+            ..Patience::start(slowest, slowest)
+        }
+    }
+
+    /// Signals of this journal's client: its reconnections and every stream's leader
+    /// elections from now on (see [`recovery::LeaderSignals`]).
+    pub fn leader_signals(&self) -> recovery::LeaderSignals {
+        recovery::LeaderSignals::from_count(self.elections.clone())
     }
 
     pub fn jetstream(&self) -> &Context {
@@ -348,22 +400,67 @@ impl Journal {
         check_subject: Option<&str>,
         command_id: &str,
     ) -> Result<u64> {
-        let mut publish = jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .expected_last_subject_sequence(expected)
-            .header(headers::COMMAND_ID, command_id);
-        if let Some(check) = check_subject {
-            publish = publish.header(headers::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, check);
-        }
+        let publish = || {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .expected_last_subject_sequence(expected)
+                .header(headers::COMMAND_ID, command_id);
+            match check_subject {
+                Some(check) => {
+                    publish.header(headers::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, check)
+                }
+                None => publish,
+            }
+        };
         let ack = self
-            .js
-            .send_publish(subject.to_string(), publish)
-            .await
-            .map_err(|e| publish_error(subject, expected, &e))?;
-        let ack = ack
+            .publish_when_led(subject, publish)
             .await
             .map_err(|e| publish_error(subject, expected, &e))?;
         Ok(ack.sequence)
+    }
+
+    /// Publishes and waits for the stream's acknowledgement (each for up to the request
+    /// timeout; copies are published again only within it).
+    /// While a stream elects a leader a publish is either refused at once with "no
+    /// responders" (`StreamNotFound`: no server listens on the subject, nothing was stored)
+    /// or reaches a follower that drops it and never answers. The first (and a copy whose
+    /// `Nats-Msg-Id` is still being stored, see [`not_stored_yet`]) is published
+    /// again after a short pause (50 ms doubling to 250 ms), the second as soon as a
+    /// leader is elected or the client reconnects, instead of failing the command and
+    /// leaving it to a redelivery seconds later. A copy that did land makes the next one
+    /// a conflict, which writers already handle by reading the subject again.
+    async fn publish_when_led(
+        &self,
+        subject: &str,
+        publish: impl Fn() -> jetstream::message::PublishMessage,
+    ) -> std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        let give_up = tokio::time::Instant::now() + js_timeout(&self.js);
+        let mut elections = self.elections.clone();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            elections.borrow_and_update();
+            let ack = self.js.send_publish(subject.to_string(), publish()).await?;
+            // The acknowledgement's own bound is the request timeout.
+            let mut ack = std::pin::pin!(std::future::IntoFuture::into_future(ack));
+            let result = tokio::select! {
+                result = &mut ack => result,
+                changed = elections.changed() => {
+                    if changed.is_ok() && tokio::time::Instant::now() < give_up {
+                        tracing::debug!(subject, "a leader was elected; publishing again");
+                        continue;
+                    }
+                    ack.await
+                }
+            };
+            match result {
+                Err(e) if not_stored_yet(&e) && tokio::time::Instant::now() + pause < give_up => {
+                    tracing::debug!(subject, error = %e, "not stored yet; publishing again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The conditional write of [`Journal::write_bytes`] published without a reply
@@ -450,7 +547,7 @@ impl Journal {
 
     /// Latest payload, version and causing command id on a journal subject.
     pub async fn read_raw(&self, subject: &str) -> Result<Option<(Bytes, u64, Option<String>)>> {
-        direct_last(&self.state, subject).await
+        direct_last(&self.state, subject, self).await
     }
 
     /// Read, modify, conditionally write; on conflict re-read and re-apply, up to
@@ -516,7 +613,7 @@ impl Journal {
     /// A command's outcome with its encoded record, if it has one.
     pub async fn read_outcome_encoded(&self, command_id: &str) -> Result<Option<(Outcome, Bytes)>> {
         let subject = subjects::outcome(command_id);
-        match direct_last(&self.outcomes, &subject).await? {
+        match direct_last(&self.outcomes, &subject, self).await? {
             None => Ok(None),
             Some((payload, _, _)) => codec::decode_record(&payload)
                 .map(|outcome| Some((outcome, payload)))
@@ -551,15 +648,14 @@ impl Journal {
 
     async fn record_encoded(&self, outcome: Outcome, payload: Bytes) -> Result<RecordedOutcome> {
         let subject = subjects::outcome(&outcome.command_id);
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(payload.clone())
-            .expected_last_subject_sequence(0)
-            .message_id(format!("outcome-{}", outcome.command_id))
-            .header(headers::COMMAND_ID, outcome.command_id.as_str());
-        let result = match self.js.send_publish(subject.clone(), publish).await {
-            Ok(ack) => ack.await.map(|_| ()),
-            Err(e) => Err(e),
+        let publish = || {
+            jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .expected_last_subject_sequence(0)
+                .message_id(format!("outcome-{}", outcome.command_id))
+                .header(headers::COMMAND_ID, outcome.command_id.as_str())
         };
+        let result = self.publish_when_led(&subject, publish).await.map(|_| ());
         match result {
             Ok(()) => Ok(RecordedOutcome {
                 outcome,
@@ -586,19 +682,34 @@ impl Journal {
     /// Last sequence of `BERTH_STATE` (what a view must reach to have read everything
     /// written so far).
     pub async fn state_last_sequence(&self) -> Result<u64> {
-        let mut s = self
-            .js
-            .get_stream(streams::STATE)
-            .await
-            .map_err(|e| JournalError::Read {
-                subject: streams::STATE.into(),
-                reason: e.to_string(),
-            })?;
-        let info = s.info().await.map_err(|e| JournalError::Read {
+        // Short attempts: one sent while the stream elects a leader is never answered.
+        let mut signals = self.leader_signals();
+        let failed = |e: &dyn std::fmt::Display| JournalError::Read {
             subject: streams::STATE.into(),
             reason: e.to_string(),
-        })?;
-        Ok(info.state.last_sequence)
+        };
+        let info = retry(
+            streams::STATE,
+            self.read_patience(),
+            Some(&mut signals),
+            || async {
+                let mut stream = self
+                    .js
+                    .get_stream(streams::STATE)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                stream
+                    .info()
+                    .await
+                    .map(|info| info.state.last_sequence)
+                    .map_err(|e| failed(&e))
+            },
+        )
+        .await;
+        info.map_err(|e| JournalError::Read {
+            subject: streams::STATE.into(),
+            reason: error_chain(&e),
+        })
     }
 }
 
@@ -611,51 +722,99 @@ pub enum UpdateError<E> {
     Rejected(E),
 }
 
-/// Creates or updates every stream of the contract. A 3-node cluster may not have a
-/// meta leader yet right after start, so this retries for a while.
+/// Creates or updates every stream of the contract, all at once. A 3-node cluster may not
+/// have a meta leader yet right after start, and a request sent before it has one is never
+/// answered, so each call is retried after a short timeout (see [`recovery::retry`]) for up
+/// to [`START_PATIENCE`].
 pub async fn provision(js: &Context, opts: &StreamOptions) -> Result<()> {
-    for spec in streams::all(opts) {
+    let slowest = js_timeout(js);
+    let creations = streams::all(opts).into_iter().map(|spec| async move {
         let config = stream_config(&spec);
-        let mut last_error = String::new();
-        let mut done = false;
-        for attempt in 0..40u32 {
-            match js.create_or_update_stream(config.clone()).await {
-                Ok(_) => {
-                    done = true;
-                    break;
-                }
-                Err(e) => {
-                    last_error = e.to_string();
-                    tracing::debug!(stream = spec.name, attempt, error = %e, "stream not provisioned yet");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        }
-        if !done {
-            return Err(JournalError::Provision {
-                stream: spec.name.into(),
-                reason: last_error,
-            });
-        }
-    }
+        retry(
+            &format!("provisioning {}", spec.name),
+            Patience::start(slowest, START_PATIENCE),
+            None,
+            || js.create_or_update_stream(config.clone()),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| JournalError::Provision {
+            stream: spec.name.into(),
+            reason: error_chain(&e),
+        })
+    });
+    futures::future::try_join_all(creations).await?;
     Ok(())
 }
 
+/// The request timeout a JetStream context was built with.
+pub(crate) fn js_timeout(js: &Context) -> Duration {
+    use async_nats::jetstream::context::traits::TimeoutProvider;
+    js.timeout()
+}
+
+/// An error with its sources, for messages that keep only a string.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The last message on `subject`, by direct get. Any current replica answers; a request
+/// that reached none (during a leader change) is never answered, so attempts are short
+/// and retried at once when a leader is elected, within the request timeout in all (see
+/// [`recovery::retry`]).
 async fn direct_last(
     stream: &stream::Stream<()>,
     subject: &str,
+    journal: &Journal,
 ) -> Result<Option<(Bytes, u64, Option<String>)>> {
     use async_nats::jetstream::stream::DirectGetErrorKind;
-    match stream.direct_get_last_for_subject(subject).await {
-        Ok(msg) => {
-            let command = command_id_of(&msg.headers);
-            Ok(Some((msg.payload, msg.sequence, command)))
-        }
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-        Err(e) => Err(JournalError::Read {
-            subject: subject.to_string(),
-            reason: e.to_string(),
-        }),
+    let mut signals = journal.leader_signals();
+    let found = retry(
+        subject,
+        journal.read_patience(),
+        Some(&mut signals),
+        || async {
+            match stream.direct_get_last_for_subject(subject).await {
+                Ok(msg) => Ok(Some(msg)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await
+    .map_err(|e| JournalError::Read {
+        subject: subject.to_string(),
+        reason: error_chain(&e),
+    })?;
+    Ok(found.map(|msg| {
+        let command = command_id_of(&msg.headers);
+        (msg.payload, msg.sequence, command)
+    }))
+}
+
+/// JetStream's "a message with this id is being stored" (a copy published again while
+/// the first is still being replicated).
+const DUPLICATE_IN_PROCESS: u64 = 10158;
+
+/// Publish failures after which the same message is published again after a short pause:
+/// no stream listens on the subject (nothing was stored), or a copy with the same
+/// `Nats-Msg-Id` is still being stored (the next one is answered as its duplicate).
+pub fn not_stored_yet(error: &jetstream::context::PublishError) -> bool {
+    use std::error::Error;
+    match error.kind() {
+        PublishErrorKind::StreamNotFound => true,
+        PublishErrorKind::Other => error
+            .source()
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|e| e.error_code().0 == DUPLICATE_IN_PROCESS),
+        _ => false,
     }
 }
 

@@ -21,6 +21,7 @@
 use crate::compact::{CompactError, FastMap, Field, Interner};
 use crate::keys::{Sym, Symbols, TaskKey, NO_SYM};
 use crate::landing::{Landing, Landings};
+use crate::recovery::{retry, LeaderSignals, Patience};
 use crate::{Journal, JournalError, Result, Versioned};
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -72,10 +73,9 @@ const CATCH_UP_INACTIVE: Duration = Duration::from_secs(10);
 /// Bound of the instance records offered by this replica's writers and not yet applied.
 const MAX_WRITTEN_INSTANCES: usize = 4096;
 
-/// How often the apply loop looks for a reconnection of the client.
-const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+/// Pause after the consumer failed, doubling up to the max while it keeps failing.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Shared handle on the view; clones are cheap. The apply task stops when the last
 /// clone is dropped.
@@ -1295,9 +1295,10 @@ async fn consumer_feed(
 enum Interruption {
     /// The consumer failed or ended: wait a little before recreating it.
     Failed,
-    /// The client reconnected: the server may have lost the ephemeral consumer, and the
-    /// ordered consumer would take many seconds to notice.
-    Reconnected,
+    /// The client reconnected, or the stream elected a leader: the ephemeral consumer may
+    /// be gone with its server, and the ordered consumer would take many seconds to notice
+    /// (its own recreation waits for the request timeout).
+    ClusterChanged,
     /// Catch-up is complete: the ordered consumer takes over after the last applied record.
     CaughtUp,
 }
@@ -1355,16 +1356,13 @@ fn apply_messages(
 
 async fn apply_loop(
     inner: Arc<Inner>,
-    client: async_nats::Client,
+    mut signals: LeaderSignals,
+    start_patience: Patience,
     stream: stream::Stream,
     mut messages: Feed,
     mut catch_up_consumer: Option<String>,
     ready_at: u64,
 ) {
-    let statistics = client.statistics();
-    let mut connects = statistics.connects.load(Ordering::Relaxed);
-    let mut check = tokio::time::interval(RECONNECT_CHECK);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = MIN_BACKOFF;
     let mut batch = Vec::with_capacity(APPLY_BATCH);
     let mut buffers = ApplyBuffers::default();
@@ -1409,13 +1407,9 @@ async fn apply_loop(
                         break Interruption::CaughtUp;
                     }
                 }
-                _ = check.tick() => {
-                    let now = statistics.connects.load(Ordering::Relaxed);
-                    if now != connects {
-                        connects = now;
-                        tracing::info!("NATS connection re-established; view recreates its consumer");
-                        break Interruption::Reconnected;
-                    }
+                signal = signals.next() => {
+                    tracing::info!(?signal, "view recreates its consumer");
+                    break Interruption::ClusterChanged;
                 }
             }
         };
@@ -1431,23 +1425,33 @@ async fn apply_loop(
                 }
             });
         }
-        loop {
-            let policy = resume_policy(&inner);
-            let catching_up = !inner.progress.borrow().ready;
-            match consumer_feed(&stream, policy, catching_up).await {
-                Ok((next, pending, catch_up)) => {
-                    if pending == 0 {
-                        inner.mark_ready();
-                    }
-                    messages = next;
-                    catch_up_consumer = catch_up;
-                    break;
+        let policy = resume_policy(&inner);
+        let catching_up = !inner.progress.borrow().ready;
+        // A live view resumes from a sequence: cheap for the server, so every attempt is
+        // short. A catch-up consumer over a large stream may take longer to create.
+        let patience = if catching_up {
+            Patience {
+                give_up_after: None,
+                ..start_patience
+            }
+        } else {
+            Patience::failover()
+        };
+        let created = retry("view consumer", patience, Some(&mut signals), || {
+            consumer_feed(&stream, policy, catching_up)
+        })
+        .await;
+        match created {
+            Ok((next, pending, catch_up)) => {
+                if pending == 0 {
+                    inner.mark_ready();
                 }
-                Err(error) => {
-                    tracing::warn!(%error, ?policy, "view cannot recreate its consumer");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+                messages = next;
+                catch_up_consumer = catch_up;
+            }
+            Err(error) => {
+                // Not reached (the retries never give up); the old feed is kept.
+                tracing::error!(%error, ?policy, "view cannot recreate its consumer");
             }
         }
     }
@@ -1457,20 +1461,30 @@ impl View {
     /// Creates the consumer and spawns the apply task; returns without waiting for
     /// catch-up (see [`View::wait_ready`]).
     pub async fn start(journal: &Journal) -> Result<View> {
-        let stream = journal
-            .jetstream()
-            .get_stream(streams::STATE)
-            .await
-            .map_err(|e| JournalError::Consumer(e.to_string()))?;
-        let (messages, pending, catch_up_consumer) =
-            consumer_feed(&stream, DeliverPolicy::LastPerSubject, true).await?;
+        let signals = LeaderSignals::for_stream(journal.client(), streams::STATE).await;
+        let js = journal.jetstream();
+        let patience = Patience::start(crate::js_timeout(js), crate::START_PATIENCE);
+        let stream = retry("view stream", patience, None, || {
+            js.get_stream(streams::STATE)
+        })
+        .await
+        .map_err(|e| JournalError::Consumer(crate::error_chain(&e)))?;
+        let (messages, pending, catch_up_consumer) = retry("view consumer", patience, None, || {
+            consumer_feed(&stream, DeliverPolicy::LastPerSubject, true)
+        })
+        .await
+        .map_err(|e| JournalError::Consumer(crate::error_chain(&e)))?;
         tracing::info!(pending, "view catching up with the journal");
         // Every message pending at creation has a sequence at most this one; a message
         // at or past it (or one with nothing pending behind it) completes catch-up.
         let ready_at = if pending == 0 {
             0
         } else {
-            journal.state_last_sequence().await?
+            retry("journal's last sequence", patience, None, || {
+                journal.state_last_sequence()
+            })
+            .await
+            .map_err(|e| JournalError::Consumer(crate::error_chain(&e)))?
         };
         let inner = Arc::new(Inner::default());
         if pending == 0 {
@@ -1478,7 +1492,8 @@ impl View {
         }
         let handle = tokio::spawn(apply_loop(
             inner.clone(),
-            journal.client().clone(),
+            signals,
+            patience,
             stream,
             messages,
             catch_up_consumer,

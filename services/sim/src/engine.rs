@@ -13,6 +13,7 @@ use async_nats::jetstream::{
     self,
     consumer::{pull, DeliverPolicy},
 };
+use berth_journal::recovery::{retry, LeaderSignals, Patience};
 use berth_messages::api::{AcknowledgmentResponse, SubmitTaskStateChangeRequest};
 use berth_messages::model::TaskStatus;
 use berth_messages::subjects::{self, StateKey};
@@ -31,10 +32,8 @@ use tokio::time::Instant;
 pub const REPORTS_IN_FLIGHT: usize = 128;
 /// Longest pull request of the task consumer.
 const PULL_EXPIRY: Duration = Duration::from_secs(5);
-/// How often the follower checks whether the connection was re-established.
-const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Events queued for the engine before the follower waits.
 const EVENT_QUEUE: usize = 4096;
 
@@ -79,7 +78,9 @@ impl Follower {
             .map_err(|e| format!("cannot find stream {}: {e}", streams::STATE))?;
         // Every task subject of the cluster: `berth.state.<cluster>.task.<instance>.<task>`.
         let filter = subjects::tasks_of_instance(cluster, "*");
-        let messages = ordered(&stream, &filter, DeliverPolicy::LastPerSubject).await?;
+        let messages = ordered(&stream, &filter, DeliverPolicy::LastPerSubject)
+            .await
+            .map_err(|e| berth_journal::error_chain(&e))?;
         Ok(Follower {
             stream,
             messages,
@@ -88,11 +89,20 @@ impl Follower {
     }
 }
 
+/// Why the task consumer could not be (re)created.
+#[derive(Debug, thiserror::Error)]
+enum ConsumerError {
+    #[error("cannot create the task consumer")]
+    Create(#[source] jetstream::stream::ConsumerError),
+    #[error("cannot consume task records")]
+    Consume(#[source] jetstream::consumer::StreamError),
+}
+
 async fn ordered(
     stream: &jetstream::stream::Stream,
     filter: &str,
     deliver_policy: DeliverPolicy,
-) -> Result<pull::Ordered, String> {
+) -> Result<pull::Ordered, ConsumerError> {
     stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter.to_string(),
@@ -101,10 +111,10 @@ async fn ordered(
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("cannot create the task consumer: {e}"))?
+        .map_err(ConsumerError::Create)?
         .messages()
         .await
-        .map_err(|e| format!("cannot consume task records: {e}"))
+        .map_err(ConsumerError::Consume)
 }
 
 /// Starts the follower, the engine and the report pool on `tasks`.
@@ -148,10 +158,9 @@ async fn follow(
         mut messages,
         filter,
     } = follower;
-    let statistics = client.statistics();
-    let mut connects = statistics.connects.load(Ordering::Relaxed);
-    let mut check = tokio::time::interval(RECONNECT_CHECK);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A consumer lost with its server is recreated as soon as the client reconnects or
+    // the stream elects a leader, with short attempts (see berth_journal::recovery).
+    let mut signals = LeaderSignals::for_stream(&client, streams::STATE).await;
     let mut last_seen: Option<u64> = None;
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -179,13 +188,9 @@ async fn follow(
                         break true;
                     }
                 },
-                _ = check.tick() => {
-                    let now = statistics.connects.load(Ordering::Relaxed);
-                    if now != connects {
-                        connects = now;
-                        tracing::info!("NATS connection re-established; recreating the task consumer");
-                        break false;
-                    }
+                signal = signals.next() => {
+                    tracing::info!(?signal, "recreating the task consumer");
+                    break false;
                 }
             }
         };
@@ -200,18 +205,17 @@ async fn follow(
             },
             None => DeliverPolicy::LastPerSubject,
         };
-        loop {
-            match ordered(&stream, &filter, policy).await {
-                Ok(next) => {
-                    messages = next;
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "task consumer cannot be recreated; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+        let created = retry(
+            "task consumer",
+            Patience::failover(),
+            Some(&mut signals),
+            || ordered(&stream, &filter, policy),
+        )
+        .await;
+        match created {
+            Ok(next) => messages = next,
+            // Not reached: failover patience never gives up.
+            Err(error) => tracing::error!(%error, "task consumer cannot be recreated"),
         }
     }
 }

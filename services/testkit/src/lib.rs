@@ -4,12 +4,14 @@
 //! only ever used from tests.
 
 mod bins;
+mod micro;
 mod monitor;
 mod ports;
 mod server;
 mod wait;
 
 pub use bins::{nats_server_bin, workspace_bin};
+pub use micro::service_instances;
 pub use monitor::http_get;
 pub use ports::free_port;
 pub use server::{NatsCluster, NatsServer};

@@ -88,6 +88,11 @@ impl NatsServer {
         &self.store_dir
     }
 
+    /// The server's name (`n1`..`nN` in a [`NatsCluster`]), as stream infos name leaders.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
     /// Kills the process with SIGKILL and waits for it to exit. Does nothing if not running.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -17,9 +17,15 @@ use berth_messages::command::{Action, CommandRequest};
 use berth_messages::{headers, subjects, ApiError, ErrorType};
 use std::time::{Duration, Instant};
 
-/// Publishes of a command refused for want of a stream, and the pause between them.
-const STREAM_ATTEMPTS: u32 = 20;
-const STREAM_RETRY: Duration = Duration::from_millis(100);
+/// How long a command's publish is retried while the command stream has no leader (a
+/// fresh stream, or a leader lost with its server: elections take up to ~6 s), bounded by
+/// the API timeout.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(15);
+/// Bound on one publish's acknowledgement: one sent while the stream had no leader is
+/// never answered.
+const PUBLISH_ATTEMPT: Duration = Duration::from_secs(1);
+const FIRST_PUBLISH_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PUBLISH_PAUSE: Duration = Duration::from_millis(250);
 
 pub async fn submit(
     shared: &Shared,
@@ -119,6 +125,25 @@ impl Drop for FreshCommand<'_> {
     }
 }
 
+/// Publish failures that a leader change explains, and that a publish of the same command
+/// again can get past: nothing stored yet (no stream listening, or the same id still being
+/// stored), no answer, a lost connection, or the server's "unavailable" (503) JetStream
+/// errors.
+fn publish_retryable(error: &async_nats::jetstream::context::PublishError) -> bool {
+    use std::error::Error;
+    berth_journal::not_stored_yet(error)
+        || match error.kind() {
+            PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::MaxAckPending => true,
+            PublishErrorKind::Other => error
+                .source()
+                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+                .is_some_and(|e| e.code() == 503),
+            _ => false,
+        }
+}
+
 fn exec_to_api(e: crate::shared::ExecError) -> ApiError {
     ApiError::from(e)
 }
@@ -148,31 +173,53 @@ async fn publish_and_wait(
     };
     let subject = subjects::command(scope, action.as_str());
     let payload = bytes::Bytes::from(payload);
-    let mut attempt = 1;
+    // During a leader change the stream is missing ("no stream found": no server listens
+    // on the subject), has no responders, or does not answer. Each retry carries the same
+    // Nats-Msg-Id, so the stream stores the command once however many copies land.
+    let give_up = Instant::now() + PUBLISH_PATIENCE.min(shared.config.api_timeout());
+    let mut pause = FIRST_PUBLISH_PAUSE;
+    let mut attempt = 1u32;
+    let mut signals = shared.journal.leader_signals();
     let ack = loop {
-        let published = match shared
-            .journal
-            .jetstream()
-            .publish_with_headers(subject.clone(), command_headers(), payload.clone())
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(e) => return Err(ApiError::server(format!("cannot publish command: {e}"))),
+        let publish = tokio::time::timeout(PUBLISH_ATTEMPT, async {
+            shared
+                .journal
+                .jetstream()
+                .publish_with_headers(subject.clone(), command_headers(), payload.clone())
+                .await?
+                .await
+        });
+        // A publish that reached a follower while the stream had no leader is never
+        // answered: publish again as soon as one is elected.
+        let published = tokio::select! {
+            published = publish => Some(published),
+            _ = signals.next() => None,
         };
-        match published {
-            Ok(ack) => break ack,
-            // Right after the streams are created on a cluster, a server may not know yet
-            // that the command stream listens on the subject (the same id is deduplicated).
-            Err(e) if e.kind() == PublishErrorKind::StreamNotFound && attempt < STREAM_ATTEMPTS => {
+        let error = match published {
+            None if Instant::now() < give_up => {
                 attempt += 1;
-                tokio::time::sleep(STREAM_RETRY).await;
+                pause = FIRST_PUBLISH_PAUSE;
+                continue;
             }
-            Err(e) => {
+            None => "the cluster changed while waiting for the acknowledgement".to_string(),
+            Some(Ok(Ok(ack))) => break ack,
+            Some(Ok(Err(e))) if !publish_retryable(&e) => {
                 return Err(ApiError::server(format!(
                     "command not accepted by the stream: {e}"
                 )))
             }
+            Some(Ok(Err(e))) => e.to_string(),
+            Some(Err(_)) => format!("no acknowledgement within {PUBLISH_ATTEMPT:?}"),
+        };
+        if Instant::now() + pause >= give_up {
+            return Err(ApiError::server(format!(
+                "command not accepted by the stream after {attempt} attempts: {error}"
+            )));
         }
+        tracing::debug!(command_id, attempt, %error, "command not accepted yet; publishing again");
+        attempt += 1;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PUBLISH_PAUSE);
     };
     let deadline = Instant::now() + shared.config.api_timeout();
     let poll = if ack.duplicate {
@@ -194,31 +241,31 @@ async fn publish_and_wait(
             Ok(Ok(_)) | Ok(Err(_)) => {
                 // A stray or lost reply: fall back to the outcome stream.
                 waiter = replies.register();
-                if let Some(outcome) = shared
-                    .journal
-                    .read_outcome(command_id)
-                    .await
-                    .map_err(|e| ApiError::server(e.to_string()))?
-                {
-                    return Ok(Delivered {
-                        outcome,
-                        msgpack_body: None,
-                    });
+                if let Some(delivered) = recorded_outcome(shared, command_id).await {
+                    return Ok(delivered);
                 }
             }
             Err(_) => {
-                if let Some(outcome) = shared
-                    .journal
-                    .read_outcome(command_id)
-                    .await
-                    .map_err(|e| ApiError::server(e.to_string()))?
-                {
-                    return Ok(Delivered {
-                        outcome,
-                        msgpack_body: None,
-                    });
+                if let Some(delivered) = recorded_outcome(shared, command_id).await {
+                    return Ok(delivered);
                 }
             }
+        }
+    }
+}
+
+/// The command's outcome from the outcome stream, if it is there and can be read. A read
+/// that fails (the stream may be electing a leader) is left to the next poll: the wait is
+/// bounded by the API timeout.
+async fn recorded_outcome(shared: &Shared, command_id: &str) -> Option<Delivered> {
+    match shared.journal.read_outcome(command_id).await {
+        Ok(outcome) => outcome.map(|outcome| Delivered {
+            outcome,
+            msgpack_body: None,
+        }),
+        Err(error) => {
+            tracing::debug!(command_id, %error, "outcome not readable yet");
+            None
         }
     }
 }

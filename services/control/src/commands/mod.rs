@@ -35,7 +35,11 @@ use tracing::Instrument;
 /// After this many deliveries that ended without an outcome, the command fails for good.
 const MAX_ATTEMPTS: i64 = 10;
 /// Pause before pulling afresh after the pulls failed.
-const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(250);
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(50);
+const MAX_RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(500);
+/// Idle heartbeat of the command pulls: two missed ones end them.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+const PULL_EXPIRY: Duration = Duration::from_secs(10);
 
 /// Facts about the delivery that handlers need.
 pub struct Delivery {
@@ -54,57 +58,92 @@ pub struct Delivery {
 
 /// Runs the consumer until the connection ends.
 pub async fn run(shared: Shared) -> Result<(), berth_journal::JournalError> {
+    use berth_journal::recovery::{retry, LeaderSignals, Patience};
+    use berth_journal::JournalError;
     let js = shared.journal.jetstream().clone();
-    let stream = js
-        .get_stream(streams::CMD)
-        .await
-        .map_err(|e| berth_journal::JournalError::Consumer(e.to_string()))?;
-    // Create or update: a consumer made by an earlier version (or with another
-    // `--command-ack-wait`) takes this replica's ack wait.
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(streams::CMD_CONSUMER.to_string()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: shared.config.command_ack_wait(),
-            max_ack_pending: 20_000,
-            filter_subject: subjects::CMD_ALL.to_string(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| berth_journal::JournalError::Consumer(e.to_string()))?;
+    let patience = Patience::start(
+        shared.config.journal().request_timeout,
+        berth_journal::START_PATIENCE,
+    );
+    let ack_wait = shared.config.command_ack_wait();
+    let consumer = retry("command consumer", patience, None, || async {
+        let stream = js
+            .get_stream(streams::CMD)
+            .await
+            .map_err(|e| JournalError::Consumer(e.to_string()))?;
+        // Create or update: a consumer made by an earlier version (or with another
+        // `--command-ack-wait`) takes this replica's ack wait.
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(streams::CMD_CONSUMER.to_string()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_ack_pending: 20_000,
+                filter_subject: subjects::CMD_ALL.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| JournalError::Consumer(e.to_string()))?;
+        Ok::<_, JournalError>(consumer)
+    })
+    .await
+    .map_err(|e| JournalError::Consumer(berth_journal::error_chain(&e)))?;
+    // Pulls sent to a consumer leader that is gone are never answered: pull afresh as soon
+    // as the client reconnects or the stream or consumer elects a leader, and notice a
+    // silent consumer within two heartbeats.
+    let mut signals =
+        LeaderSignals::for_consumer(shared.journal.client(), streams::CMD, streams::CMD_CONSUMER)
+            .await;
+    // Failures in a row: the first is a warning, the rest (a consumer without a leader
+    // answers every pull with "no responders" until one is elected) are debug.
+    let mut failures = 0u32;
     loop {
-        let mut messages = match consumer
+        let pulled = consumer
             .stream()
             .max_messages_per_batch(500)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            .heartbeat(PULL_HEARTBEAT)
+            .expires(PULL_EXPIRY)
             .messages()
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "command consumer unavailable, retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
+            .await;
+        signals.clear();
+        let failure = match pulled {
+            Ok(mut messages) => loop {
+                let next = tokio::select! {
+                    next = messages.next() => next,
+                    signal = signals.next() => {
+                        tracing::info!(?signal, "command consumer pulls afresh");
+                        break None;
+                    }
+                };
+                match next {
+                    Some(Ok(msg)) => {
+                        failures = 0;
+                        let shared = shared.clone();
+                        tokio::spawn(async move { process(shared, msg).await });
+                    }
+                    // A pull that nobody answered (the consumer may have no leader) or a
+                    // missed heartbeat can leave the pulls stalled: pull afresh.
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break Some("the pulls ended".to_string()),
+                }
+            },
+            Err(e) => Some(e.to_string()),
         };
-        while let Some(next) = messages.next().await {
-            match next {
-                Ok(msg) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move { process(shared, msg).await });
-                }
-                Err(e) => {
-                    // A pull that nobody answered (on a fresh cluster the consumer may
-                    // have no leader yet) or a missed heartbeat can leave the pulls
-                    // stalled: pull afresh.
-                    tracing::warn!(error = %e, "command consumer error; pulling afresh");
-                    break;
-                }
-            }
+        let Some(error) = failure else { continue };
+        failures += 1;
+        if failures == 1 {
+            tracing::warn!(%error, "command consumer failed; pulling afresh");
+        } else {
+            tracing::debug!(%error, failures, "command consumer failed again; pulling afresh");
         }
-        tracing::warn!("command consumer stream ended, re-subscribing");
-        tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+        // Until a signal says the consumer may answer again.
+        let pause = RESUBSCRIBE_PAUSE
+            .saturating_mul(1 << failures.min(4))
+            .min(MAX_RESUBSCRIBE_PAUSE);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = signals.next() => {}
+        }
     }
 }
 
