@@ -320,6 +320,17 @@ async fn update(
         let mut unchanged = read.value.clone();
         unchanged.version = None;
         if next == unchanged {
+            // A STOPPED record whose release did not follow (this writer's own STOPPED
+            // write landed but its answer was lost, and the write came back as a
+            // conflict): release now rather than leave it to reconciliation.
+            if read.value.last_status == TaskStatus::Stopped
+                && shared
+                    .view
+                    .instance(cluster, &instance_id)
+                    .is_some_and(|i| i.value.allocations.contains_key(task_id))
+            {
+                release(shared, cluster, &instance_id, task_id, command_id).await?;
+            }
             return Ok(TaskDone {
                 instance_id,
                 task: read,
