@@ -27,12 +27,15 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 const POLL: Duration = Duration::from_millis(25);
 const STREAMS: [&str; 3] = [streams::STATE, streams::CMD, streams::OUTCOME];
 const ADVISORIES: &str = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*";
+/// The command consumer is a replicated group of its own, with its own election: no
+/// command is delivered before it has a leader.
+const CONSUMER_ADVISORIES: &str = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.*.*";
 
 /// What one kill measured.
 struct Kill {
     victim: String,
-    /// Kill → a leader for each of STATE, CMD, OUTCOME.
-    elected: [Duration; 3],
+    /// Kill → a leader for each of STATE, CMD, OUTCOME and the command consumer.
+    elected: [Duration; 4],
     /// Kill → the first probe answered with its task.
     written: Duration,
 }
@@ -86,11 +89,12 @@ pub async fn run(
             .context("the leader is a node of the cluster")?;
         let kill = measure_kill(&mut cluster, victim, &js, &api).await?;
         println!(
-            "kill {round} ({}): leaders STATE {} CMD {} OUTCOME {}; first write {} after the kill, {} after the last election",
+            "kill {round} ({}): leaders STATE {} CMD {} OUTCOME {} command consumer {}; first write {} after the kill, {} after the last election",
             kill.victim,
             human(kill.elected[0]),
             human(kill.elected[1]),
             human(kill.elected[2]),
+            human(kill.elected[3]),
             human(kill.written),
             signed(kill.written, last_election(&kill)),
         );
@@ -150,7 +154,8 @@ fn report(start_times: &mut Samples, kills: &[Kill]) {
     println!("\nover {} kills of the BERTH_STATE leader:", kills.len());
     series("kill → BERTH_STATE leader", &|k| k.elected[0]);
     series("kill → BERTH_CMD leader", &|k| k.elected[1]);
-    series("kill → all three streams led", &last_election);
+    series("kill → command consumer leader", &|k| k.elected[3]);
+    series("kill → streams and command consumer led", &last_election);
     series("kill → first RunTask answered", &|k| k.written);
     let mut after = Samples::default();
     kills
@@ -273,6 +278,26 @@ async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> Opt
     info.await.ok()??.cluster?.leader
 }
 
+/// The server leading the command consumer.
+async fn consumer_leader(js: &async_nats::jetstream::Context) -> anyhow::Result<String> {
+    let started = Instant::now();
+    loop {
+        let info = tokio::time::timeout(Duration::from_millis(200), async {
+            let stream = js.get_stream(streams::CMD).await.ok()?;
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer(streams::CMD_CONSUMER).await.ok()?;
+            consumer.info().await.ok().cloned()
+        });
+        if let Some(leader) = info.await.ok().flatten().and_then(|i| i.cluster?.leader) {
+            return Ok(leader);
+        }
+        if started.elapsed() > PATIENCE {
+            bail!("the command consumer has no leader");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 async fn leader_of(js: &async_nats::jetstream::Context, stream: &str) -> anyhow::Result<String> {
     let started = Instant::now();
     loop {
@@ -294,15 +319,22 @@ async fn measure_kill(
 ) -> anyhow::Result<Kill> {
     let victim_name = cluster.nodes[victim].server_name().to_string();
     // Elections are timed by their advisories, as the replicas see them.
-    let mut advisories = js
+    let streams_elect = js
         .client()
         .subscribe(ADVISORIES)
         .await
         .context("subscribing to leader elections")?;
-    let mut led_by_victim = [false; 3];
+    let consumers_elect = js
+        .client()
+        .subscribe(CONSUMER_ADVISORIES)
+        .await
+        .context("subscribing to leader elections")?;
+    let mut advisories = futures::stream::select(streams_elect, consumers_elect);
+    let mut led_by_victim = [false; 4];
     for (i, stream) in STREAMS.iter().enumerate() {
         led_by_victim[i] = leader_of(js, stream).await? == victim_name;
     }
+    led_by_victim[3] = consumer_leader(js).await? == victim_name;
     let node = &mut cluster.nodes[victim];
     let killed_at = Instant::now();
     tokio::task::block_in_place(|| node.kill());
@@ -336,7 +368,7 @@ async fn measure_kill(
             while sent.join_next().await.is_some() {}
         })
     };
-    let mut elected = [None; 3];
+    let mut elected = [None; 4];
     for (slot, led) in elected.iter_mut().zip(led_by_victim) {
         if !led {
             *slot = Some(Duration::ZERO);
@@ -348,8 +380,16 @@ async fn measure_kill(
             .ok()
             .flatten()
             .context("the streams did not all elect a leader")?;
-        let stream = advisory.subject.rsplit('.').next().unwrap_or_default();
-        if let Some(i) = STREAMS.iter().position(|s| *s == stream) {
+        let subject = advisory.subject.as_str();
+        let stream = subject.rsplit('.').next().unwrap_or_default();
+        let slot = if subject.starts_with("$JS.EVENT.ADVISORY.CONSUMER.") {
+            subject
+                .ends_with(&format!(".{}.{}", streams::CMD, streams::CMD_CONSUMER))
+                .then_some(3)
+        } else {
+            STREAMS.iter().position(|s| *s == stream)
+        };
+        if let Some(i) = slot {
             elected[i].get_or_insert_with(|| killed_at.elapsed());
         }
     }

@@ -16,6 +16,10 @@ use tokio::time::Instant;
 
 /// Bound on one attempt of a call that a leader answers at once when there is one.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// First attempts of a recovery: a consumer request sent in the instant a leader is elected
+/// can go unanswered (the new leader is not ready yet), and waiting a whole
+/// [`ATTEMPT_TIMEOUT`] for it was the slowest part of getting writes back after an election.
+pub const RECOVERY_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Attempts made with the first timeout before later ones are given more time (an answer
 /// that is merely slow, such as a consumer over millions of subjects, still comes).
 const SHORT_ATTEMPTS: u32 = 3;
@@ -37,10 +41,12 @@ pub struct Patience {
 
 impl Patience {
     /// Recovery of a consumer that has been working: every attempt is short (its
-    /// requests are cheap, and one lost with a leader must cost little), for ever.
+    /// requests are cheap, and one lost with a leader must cost little), for ever: the
+    /// first ones [`RECOVERY_ATTEMPT_TIMEOUT`], later ones growing to [`ATTEMPT_TIMEOUT`]
+    /// (an answer that is merely slow on a loaded server still comes).
     pub const fn failover() -> Self {
         Self {
-            attempt_timeout: ATTEMPT_TIMEOUT,
+            attempt_timeout: RECOVERY_ATTEMPT_TIMEOUT,
             max_attempt_timeout: ATTEMPT_TIMEOUT,
             give_up_after: None,
         }
@@ -332,7 +338,9 @@ mod tests {
         let timeouts: Vec<u64> = (1..=8).map(|a| patience.timeout_of(a).as_secs()).collect();
         assert_eq!(timeouts, [1, 1, 1, 2, 4, 8, 10, 10]);
         let failover = Patience::failover();
-        assert!((1..100).all(|a| failover.timeout_of(a) == ATTEMPT_TIMEOUT));
+        assert!((1..=SHORT_ATTEMPTS).all(|a| failover.timeout_of(a) == RECOVERY_ATTEMPT_TIMEOUT));
+        assert!((1..100).all(|a| failover.timeout_of(a) <= ATTEMPT_TIMEOUT));
+        assert_eq!(failover.timeout_of(100), ATTEMPT_TIMEOUT);
     }
 
     #[tokio::test(start_paused = true)]
