@@ -9,7 +9,6 @@ use berth_journal::Journal;
 use berth_messages::retry;
 use berth_messages::{headers, streams, subjects};
 use berth_testkit::{wait_for, NatsServer};
-use futures::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -152,26 +151,6 @@ async fn a_killed_replicas_commands_are_answered_by_another() {
     assert_audit_clean(&url).await;
 }
 
-/// How many replicas answer `$SRV.PING` within a short while.
-async fn replicas_answering(client: &async_nats::Client) -> usize {
-    let inbox = client.new_inbox();
-    let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
-        return 0;
-    };
-    if client
-        .publish_with_reply("$SRV.PING.berth", inbox, "".into())
-        .await
-        .is_err()
-    {
-        return 0;
-    }
-    let mut n = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), replies.next()).await {
-        n += 1;
-    }
-    n
-}
-
 /// One request of the load and how it ended.
 struct Sample {
     action: &'static str,
@@ -284,7 +263,7 @@ async fn figures_of_a_pause_and_a_kill_under_load() {
     let api = Api::connect(&url).await;
     api.wait_serving().await;
     wait_for("three replicas to serve", PATIENCE, || async {
-        (replicas_answering(&api.client).await >= 3).then_some(())
+        (berth_testkit::service_instances(&api.client, "berth", 3).await >= 3).then_some(())
     })
     .await;
     let (_ids, _beats) = register_hosts(&api, "load", 10, 1_000_000, 1_000_000).await;

@@ -14,7 +14,6 @@ use berth_messages::streams::StreamOptions;
 use berth_messages::subjects;
 use berth_testkit::{wait_for, NatsCluster};
 use futures::StreamExt;
-use std::collections::HashSet;
 use std::time::Duration;
 
 const CLUSTER: &str = "fence";
@@ -139,7 +138,7 @@ async fn run(fault: Fault) {
     // The faulted replica serves again: all three answer the service's PING.
     wait_for("all three replicas to answer", PATIENCE, || {
         let client = api.client.clone();
-        async move { (ping_answers(&client).await == 3).then_some(()) }
+        async move { (berth_testkit::service_instances(&client, "berth", 3).await == 3).then_some(()) }
     })
     .await;
     let report = berth_audit::audit(&api.client).await.expect("audit");
@@ -183,27 +182,4 @@ async fn fenced_instances(journal: &Journal) -> bool {
         }
     }
     false
-}
-
-/// How many replicas answer the `berth` service's PING within a second.
-async fn ping_answers(client: &async_nats::Client) -> usize {
-    let inbox = client.new_inbox();
-    let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
-        return 0;
-    };
-    if client
-        .publish_with_reply("$SRV.PING.berth", inbox, "".into())
-        .await
-        .is_err()
-    {
-        return 0;
-    }
-    let mut ids = HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&msg.payload) {
-            ids.insert(v["id"].as_str().unwrap_or_default().to_string());
-        }
-    }
-    ids.len()
 }
