@@ -507,24 +507,11 @@ mod tests {
     }
 
     fn allocate_as(task_id: &str, claim: u32) -> OpKind {
-        match allocate(task_id, "g", false) {
-            OpKind::Allocate {
-                task_id,
-                demand,
-                group,
-                require_active,
-                distinct,
-                ..
-            } => OpKind::Allocate {
-                task_id,
-                demand,
-                group,
-                require_active,
-                distinct,
-                claim,
-            },
-            other => other,
+        let mut op = allocate(task_id, "g", false);
+        if let OpKind::Allocate { claim: c, .. } = &mut op {
+            *c = claim;
         }
+        op
     }
 
     #[test]
