@@ -2,7 +2,7 @@
 //! memory, starts one task there with StartTask, and on a `RESOURCE:*` refusal (another
 //! scheduler won the race) reads again and chooses again.
 //!
-//! `cargo run -p berth-scheduler --example one_shot -- nats://127.0.0.1:4222 default hello`
+//! `cargo run -p berth-priority-scheduler --example one_shot -- nats://127.0.0.1:4222 default hello`
 
 use berth_messages::api::*;
 use berth_messages::model::{ContainerInstance, InstanceStatus};

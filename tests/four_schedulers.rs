@@ -1,6 +1,6 @@
 //! The shared-state race of the source document: four schedulers in separate processes or
 //! tasks — two `berth-control` replicas serving RunTask, the priority scheduler
-//! (`berth-scheduler`) and a client calling StartTask on instances it picks itself —
+//! (`berth-priority-scheduler`) and a client calling StartTask on instances it picks itself —
 //! place 20,000 tasks on 200 hollow instances whose capacity covers half of the demand.
 //! Every request gets an outcome, no instance is over-committed (the auditor replays the
 //! journal), and the run prints the conflict rate.
@@ -8,7 +8,7 @@
 //! `BERTH_RACE_TASKS` scales the demand (default 20,000, the figure).
 
 use berth_e2e::*;
-use berth_scheduler::jobs::{self, Job, JobOutcome, JobStatus};
+use berth_priority_scheduler::jobs::{self, Job, JobOutcome, JobStatus};
 use berth_testkit::wait_for;
 use futures::StreamExt;
 use rand::seq::SliceRandom;
@@ -49,12 +49,12 @@ async fn four_schedulers_share_one_pool_without_over_commit() {
 
     // The priority scheduler, in-process.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let scheduler = tokio::spawn(berth_scheduler::run(
-        berth_scheduler::Config {
+    let scheduler = tokio::spawn(berth_priority_scheduler::run(
+        berth_priority_scheduler::Config {
             nats: vec![url.clone()],
             cluster: "pool".into(),
             candidates: 3,
-            ..berth_scheduler::Config::default()
+            ..berth_priority_scheduler::Config::default()
         },
         async move {
             let _ = stop_rx.await;
@@ -166,9 +166,10 @@ async fn four_schedulers_share_one_pool_without_over_commit() {
 
     // Conflict rate: control replicas' counters and the scheduler's.
     let stats = replica_stats(&api.client).await;
-    let sched = berth_scheduler::request_stats(&api.client, "pool", Duration::from_secs(5))
-        .await
-        .expect("scheduler stats");
+    let sched =
+        berth_priority_scheduler::request_stats(&api.client, "pool", Duration::from_secs(5))
+            .await
+            .expect("scheduler stats");
     let control_conflicts: u64 = stats
         .iter()
         .map(|s| s["conflicts"].as_u64().unwrap_or(0))

@@ -221,7 +221,7 @@ async fn connect(config: &Config) -> Result<async_nats::Client, SchedulerError> 
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| SchedulerError::Connect(e.to_string()))?;
     async_nats::ConnectOptions::new()
-        .name(format!("berth-scheduler-{}", config.cluster))
+        .name(format!("berth-priority-scheduler-{}", config.cluster))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .connect(addrs)

@@ -1,4 +1,4 @@
-//! The priority scheduler (`berth-scheduler`) against a real control plane: jobs of mixed
+//! The priority scheduler (`berth-priority-scheduler`) against a real control plane: jobs of mixed
 //! priorities on a pool too small for all of them are placed highest priority first, the
 //! rest wait until the pool grows (also across a scheduler restart); bad and impossible
 //! jobs get a clear outcome; two schedulers and a RunTask client racing for one pool
@@ -7,8 +7,8 @@
 use berth_e2e::*;
 use berth_messages::api::TasksResponse;
 use berth_messages::api::{DescribeTasksRequest, ListTasksRequest, ListTasksResponse};
-use berth_scheduler::jobs::{self, Job, JobOutcome, JobStatus};
-use berth_scheduler::{Config, SchedulerError, Stats};
+use berth_priority_scheduler::jobs::{self, Job, JobOutcome, JobStatus};
+use berth_priority_scheduler::{Config, SchedulerError, Stats};
 use berth_testkit::wait_for;
 use futures::StreamExt;
 use serde_json::json;
@@ -32,7 +32,7 @@ impl Scheduler {
 
     fn with(config: Config) -> Scheduler {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(berth_scheduler::run(config, async move {
+        let task = tokio::spawn(berth_priority_scheduler::run(config, async move {
             let _ = stopped.await;
         }));
         Scheduler { stop, task }
@@ -68,9 +68,10 @@ async fn wait_stats(
 ) -> Stats {
     let check = &check;
     wait_for(what, PATIENCE, || async move {
-        let stats = berth_scheduler::request_stats(client, cluster, Duration::from_secs(2))
-            .await
-            .ok()?;
+        let stats =
+            berth_priority_scheduler::request_stats(client, cluster, Duration::from_secs(2))
+                .await
+                .ok()?;
         check(&stats).then_some(stats)
     })
     .await

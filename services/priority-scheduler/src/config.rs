@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-/// Flags of `berth-scheduler`.
+/// Flags of `berth-priority-scheduler`.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
-    name = "berth-scheduler",
+    name = "berth-priority-scheduler",
     version,
     about = "Berth priority scheduler: jobs from the BERTH_JOBS work queue, placed by priority with StartTask"
 )]

@@ -1,11 +1,11 @@
-//! `berth-scheduler`: flags, logging, signals; everything else is in the library.
+//! `berth-priority-scheduler`: flags, logging, signals; everything else is in the library.
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = berth_scheduler::Config::parse();
+    let config = berth_priority_scheduler::Config::parse();
     let filter = EnvFilter::builder()
         .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
         .from_env_lossy();
@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init();
     }
-    let stats = berth_scheduler::run(config, shutdown_signal()).await?;
+    let stats = berth_priority_scheduler::run(config, shutdown_signal()).await?;
     println!("{}", serde_json::to_string(&stats)?);
     Ok(())
 }

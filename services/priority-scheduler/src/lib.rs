@@ -1,4 +1,4 @@
-//! berth-scheduler: a priority scheduler built only on Berth's public contract, the way
+//! berth-priority-scheduler: a priority scheduler built only on Berth's public contract, the way
 //! ECS customers (Hailo) built theirs on the ECS API. It takes jobs from the `BERTH_JOBS`
 //! work-queue stream ([`jobs`]), follows the cluster's container instances in the journal
 //! ([`follower`]), chooses an instance for each task itself ([`pool`], best fit), and
@@ -6,7 +6,7 @@
 //! the control plane refuses with `RESOURCE:*`; the scheduler avoids that instance until
 //! its record changes and places the task again.
 //!
-//! Run it with [`run`]; the binary `berth-scheduler` adds flags, logging and signals.
+//! Run it with [`run`]; the binary `berth-priority-scheduler` adds flags, logging and signals.
 
 pub mod api;
 pub mod config;

@@ -23,7 +23,7 @@ pub const MAX_PRIORITY: u8 = 9;
 pub const MAX_COUNT: u32 = 1000;
 /// Tag every task the scheduler starts carries, valued with its job id, so a scheduler
 /// that lost track of a job (crash, lost reply) finds what it already started.
-pub const JOB_TAG: &str = "berth-scheduler-job";
+pub const JOB_TAG: &str = "berth-priority-scheduler-job";
 /// How long the stream de-duplicates a job id (`Nats-Msg-Id`).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -50,7 +50,7 @@ pub fn stats_subject(cluster: &str) -> String {
 
 /// Name of the durable consumer every scheduler of `cluster` shares.
 pub fn consumer_name(cluster: &str) -> String {
-    format!("berth-scheduler-{cluster}")
+    format!("berth-priority-scheduler-{cluster}")
 }
 
 fn default_count() -> u32 {
