@@ -58,16 +58,9 @@ pub struct AgentConfig {
     /// Output files kept per container.
     #[arg(long, env = "BERTH_LOG_FILES", default_value_t = DEFAULT_LOG_FILES)]
     pub log_files: usize,
-    /// Log as JSON lines.
-    #[arg(
-        long,
-        env = "BERTH_LOG_JSON",
-        value_parser = BoolishValueParser::new(),
-        default_value_t = false,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
-    pub log_json: bool,
+    /// `--log-json` / `BERTH_LOG_JSON`.
+    #[command(flatten)]
+    pub log: berth_telemetry::LogArgs,
 
     /// Register this many hollow instances (runtime `sim`) instead of this host.
     #[arg(long, env = "BERTH_SIM")]
@@ -103,7 +96,7 @@ impl Default for AgentConfig {
             stop_timeout: 30.0,
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             log_files: DEFAULT_LOG_FILES,
-            log_json: false,
+            log: berth_telemetry::LogArgs::default(),
             sim: None,
             sim_cpu: 4096,
             sim_memory: 16384,

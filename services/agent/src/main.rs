@@ -4,7 +4,6 @@
 use berth_agent::shim::ShimArgs;
 use berth_agent::AgentConfig;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "berth-agent", version, about = "Berth host agent")]
@@ -41,39 +40,13 @@ fn main() {
         std::process::exit(berth_agent::shim::run(args));
     }
     let config = cli.agent;
-    let filter = EnvFilter::builder()
-        .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
-        .from_env_lossy();
-    if config.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init();
-    }
-    if let Err(e) = berth_agent::run_blocking(config, shutdown_signal()) {
-        tracing::error!(error = %e, "berth-agent stopped");
+    if let Err(e) = berth_telemetry::init("info", &config.log) {
         eprintln!("berth-agent: {e}");
         std::process::exit(1);
     }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    if let Err(e) = berth_agent::run_blocking(config, berth_telemetry::shutdown_signal()) {
+        tracing::error!(error = %e, "berth-agent stopped");
+        eprintln!("berth-agent: {e}");
+        std::process::exit(1);
     }
 }

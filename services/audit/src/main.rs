@@ -24,18 +24,17 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long, env = "BERTH_AUDIT_JSON")]
     json: bool,
+    #[command(flatten)]
+    log: berth_telemetry::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    if let Err(e) = berth_telemetry::init("warn", &args.log) {
+        eprintln!("berth-audit: {e}");
+        return ExitCode::from(2);
+    }
     match run(&args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

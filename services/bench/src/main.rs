@@ -102,6 +102,8 @@ pub struct Args {
     /// With --failover-kills: fresh clusters on which three replicas are started together.
     #[arg(long, default_value_t = 3)]
     pub failover_starts: usize,
+    #[command(flatten)]
+    pub log: berth_telemetry::LogArgs,
 }
 
 /// The load generator and the hollow hosts share the two cores with what they measure;
@@ -115,15 +117,11 @@ fn main() -> ExitCode {
     if let Err(error) = nix::sys::prctl::set_thp_disable(true) {
         eprintln!("berth-bench: cannot disable transparent huge pages: {error}");
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,berth_bench=info,berth_sim=error")
-            }),
-        )
-        .init();
     let args = Args::parse();
+    if let Err(e) = berth_telemetry::init("warn,berth_bench=info,berth_sim=error", &args.log) {
+        eprintln!("berth-bench: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berth-bench")
@@ -139,7 +137,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         tokio::select! {
             result = run::run(args) => Some(result),
-            _ = interrupted() => None,
+            _ = berth_telemetry::shutdown_signal() => None,
         }
     });
     let Some(outcome) = outcome else {
@@ -159,20 +157,5 @@ fn main() -> ExitCode {
             eprintln!("berth-bench: {e:#}");
             ExitCode::from(2)
         }
-    }
-}
-
-async fn interrupted() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
     }
 }

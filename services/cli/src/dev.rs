@@ -14,6 +14,7 @@ use crate::output::{self, Table};
 use berth_messages::api::*;
 use berth_messages::command::Action;
 use berth_messages::model::InstanceStatus;
+use berth_telemetry::{ShutdownSignal, ShutdownSignals};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -56,7 +57,7 @@ pub async fn run(global: &GlobalArgs, args: DevArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::input(format!("data directory {}: {e}", args.data_dir.display())))?;
     let _lock = lock_data_dir(&data_dir)?;
     port_is_free(args.port)?;
-    let mut signals = Signals::new()?;
+    let mut signals = ShutdownSignals::new().map_err(|e| CliError::other(e.to_string()))?;
     let mut stack = Stack::default();
     let config = StartConfig {
         binaries,
@@ -218,30 +219,6 @@ fn port_is_free(port: u16) -> Result<(), CliError> {
         })
 }
 
-/// SIGINT and SIGTERM.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> Result<Signals, CliError> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let e = |e: std::io::Error| CliError::other(format!("cannot handle signals: {e}"));
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt()).map_err(e)?,
-            terminate: signal(SignalKind::terminate()).map_err(e)?,
-        })
-    }
-
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
-        }
-    }
-}
-
 /// A child process `berth dev` owns.
 struct Managed {
     name: &'static str,
@@ -254,7 +231,7 @@ struct Managed {
 enum StopEvent {
     Exited,
     GraceOver,
-    Signal(&'static str),
+    Signal(ShutdownSignal),
 }
 
 impl Managed {
@@ -269,7 +246,7 @@ impl Managed {
     }
 
     /// SIGTERM, then SIGKILL after `grace` or at a second Ctrl-C (`hurry`).
-    async fn stop(&mut self, grace: Duration, signals: &mut Signals, hurry: &mut bool) {
+    async fn stop(&mut self, grace: Duration, signals: &mut ShutdownSignals, hurry: &mut bool) {
         if self.has_exited().is_some() {
             return;
         }
@@ -348,7 +325,7 @@ struct Stack {
 }
 
 impl Stack {
-    async fn stop(&mut self, signals: &mut Signals) {
+    async fn stop(&mut self, signals: &mut ShutdownSignals) {
         let mut hurry = false;
         if let Some(agent) = &mut self.agent {
             agent.stop(AGENT_STOP_GRACE, signals, &mut hurry).await;
@@ -674,12 +651,12 @@ async fn wait_agent(
 }
 
 enum End {
-    Signal(&'static str),
+    Signal(ShutdownSignal),
     Exited(&'static str),
 }
 
 /// Runs until a signal, or until a child ends on its own (an error).
-async fn wait_for_end(stack: &mut Stack, signals: &mut Signals) -> Result<(), CliError> {
+async fn wait_for_end(stack: &mut Stack, signals: &mut ShutdownSignals) -> Result<(), CliError> {
     let (Some(nats), Some(control), Some(agent)) =
         (&mut stack.nats, &mut stack.control, &mut stack.agent)
     else {

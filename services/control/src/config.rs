@@ -63,9 +63,9 @@ pub struct ControlConfig {
         value_delimiter = ','
     )]
     pub create_clusters: Vec<String>,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "BERTH_LOG_JSON", default_value_t = false)]
-    pub log_json: bool,
+    /// `--log-json` / `BERTH_LOG_JSON`.
+    #[command(flatten)]
+    pub log: berth_telemetry::LogArgs,
     /// Test hook (no flag): commands whose id starts with the prefix are held this long
     /// before they execute, as a slow command would be.
     #[arg(skip)]
@@ -102,7 +102,7 @@ impl Default for ControlConfig {
             stopped_task_retention: 3600.0,
             reconcile_interval: 10.0,
             command_ack_wait: 5.0,
-            log_json: false,
+            log: berth_telemetry::LogArgs::default(),
             command_hold: None,
         }
     }

@@ -11,6 +11,7 @@ pub mod config;
 mod ids;
 mod janitor;
 mod liveness;
+mod planners;
 mod reconcile;
 mod reservations;
 mod shared;

@@ -5,99 +5,86 @@
 //! the instance actor, and a flip that another replica already made re-reads as a no-op,
 //! so there is one journal write per flip, never one per beat. After a restart a replica
 //! grants every instance three intervals of grace before judging it.
+//!
+//! The rules live in [`crate::planners::liveness`]; this module records beats, takes
+//! snapshots of the view for the planner and carries out its flips.
 
 use crate::actors::instance::{InstanceOp, OpKind};
+use crate::planners::liveness::{
+    plan_beat, LivenessAction, LivenessPlanner, Now, ObservedInstance,
+};
 use crate::shared::{Metrics, Shared};
 use berth_messages::model::{ContainerInstance, InstanceStatus};
 use berth_messages::subjects;
 use dashmap::{DashMap, DashSet};
 use futures::StreamExt;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
-const MISSED_BEATS: u32 = 3;
+type InstanceKey = (String, String);
 
 pub async fn run(shared: Shared) -> Result<(), async_nats::Error> {
-    let beats: Arc<DashMap<(String, String), Instant>> = Arc::new(DashMap::new());
-    let flipping: Arc<DashSet<(String, String)>> = Arc::new(DashSet::new());
-    let started = Instant::now();
+    let beats: Arc<DashMap<InstanceKey, Instant>> = Arc::new(DashMap::new());
+    let flipping: Arc<DashSet<InstanceKey>> = Arc::new(DashSet::new());
+    let planner = LivenessPlanner::new(shared.config.heartbeat(), Instant::now());
     let mut sub = shared
         .journal
         .client()
         .subscribe(subjects::HEARTBEAT_ALL.to_string())
         .await?;
     let checker = {
-        let shared = shared.clone();
+        let (observer, executor) = (shared.clone(), shared.clone());
         let beats = beats.clone();
         let flipping = flipping.clone();
-        tokio::spawn(async move {
-            let interval = shared.config.heartbeat();
-            let mut ticker = tokio::time::interval(interval / 2);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_tick = Instant::now();
-            // When this replica itself was starved of CPU, silence says nothing about the
-            // agents: it grants a new grace period instead of flipping every instance.
-            let mut grace_until = started;
-            loop {
-                ticker.tick().await;
-                let limit = interval * MISSED_BEATS;
-                if last_tick.elapsed() > interval {
-                    grace_until = Instant::now() + limit;
-                    tracing::warn!(
-                        late_ms = last_tick.elapsed().as_millis() as u64,
-                        "liveness check ran late; granting agents a grace period"
-                    );
-                }
-                last_tick = Instant::now();
-                if Instant::now() < grace_until {
-                    continue;
-                }
-                for cluster in clusters(&shared) {
-                    for ci in shared.view.instances(&cluster) {
-                        if !ci.value.agent_connected || ci.value.status == InstanceStatus::Inactive
-                        {
-                            continue;
-                        }
-                        let id = berth_messages::arn::container_instance_id(
-                            &ci.value.container_instance_arn,
-                        )
-                        .1
-                        .to_string();
-                        let key = (cluster.clone(), id);
-                        // A registration counts as a beat: the agent has just spoken.
-                        let since_registration =
-                            berth_messages::now_epoch_seconds() - ci.value.registered_at;
-                        if since_registration < limit.as_secs_f64() {
-                            continue;
-                        }
-                        let last = beats
-                            .get(&key)
-                            .map(|t| *t)
-                            .unwrap_or(started)
-                            .max(grace_until.checked_sub(limit).unwrap_or(started));
-                        if last.elapsed() > limit {
-                            flip(&shared, &flipping, key, false);
-                        }
-                    }
-                }
-            }
-        })
+        tokio::spawn(check(
+            planner,
+            move || observe(&observer, &beats),
+            move |action| execute(&executor, &flipping, action),
+        ))
     };
     while let Some(msg) = sub.next().await {
         let Some((cluster, instance)) = subjects::parse_heartbeat(&msg.subject) else {
             continue;
         };
-        let key = (cluster.to_string(), instance.to_string());
-        beats.insert(key.clone(), Instant::now());
-        let disconnected = shared.view.instance(cluster, instance).is_some_and(|ci| {
-            !ci.value.agent_connected && ci.value.status != InstanceStatus::Inactive
-        });
-        if disconnected {
-            flip(&shared, &flipping, key, true);
+        beats.insert((cluster.to_string(), instance.to_string()), Instant::now());
+        let record = shared.view.instance(cluster, instance);
+        if let Some(action) = plan_beat(cluster, instance, record.as_ref().map(|r| &r.value)) {
+            execute(&shared, &flipping, action);
         }
     }
     checker.abort();
     Ok(())
+}
+
+/// Checks on the planner's period: a snapshot from `observe`, the plan, its actions to
+/// `execute`.
+async fn check(
+    mut planner: LivenessPlanner,
+    mut observe: impl FnMut() -> Vec<ObservedInstance>,
+    mut execute: impl FnMut(LivenessAction),
+) {
+    let mut ticker = tokio::time::interval(planner.check_period());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now = Now::current();
+        for action in planner.plan(&observe(), now) {
+            execute(action);
+        }
+    }
+}
+
+/// Every instance the view holds, with the last beat this replica heard from it.
+fn observe(shared: &Shared, beats: &DashMap<InstanceKey, Instant>) -> Vec<ObservedInstance> {
+    let mut observed = Vec::new();
+    for cluster in clusters(shared) {
+        for record in shared.view.instances(&cluster) {
+            let id = crate::planners::liveness::instance_id(&record.value);
+            let last_beat = beats.get(&(cluster.clone(), id.to_string())).map(|t| *t);
+            observed.push(ObservedInstance::new(&cluster, &record.value, last_beat));
+        }
+    }
+    observed
 }
 
 fn clusters(shared: &Shared) -> Vec<String> {
@@ -113,13 +100,25 @@ fn clusters(shared: &Shared) -> Vec<String> {
     }
 }
 
+fn execute(shared: &Shared, flipping: &Arc<DashSet<InstanceKey>>, action: LivenessAction) {
+    match action {
+        LivenessAction::GraceGranted { late } => tracing::warn!(
+            late_ms = late.as_millis() as u64,
+            "liveness check ran late; granting agents a grace period"
+        ),
+        LivenessAction::MarkDisconnected {
+            cluster,
+            instance_id,
+        } => flip(shared, flipping, (cluster, instance_id), false),
+        LivenessAction::MarkConnected {
+            cluster,
+            instance_id,
+        } => flip(shared, flipping, (cluster, instance_id), true),
+    }
+}
+
 /// Writes `agentConnected = connected` unless a flip for this instance is in flight.
-fn flip(
-    shared: &Shared,
-    flipping: &Arc<DashSet<(String, String)>>,
-    key: (String, String),
-    connected: bool,
-) {
+fn flip(shared: &Shared, flipping: &Arc<DashSet<InstanceKey>>, key: InstanceKey, connected: bool) {
     if !flipping.insert(key.clone()) {
         return;
     }
@@ -149,4 +148,64 @@ fn flip(
         }
         flipping.remove(&key);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    const INTERVAL: Duration = Duration::from_secs(5);
+
+    /// A connected agent registered long ago whose last beat is `last_beat`.
+    fn observed(last_beat: Option<Instant>) -> ObservedInstance {
+        ObservedInstance {
+            cluster: "default".into(),
+            instance_id: "i-1".into(),
+            agent_connected: true,
+            status: InstanceStatus::Active,
+            registered_at: 0.0,
+            last_beat,
+        }
+    }
+
+    /// The loop on virtual time: an agent that beats until `silent_after` is marked
+    /// disconnected on the first check more than three intervals after its last beat.
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_disconnects_an_agent_three_intervals_after_its_last_beat() {
+        let started = Instant::now();
+        let silent_after = Duration::from_secs(20);
+        let actions: Arc<Mutex<Vec<(Duration, LivenessAction)>>> = Arc::default();
+        let recorded = actions.clone();
+        let checker = tokio::spawn(check(
+            LivenessPlanner::new(INTERVAL, started),
+            move || {
+                let now = Instant::now();
+                let last_beat = now.min(started + silent_after);
+                vec![observed(Some(last_beat))]
+            },
+            move |action| {
+                if let Ok(mut a) = recorded.lock() {
+                    a.push((started.elapsed(), action));
+                }
+            },
+        ));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        checker.abort();
+        let actions = actions.lock().map(|a| a.clone()).unwrap_or_default();
+        let disconnected: Vec<Duration> = actions
+            .iter()
+            .filter(|(_, a)| matches!(a, LivenessAction::MarkDisconnected { .. }))
+            .map(|(at, _)| *at)
+            .collect();
+        // Checks run every 2.5 s: 35 s is exactly three intervals of silence, 37.5 s more.
+        assert_eq!(disconnected.first(), Some(&Duration::from_millis(37_500)));
+        assert!(
+            !actions
+                .iter()
+                .any(|(_, a)| matches!(a, LivenessAction::GraceGranted { .. })),
+            "an on-time loop granted grace: {actions:?}"
+        );
+    }
 }

@@ -49,9 +49,9 @@ pub struct Config {
     /// attempt is sent again after 2 s, a mutation under the same command id).
     #[arg(long, env = "BERTH_SCHEDULER_REQUEST_TIMEOUT", default_value_t = 45.0)]
     pub request_timeout: f64,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "BERTH_LOG_JSON", default_value_t = false)]
-    pub log_json: bool,
+    /// `--log-json` / `BERTH_LOG_JSON`.
+    #[command(flatten)]
+    pub log: berth_telemetry::LogArgs,
 }
 
 impl Default for Config {
@@ -67,7 +67,7 @@ impl Default for Config {
             candidates: 1,
             replicas: 1,
             request_timeout: 45.0,
-            log_json: false,
+            log: berth_telemetry::LogArgs::default(),
         }
     }
 }
