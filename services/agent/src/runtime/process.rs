@@ -642,4 +642,84 @@ mod tests {
         assert_eq!(rt.observe("t", "app"), Observed::Exited(exit));
         assert!(!rt.any_live("t"));
     }
+
+    #[test]
+    fn exit_records_become_what_the_agent_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let app = ContainerRef::new("t", "app");
+        let failed = |error: &str| {
+            Ended::Exited(ExitRecord {
+                error: Some(error.into()),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            rt.stopped(&app, failed("executable \"x\" not found")),
+            Stopped::not_started("CannotStartContainerError: executable \"x\" not found".into())
+        );
+        let already = "CannotStartContainerError: the command did not start";
+        assert_eq!(
+            rt.stopped(&app, failed(already)),
+            Stopped::not_started(already.into())
+        );
+        // Killed by a signal, without cgroups: 128 + 9, no out-of-memory reason.
+        let killed = Ended::Exited(ExitRecord {
+            signal: Some(9),
+            ..Default::default()
+        });
+        assert_eq!(
+            rt.stopped(&app, killed),
+            Stopped {
+                exit_code: Some(137),
+                reason: None,
+                started: true,
+            }
+        );
+        let vanished = rt.stopped(&app, Ended::Vanished);
+        assert_eq!(vanished.reason.as_deref(), Some(VANISHED));
+        assert!(vanished.started);
+    }
+
+    #[tokio::test]
+    async fn task_records_and_adoption_read_the_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let info = TaskInfo {
+            task_arn: "arn:aws:ecs:r:a:task/c/t".into(),
+            containers: vec!["app".into()],
+        };
+        rt.save_task("t", &info).unwrap();
+        assert_eq!(rt.task("t"), Some(info));
+        assert_eq!(rt.task("other"), None);
+        let app = ContainerRef::new("t", "app");
+        assert_eq!(rt.adopt(&app).await, Adopted::Absent);
+        let p = rt.paths("t", "app");
+        std::fs::create_dir_all(&p.dir).unwrap();
+        let exit = ExitRecord {
+            exit_code: Some(4),
+            ..Default::default()
+        };
+        std::fs::write(&p.exit, serde_json::to_vec(&exit).unwrap()).unwrap();
+        assert_eq!(
+            rt.adopt(&app).await,
+            Adopted::Stopped(Stopped {
+                exit_code: Some(4),
+                reason: None,
+                started: true,
+            })
+        );
+        let range = LogRange {
+            offset: None,
+            tail: None,
+            max: 10,
+        };
+        let logs = rt.logs(&app, range).await.unwrap();
+        assert_eq!((logs.data.len(), logs.ended), (0, Some(true)));
+        let never = rt
+            .logs(&ContainerRef::new("t", "none"), range)
+            .await
+            .unwrap();
+        assert_eq!(never.ended, None);
+    }
 }
