@@ -1,6 +1,7 @@
 //! The agent's settings: every flag has a `BERTH_*` environment twin so that `berth dev`,
 //! systemd units and tests configure it the same way.
 
+use crate::runtime::Kind;
 use clap::builder::BoolishValueParser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +24,9 @@ pub struct AgentConfig {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats: Vec<String>,
+    /// What runs the containers: `process` (host processes under the agent's shim).
+    #[arg(long, env = "BERTH_RUNTIME", value_enum, default_value_t = Kind::Process)]
+    pub runtime: Kind,
     /// Where the agent keeps its identity, lock, container state and output.
     #[arg(long, env = "BERTH_DATA_DIR", default_value = ".berth/agent")]
     pub data_dir: PathBuf,
@@ -87,6 +91,7 @@ impl Default for AgentConfig {
         Self {
             cluster: "default".into(),
             nats: vec!["nats://127.0.0.1:4222".into()],
+            runtime: Kind::Process,
             data_dir: PathBuf::from(".berth/agent"),
             reserved_memory: 0,
             reserved_ports: "22".into(),
@@ -144,6 +149,7 @@ mod tests {
         assert_eq!(p.agent.cluster, d.cluster);
         assert_eq!(p.agent.nats, d.nats);
         assert_eq!(p.agent.data_dir, d.data_dir);
+        assert_eq!(p.agent.runtime, Kind::Process);
         assert_eq!(p.agent.reserved_ports, "22");
         assert!(!p.agent.stop_tasks_on_exit);
         assert_eq!(p.agent.heartbeat_interval(), Duration::from_secs(5));
@@ -163,12 +169,16 @@ mod tests {
             "0.5",
             "--sim",
             "3",
+            "--runtime",
+            "process",
         ])
         .unwrap();
         assert_eq!(p.agent.nats, vec!["nats://a:1", "nats://b:2"]);
         assert!(p.agent.stop_tasks_on_exit);
         assert_eq!(p.agent.heartbeat_interval(), Duration::from_millis(500));
         assert_eq!(p.agent.sim, Some(3));
+        assert_eq!(p.agent.runtime, Kind::Process);
+        assert!(Probe::try_parse_from(["berth-agent", "--runtime", "docker"]).is_err());
         let p = Probe::try_parse_from(["berth-agent", "--stop-tasks-on-exit", "false"]).unwrap();
         assert!(!p.agent.stop_tasks_on_exit);
     }

@@ -1,14 +1,12 @@
 //! The agent's data directory: an exclusive lock (one agent per directory), the identity
 //! (which container instance this host is, so a restarted agent comes back as the same
-//! one) and the per-task directories where containers keep their state and output.
+//! one) and the runtime's per-task directories.
 //!
 //! Layout:
 //! ```text
 //! agent.lock                      held (flock) for the agent's lifetime; holds its pid
 //! identity.json                   {"cluster", "containerInstanceArn"}
-//! tasks/<task-id>/task.json       {"taskArn", "containers": [names in definition order]}
-//! tasks/<task-id>/work/           default working directory of the task's containers
-//! tasks/<task-id>/containers/<name>/   state.json, exit.json, shim.log, logs/
+//! tasks/                          the runtime's (see crate::runtime::process for its layout)
 //! ```
 
 use crate::error::AgentError;

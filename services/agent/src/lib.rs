@@ -1,22 +1,24 @@
 //! `berth-agent`, one per host: registers the host as a container instance (keeping its
 //! identity in its data directory), follows `berth.state.<cluster>.task.<instance-id>.*`
 //! (last record per task, then live) and hands each task to its own actor
-//! ([`task::TaskActor`]), which runs the containers as processes through the shim and
-//! reports their state changes. It heartbeats on the host's subject and serves the
-//! containers' output on the host's log subject. `main.rs` parses flags and calls
-//! [`run_blocking`]; `berth-agent --sim N` runs hollow instances from `berth-sim` instead.
+//! ([`task::TaskActor`]), which drives the task's containers through the runtime chosen
+//! at start-up ([`runtime::Runtime`], `--runtime`) and reports their state changes. It
+//! heartbeats on the host's subject and serves the containers' output on the host's log
+//! subject ([`log_service`]). `main.rs` parses flags and calls [`run_blocking`];
+//! `berth-agent --sim N` runs hollow instances from `berth-sim` instead.
 
-pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod datadir;
 pub mod error;
 pub mod host;
-pub mod logs;
-mod logsvc;
+mod log_service;
 pub mod runtime;
-pub mod shim;
 mod task;
+
+/// The process runtime's shim (this binary's hidden `shim` subcommand) and cgroups, at the
+/// crate root for `main.rs` and the end-to-end tests.
+pub use runtime::process::{cgroup, shim};
 
 pub use config::AgentConfig;
 pub use error::AgentError;
@@ -31,7 +33,8 @@ use client::{ApiClient, CallError};
 use dashmap::DashMap;
 use datadir::{DataDir, Identity};
 use futures::StreamExt;
-use runtime::ProcessRuntime;
+use runtime::process::ProcessRuntime;
+use runtime::Runtime;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,7 +51,7 @@ pub(crate) struct Shared {
     pub client: async_nats::Client,
     pub api: ApiClient,
     pub state: async_nats::jetstream::stream::Stream<()>,
-    pub runtime: ProcessRuntime,
+    pub runtime: Arc<dyn Runtime>,
     pub default_stop_timeout: Duration,
     /// The actor of every task this agent is working on, by task id.
     pub tasks: DashMap<String, (u64, Addr<TaskActor>)>,
@@ -122,12 +125,44 @@ impl Shared {
             return;
         }
         let actor_id = self.next_actor.fetch_add(1, Ordering::Relaxed);
-        let shared = self.clone();
+        let agent: Arc<dyn task::Agent> = self.clone();
         let id = task_id.to_string();
         let addr = TaskActor::start_in_arbiter(&self.arbiter, move |_| {
-            TaskActor::new(shared, actor_id, id, record)
+            TaskActor::new(agent, actor_id, id, record)
         });
         self.tasks.insert(task_id.to_string(), (actor_id, addr));
+    }
+}
+
+impl task::Agent for Shared {
+    fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    fn default_stop_timeout(&self) -> Duration {
+        self.default_stop_timeout
+    }
+
+    fn task_definition(
+        self: Arc<Self>,
+        arn: String,
+    ) -> futures::future::BoxFuture<'static, Result<Arc<TaskDefinition>, String>> {
+        Box::pin(async move { Shared::task_definition(&self, &arn).await })
+    }
+
+    fn reports(&self, task_id: &str) -> Arc<dyn task::Reports> {
+        Arc::new(client::Reporter::start(
+            self.api.clone(),
+            task_id.to_string(),
+        ))
+    }
+
+    fn forget(&self, task_id: &str, actor_id: u64) {
+        self.tasks.remove_if(task_id, |_, (id, _)| *id == actor_id);
     }
 }
 
@@ -322,14 +357,7 @@ pub async fn run(
         .get_stream_no_info(streams::STATE)
         .await
         .map_err(|e| AgentError::Follow(e.to_string()))?;
-    let shim_exe = shim_executable()?;
-    let runtime = ProcessRuntime::new(
-        data.tasks_dir(),
-        shim_exe,
-        cgroup::Cgroups::detect(),
-        config.log_max_bytes,
-        config.log_files,
-    );
+    let runtime = start_runtime(&config, &data)?;
     let shared = Arc::new(Shared {
         cluster: config.cluster.clone(),
         instance_id,
@@ -351,7 +379,7 @@ pub async fn run(
     let log_service = {
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = logsvc::serve(shared).await {
+            if let Err(e) = log_service::serve(shared).await {
                 tracing::error!(error = %e, "log service failed");
             }
         })
@@ -393,6 +421,19 @@ pub async fn run(
     }
     drop(data);
     Ok(())
+}
+
+/// The runtime `--runtime` names.
+fn start_runtime(config: &AgentConfig, data: &DataDir) -> Result<Arc<dyn Runtime>, AgentError> {
+    Ok(match config.runtime {
+        runtime::Kind::Process => Arc::new(ProcessRuntime::new(
+            data.tasks_dir(),
+            shim_executable()?,
+            cgroup::Cgroups::detect(),
+            config.log_max_bytes,
+            config.log_files,
+        )),
+    })
 }
 
 /// This executable, which is also the shim. A binary replaced on disk while the agent runs

@@ -21,15 +21,17 @@
 //! - A container cannot start (unknown executable, user or directory, an unmet
 //!   dependency): the others are stopped, the task is reported STOPPED with stopCode
 //!   TaskFailedToStart and the reason.
-//! - Desired STOPPED: SIGTERM to every running container's process group, SIGKILL after
-//!   its stopTimeout; then the task is reported STOPPED.
+//! - Desired STOPPED: every running container is stopped (SIGTERM, SIGKILL after its
+//!   stopTimeout); then the task is reported STOPPED.
 //!
 //! The actor ends once the journal shows the task STOPPED and no container runs.
+//!
+//! What runs the containers is the agent's [`Runtime`]; what the actor needs besides (task
+//! definitions, the report queue) comes through [`Agent`], so the lifecycle here holds
+//! nothing of a particular runtime or of NATS.
 
 use crate::client::{Report, Reporter};
-use crate::runtime::{self, Ended, Observed, CANNOT_START};
-use crate::shim::StateRecord;
-use crate::Shared;
+use crate::runtime::{Adopted, ContainerRef, Runtime, RuntimeError, Stopped, CANNOT_START};
 use actix::prelude::*;
 use berth_messages::api::{
     ContainerStateChange, SubmitContainerStateChangeRequest, SubmitTaskStateChangeRequest,
@@ -38,17 +40,46 @@ use berth_messages::model::{
     health, ContainerDefinition, ContainerDependency, HealthCheck, StopCode, Task, TaskDefinition,
     TaskStatus,
 };
+use futures::future::{BoxFuture, FutureExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Task reason when an essential container exited (as ECS words it).
 pub const ESSENTIAL_EXITED: &str = "Essential container in task exited";
-/// Container reason when the kernel killed it for exceeding its memory limit (ECS's words).
-pub const OUT_OF_MEMORY: &str = "OutOfMemoryError: Container killed due to memory usage";
-/// Container reason when its shim vanished without recording how the command ended.
-pub const VANISHED: &str =
-    "container ended without recording an exit status (its shim was killed or the host restarted)";
+
+/// What a task actor needs from the agent around it.
+pub(crate) trait Agent: Send + Sync + 'static {
+    fn cluster(&self) -> &str;
+    fn runtime(&self) -> &Arc<dyn Runtime>;
+    /// For containers without their own stopTimeout.
+    fn default_stop_timeout(&self) -> Duration;
+    /// A task definition by ARN; the error is the reason it cannot be had at all.
+    fn task_definition(
+        self: Arc<Self>,
+        arn: String,
+    ) -> BoxFuture<'static, Result<Arc<TaskDefinition>, String>>;
+    /// Where the state changes of a task go, in order.
+    fn reports(&self, task_id: &str) -> Arc<dyn Reports>;
+    /// The actor `actor_id` of the task has ended.
+    fn forget(&self, task_id: &str, actor_id: u64);
+}
+
+/// A task's queue of state-change reports.
+pub(crate) trait Reports: Send + Sync + 'static {
+    fn send(&self, report: Report);
+    /// Resolves once every report sent so far has been delivered or given up.
+    fn flush(&self) -> BoxFuture<'static, ()>;
+}
+
+impl Reports for Reporter {
+    fn send(&self, report: Report) {
+        Reporter::send(self, report);
+    }
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        Reporter::flush(self).boxed()
+    }
+}
 
 /// A journal record of the task.
 #[derive(Message)]
@@ -67,7 +98,8 @@ pub struct Shutdown {
 enum State {
     Pending,
     Starting,
-    Running(StateRecord),
+    /// With its runtime id.
+    Running(String),
     Exited {
         code: Option<i32>,
         reason: Option<String>,
@@ -127,7 +159,7 @@ impl Health {
 struct Slot {
     definition: ContainerDefinition,
     state: State,
-    term_sent: bool,
+    stop_sent: bool,
     health: Option<Health>,
 }
 
@@ -156,6 +188,8 @@ impl Slot {
 enum Load {
     NotLoaded,
     Loading,
+    /// The definition is in; the runtime is asked what it still has of the containers.
+    Adopting,
     Loaded,
 }
 
@@ -167,7 +201,8 @@ struct StopCause {
 }
 
 pub struct TaskActor {
-    shared: Arc<Shared>,
+    agent: Arc<dyn Agent>,
+    runtime: Arc<dyn Runtime>,
     actor_id: u64,
     task_id: String,
     record: Task,
@@ -176,16 +211,18 @@ pub struct TaskActor {
     cause: Option<StopCause>,
     reported_running: bool,
     reported_stopped: bool,
-    reporter: Reporter,
+    reports: Arc<dyn Reports>,
     stopped_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl TaskActor {
-    pub fn new(shared: Arc<Shared>, actor_id: u64, task_id: String, record: Task) -> Self {
-        let reporter = Reporter::start(shared.api.clone(), task_id.clone());
+    pub(crate) fn new(agent: Arc<dyn Agent>, actor_id: u64, task_id: String, record: Task) -> Self {
+        let reports = agent.reports(&task_id);
+        let runtime = agent.runtime().clone();
         let reported_running = record.last_status >= TaskStatus::Running;
         Self {
-            shared,
+            agent,
+            runtime,
             actor_id,
             task_id,
             record,
@@ -194,9 +231,13 @@ impl TaskActor {
             cause: None,
             reported_running,
             reported_stopped: false,
-            reporter,
+            reports,
             stopped_waiters: Vec::new(),
         }
+    }
+
+    fn container(&self, idx: usize) -> ContainerRef {
+        ContainerRef::new(&self.task_id, self.slots[idx].name())
     }
 
     fn wants_stop(&self) -> bool {
@@ -214,17 +255,17 @@ impl TaskActor {
 
     fn start_loading(&mut self, ctx: &mut Context<Self>) {
         self.load = Load::Loading;
-        let shared = self.shared.clone();
         let arn = self.record.task_definition_arn.clone();
         ctx.spawn(
-            async move { shared.task_definition(&arn).await }
+            self.agent
+                .clone()
+                .task_definition(arn)
                 .into_actor(self)
                 .map(|result, act, ctx| act.on_loaded(result, ctx)),
         );
     }
 
     fn on_loaded(&mut self, result: Result<Arc<TaskDefinition>, String>, ctx: &mut Context<Self>) {
-        self.load = Load::Loaded;
         match result {
             Ok(definition) => {
                 self.slots = definition
@@ -233,20 +274,22 @@ impl TaskActor {
                     .map(|d| Slot {
                         definition: d.clone(),
                         state: State::Pending,
-                        term_sent: false,
+                        stop_sent: false,
                         health: None,
                     })
                     .collect();
-                let info = runtime::TaskInfo {
+                let info = crate::runtime::TaskInfo {
                     task_arn: self.record.task_arn.clone(),
                     containers: self.slots.iter().map(|s| s.name().to_string()).collect(),
                 };
-                if let Err(e) = self.shared.runtime.save_task_info(&self.task_id, &info) {
-                    tracing::warn!(task = %self.task_id, error = %e, "cannot write task.json");
+                if let Err(e) = self.runtime.save_task(&self.task_id, &info) {
+                    tracing::warn!(task = %self.task_id, error = %e.reason(), "cannot keep the task's record");
                 }
                 self.adopt(ctx);
+                return;
             }
             Err(reason) => {
+                self.load = Load::Loaded;
                 tracing::warn!(task = %self.task_id, %reason, "task definition unavailable");
                 self.slots = self
                     .record
@@ -262,7 +305,7 @@ impl TaskActor {
                             reason: Some(reason.clone()),
                             started: false,
                         },
-                        term_sent: false,
+                        stop_sent: false,
                         health: None,
                     })
                     .collect();
@@ -272,68 +315,54 @@ impl TaskActor {
         self.drive(ctx);
     }
 
-    /// Takes over what earlier runs of the agent left on disk for this task.
+    /// Takes over what earlier runs of the agent left of this task's containers.
     fn adopt(&mut self, ctx: &mut Context<Self>) {
-        for idx in 0..self.slots.len() {
-            let name = self.slots[idx].name().to_string();
-            match self.shared.runtime.observe(&self.task_id, &name) {
-                Observed::Absent => {}
-                Observed::Starting => {
-                    tracing::info!(task = %self.task_id, container = %name, "adopting a starting container");
-                    self.slots[idx].state = State::Starting;
-                    let paths = self.shared.runtime.paths(&self.task_id, &name);
-                    ctx.spawn(
-                        runtime::wait_recorded(paths).into_actor(self).map(
-                            move |recorded, act, ctx| act.on_started(idx, recorded, None, ctx),
-                        ),
-                    );
-                }
-                Observed::Running(state) => {
-                    tracing::info!(task = %self.task_id, container = %name, pid = state.pid, "adopting a running container");
-                    self.slots[idx].state = State::Running(state);
-                    self.watch(idx, None, ctx);
-                    self.begin_health_checks(idx, ctx);
-                }
-                Observed::Exited(exit) => {
-                    self.ended(idx, Ended::Exited(exit));
-                }
-                Observed::Vanished => {
-                    self.ended(idx, Ended::Vanished);
-                }
-            }
-        }
-    }
-
-    fn watch(&mut self, idx: usize, shim: Option<tokio::process::Child>, ctx: &mut Context<Self>) {
-        let paths = self
-            .shared
-            .runtime
-            .paths(&self.task_id, self.slots[idx].name());
+        self.load = Load::Adopting;
+        let found = (0..self.slots.len()).map(|idx| self.runtime.adopt(&self.container(idx)));
         ctx.spawn(
-            runtime::wait_ended(paths, shim)
+            futures::future::join_all(found)
                 .into_actor(self)
-                .map(move |ended, act, ctx| act.on_ended(idx, ended, ctx)),
+                .map(|found, act, ctx| act.on_adopted(found, ctx)),
         );
     }
 
-    fn start_container(&mut self, idx: usize, ctx: &mut Context<Self>) -> Result<(), String> {
-        let definition = &self.slots[idx].definition;
-        let launch = self.shared.runtime.launch_for(&self.record, definition)?;
-        let (mut shim, paths) =
-            self.shared
-                .runtime
-                .spawn(&self.task_id, &definition.name, &launch)?;
-        tracing::info!(task = %self.task_id, container = %definition.name, argv = ?launch.argv, "starting container");
+    fn on_adopted(&mut self, found: Vec<Adopted>, ctx: &mut Context<Self>) {
+        self.load = Load::Loaded;
+        for (idx, adopted) in found.into_iter().enumerate() {
+            match adopted {
+                Adopted::Absent => {}
+                Adopted::Running(id) => {
+                    tracing::info!(task = %self.task_id, container = %self.slots[idx].name(), id, "adopting a running container");
+                    self.slots[idx].state = State::Running(id);
+                    self.watch(idx, ctx);
+                    self.begin_health_checks(idx, ctx);
+                }
+                Adopted::Stopped(stopped) => self.ended(idx, stopped),
+            }
+        }
+        self.drive(ctx);
+    }
+
+    fn watch(&mut self, idx: usize, ctx: &mut Context<Self>) {
+        ctx.spawn(
+            self.runtime
+                .wait(&self.container(idx))
+                .into_actor(self)
+                .map(move |stopped, act, ctx| act.on_ended(idx, stopped, ctx)),
+        );
+    }
+
+    fn start_container(&mut self, idx: usize, ctx: &mut Context<Self>) -> Result<(), RuntimeError> {
+        let starting = self.runtime.start(
+            &self.container(idx),
+            &self.record,
+            &self.slots[idx].definition,
+        )?;
         self.slots[idx].state = State::Starting;
         ctx.spawn(
-            async move {
-                let started = runtime::wait_started(&paths, &mut shim).await;
-                (started, shim)
-            }
-            .into_actor(self)
-            .map(move |(started, shim), act, ctx| {
-                act.on_started(idx, started.map_err(Ended::Exited), Some(shim), ctx)
-            }),
+            starting
+                .into_actor(self)
+                .map(move |started, act, ctx| act.on_started(idx, started, ctx)),
         );
         Ok(())
     }
@@ -341,20 +370,19 @@ impl TaskActor {
     fn on_started(
         &mut self,
         idx: usize,
-        started: Result<StateRecord, Ended>,
-        shim: Option<tokio::process::Child>,
+        started: Result<String, Stopped>,
         ctx: &mut Context<Self>,
     ) {
         if self.slots[idx].state != State::Starting {
             return;
         }
         match started {
-            Ok(state) => {
-                self.slots[idx].state = State::Running(state);
-                self.watch(idx, shim, ctx);
+            Ok(id) => {
+                self.slots[idx].state = State::Running(id);
+                self.watch(idx, ctx);
                 self.begin_health_checks(idx, ctx);
             }
-            Err(ended) => self.ended(idx, ended),
+            Err(stopped) => self.ended(idx, stopped),
         }
         self.drive(ctx);
     }
@@ -382,26 +410,27 @@ impl TaskActor {
 
     fn probe(&mut self, idx: usize, ctx: &mut Context<Self>) {
         let slot = &self.slots[idx];
-        if !matches!(slot.state, State::Running(_)) || slot.term_sent || self.wants_stop() {
+        if !matches!(slot.state, State::Running(_)) || slot.stop_sent || self.wants_stop() {
             return;
         }
-        let Some(check) = slot.definition.health_check.clone() else {
+        let Some(check) = &slot.definition.health_check else {
             return;
         };
-        let launch = self
-            .shared
-            .runtime
-            .launch_for(&self.record, &slot.definition);
         let timeout = seconds(check.timeout_seconds());
+        let probe = match check.argv() {
+            Ok(argv) => self.runtime.probe(
+                &self.container(idx),
+                &self.record,
+                &slot.definition,
+                argv,
+                timeout,
+            ),
+            Err(_) => futures::future::ready(false).boxed(),
+        };
         ctx.spawn(
-            async move {
-                match (check.argv(), launch) {
-                    (Ok(argv), Ok(launch)) => runtime::probe(&argv, &launch, timeout).await,
-                    _ => false,
-                }
-            }
-            .into_actor(self)
-            .map(move |passed, act, ctx| act.probed(idx, passed, ctx)),
+            probe
+                .into_actor(self)
+                .map(move |passed, act, ctx| act.probed(idx, passed, ctx)),
         );
     }
 
@@ -421,9 +450,9 @@ impl TaskActor {
         tracing::debug!(task = %self.task_id, container = %name, passed, in_start_period, "health check");
         if let Some(status) = health.observe(passed, in_start_period, check.retries_count()) {
             tracing::info!(task = %self.task_id, container = %name, status, "container health changed");
-            self.reporter
+            self.reports
                 .send(Report::Container(SubmitContainerStateChangeRequest {
-                    cluster: Some(self.shared.cluster.clone()),
+                    cluster: Some(self.agent.cluster().to_string()),
                     task: self.record.task_arn.clone(),
                     container_name: name,
                     health_status: Some(status.into()),
@@ -436,35 +465,24 @@ impl TaskActor {
         });
     }
 
-    fn on_ended(&mut self, idx: usize, ended: Ended, ctx: &mut Context<Self>) {
+    fn on_ended(&mut self, idx: usize, stopped: Stopped, ctx: &mut Context<Self>) {
         if self.slots[idx].is_exited() {
             return;
         }
-        self.ended(idx, ended);
+        self.ended(idx, stopped);
         self.drive(ctx);
     }
 
     /// Records how a container ended and what that means for the task.
-    fn ended(&mut self, idx: usize, ended: Ended) {
-        let (code, reason, started) = match ended {
-            Ended::Exited(exit) => match &exit.error {
-                Some(error) if error.starts_with(CANNOT_START) => {
-                    (None, Some(error.clone()), false)
-                }
-                Some(error) => (None, Some(format!("{CANNOT_START}: {error}")), false),
-                None => (exit.reported_code(), None, true),
-            },
-            Ended::Vanished => (None, Some(VANISHED.to_string()), true),
-        };
+    fn ended(&mut self, idx: usize, stopped: Stopped) {
+        let Stopped {
+            exit_code: code,
+            reason,
+            started,
+        } = stopped;
         let name = self.slots[idx].name().to_string();
-        let reason = match reason {
-            None if code == Some(137) && self.shared.runtime.oom_killed(&self.task_id, &name) => {
-                Some(OUT_OF_MEMORY.to_string())
-            }
-            other => other,
-        };
         tracing::info!(task = %self.task_id, container = %name, ?code, ?reason, "container ended");
-        self.shared.runtime.release(&self.task_id, &name);
+        self.runtime.release(&self.container(idx));
         self.slots[idx].state = State::Exited {
             code,
             reason: reason.clone(),
@@ -487,9 +505,9 @@ impl TaskActor {
                 reason,
             });
         } else {
-            self.reporter
+            self.reports
                 .send(Report::Container(SubmitContainerStateChangeRequest {
-                    cluster: Some(self.shared.cluster.clone()),
+                    cluster: Some(self.agent.cluster().to_string()),
                     task: self.record.task_arn.clone(),
                     container_name: name,
                     runtime_id: None,
@@ -507,14 +525,14 @@ impl TaskActor {
             .stop_timeout
             .filter(|s| *s > 0)
             .map(|s| Duration::from_secs(s.unsigned_abs()))
-            .unwrap_or(self.shared.default_stop_timeout)
+            .unwrap_or_else(|| self.agent.default_stop_timeout())
     }
 
     /// Does whatever the state calls for next.
     fn drive(&mut self, ctx: &mut Context<Self>) {
         match self.load {
             Load::NotLoaded => return self.start_loading(ctx),
-            Load::Loading => return,
+            Load::Loading | Load::Adopting => return,
             Load::Loaded => {}
         }
         if self.reported_stopped {
@@ -530,13 +548,14 @@ impl TaskActor {
                             started: false,
                         }
                     }
-                    State::Running(state) if !self.slots[idx].term_sent => {
-                        let pgid = state.pid;
-                        tracing::info!(task = %self.task_id, container = %self.slots[idx].name(), pgid, "stopping container (SIGTERM)");
-                        runtime::signal_group(pgid, nix::sys::signal::Signal::SIGTERM);
-                        self.slots[idx].term_sent = true;
+                    State::Running(_) if !self.slots[idx].stop_sent => {
+                        self.slots[idx].stop_sent = true;
                         let grace = self.stop_timeout(idx);
-                        ctx.run_later(grace, move |act, _| act.kill(idx));
+                        ctx.spawn(
+                            self.runtime
+                                .stop(&self.container(idx), grace)
+                                .into_actor(self),
+                        );
                     }
                     _ => {}
                 }
@@ -558,7 +577,8 @@ impl TaskActor {
                     .map(|s| (s.state.clone(), s.health_status()))
             }) {
                 Readiness::Ready => {
-                    if let Err(reason) = self.start_container(idx, ctx) {
+                    if let Err(e) = self.start_container(idx, ctx) {
+                        let reason = e.reason();
                         let name = self.slots[idx].name().to_string();
                         tracing::info!(task = %self.task_id, container = %name, %reason, "container cannot start");
                         self.slots[idx].state = State::Exited {
@@ -610,13 +630,6 @@ impl TaskActor {
         }
     }
 
-    fn kill(&mut self, idx: usize) {
-        if let State::Running(state) = &self.slots[idx].state {
-            tracing::info!(task = %self.task_id, container = %self.slots[idx].name(), pgid = state.pid, "stop timeout passed (SIGKILL)");
-            runtime::signal_group(state.pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-
     fn container_changes(&self) -> Vec<ContainerStateChange> {
         self.slots
             .iter()
@@ -629,7 +642,7 @@ impl TaskActor {
                     .map(|c| c.network_bindings.clone())
                     .unwrap_or_default();
                 let (status, runtime_id, exit_code, reason) = match &s.state {
-                    State::Running(state) => ("RUNNING", Some(state.pid.to_string()), None, None),
+                    State::Running(id) => ("RUNNING", Some(id.clone()), None, None),
                     State::Exited { code, reason, .. } => ("STOPPED", None, *code, reason.clone()),
                     State::Pending | State::Starting => ("PENDING", None, None, None),
                 };
@@ -648,9 +661,9 @@ impl TaskActor {
     fn report_running(&mut self) {
         self.reported_running = true;
         tracing::info!(task = %self.task_id, "task running");
-        self.reporter
+        self.reports
             .send(Report::Task(SubmitTaskStateChangeRequest {
-                cluster: Some(self.shared.cluster.clone()),
+                cluster: Some(self.agent.cluster().to_string()),
                 task: self.record.task_arn.clone(),
                 status: Some(TaskStatus::Running),
                 containers: self.container_changes(),
@@ -662,9 +675,9 @@ impl TaskActor {
         self.reported_stopped = true;
         tracing::info!(task = %self.task_id, cause = ?self.cause, "task stopped");
         let now = berth_messages::now_epoch_seconds();
-        self.reporter
+        self.reports
             .send(Report::Task(SubmitTaskStateChangeRequest {
-                cluster: Some(self.shared.cluster.clone()),
+                cluster: Some(self.agent.cluster().to_string()),
                 task: self.record.task_arn.clone(),
                 status: Some(TaskStatus::Stopped),
                 reason: self.cause.as_ref().map(|c| c.reason.clone()),
@@ -695,10 +708,7 @@ impl Actor for TaskActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        let me = self.actor_id;
-        self.shared
-            .tasks
-            .remove_if(&self.task_id, |_, (id, _)| *id == me);
+        self.agent.forget(&self.task_id, self.actor_id);
         for waiter in self.stopped_waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -742,10 +752,10 @@ impl Handler<Shutdown> for TaskActor {
         self.drive(ctx);
         // The flush is queued once the STOPPED report is (the waiter fires right after it
         // is queued): a flush queued now would complete before that report is delivered.
-        let reporter = self.reporter.clone();
+        let reports = self.reports.clone();
         Box::pin(async move {
             let _ = rx.await;
-            reporter.flush().await;
+            reports.flush().await;
         })
     }
 }
@@ -814,127 +824,4 @@ fn readiness(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dep(name: &str, condition: &str) -> ContainerDependency {
-        ContainerDependency {
-            container_name: name.into(),
-            condition: condition.into(),
-        }
-    }
-
-    fn running() -> State {
-        State::Running(StateRecord {
-            shim_pid: 1,
-            pid: 2,
-        })
-    }
-
-    fn exited(code: i32) -> State {
-        State::Exited {
-            code: Some(code),
-            reason: None,
-            started: true,
-        }
-    }
-
-    #[test]
-    fn dependencies_gate_starts() {
-        let of = |s: State| move |_: &str| Some((s.clone(), None));
-        assert_eq!(readiness(&[], of(State::Pending)), Readiness::Ready);
-        assert_eq!(
-            readiness(&[dep("a", "START")], of(State::Pending)),
-            Readiness::Wait
-        );
-        assert_eq!(
-            readiness(&[dep("a", "START")], of(State::Starting)),
-            Readiness::Wait
-        );
-        assert_eq!(
-            readiness(&[dep("a", "START")], of(running())),
-            Readiness::Ready
-        );
-        assert_eq!(
-            readiness(&[dep("a", "COMPLETE")], of(running())),
-            Readiness::Wait
-        );
-        assert_eq!(
-            readiness(&[dep("a", "COMPLETE")], of(exited(1))),
-            Readiness::Ready
-        );
-        assert_eq!(
-            readiness(&[dep("a", "SUCCESS")], of(exited(0))),
-            Readiness::Ready
-        );
-        match readiness(&[dep("a", "SUCCESS")], of(exited(2))) {
-            Readiness::Never(why) => assert!(why.contains("exited with code 2"), "{why}"),
-            other => panic!("{other:?}"),
-        }
-        let failed = State::Exited {
-            code: None,
-            reason: None,
-            started: false,
-        };
-        assert!(matches!(
-            readiness(&[dep("a", "START")], of(failed)),
-            Readiness::Never(_)
-        ));
-        assert!(matches!(
-            readiness(&[dep("zz", "START")], |_| None),
-            Readiness::Never(_)
-        ));
-    }
-
-    #[test]
-    fn healthy_dependencies_wait_for_the_health_check() {
-        let healthy = [dep("a", "HEALTHY")];
-        let with = |s: State, h: Option<&'static str>| move |_: &str| Some((s.clone(), h));
-        assert_eq!(
-            readiness(&healthy, with(running(), Some(health::UNKNOWN))),
-            Readiness::Wait
-        );
-        assert_eq!(
-            readiness(&healthy, with(State::Starting, None)),
-            Readiness::Wait
-        );
-        assert_eq!(
-            readiness(&healthy, with(running(), Some(health::HEALTHY))),
-            Readiness::Ready
-        );
-        assert_eq!(
-            readiness(&healthy, with(exited(0), Some(health::HEALTHY))),
-            Readiness::Ready
-        );
-        for never in [
-            with(running(), Some(health::UNHEALTHY)),
-            with(running(), None),
-            with(exited(0), Some(health::UNKNOWN)),
-        ] {
-            assert!(matches!(readiness(&healthy, never), Readiness::Never(_)));
-        }
-    }
-
-    #[test]
-    fn health_follows_dockers_rules() {
-        let mut h = Health::new(None);
-        assert_eq!(h.status, health::UNKNOWN);
-        // Failures inside the start period do not count.
-        for _ in 0..5 {
-            assert_eq!(h.observe(false, true, 2), None);
-        }
-        assert_eq!(h.observe(true, true, 2), Some(health::HEALTHY));
-        assert_eq!(h.observe(true, false, 2), None);
-        // One failure short of the retries keeps it HEALTHY; the next makes it UNHEALTHY.
-        assert_eq!(h.observe(false, false, 2), None);
-        assert_eq!(h.observe(false, false, 2), Some(health::UNHEALTHY));
-        assert_eq!(h.observe(false, false, 2), None);
-        // A success starts the count again.
-        assert_eq!(h.observe(true, false, 2), Some(health::HEALTHY));
-        assert_eq!(h.observe(false, false, 2), None);
-        assert_eq!(h.status, health::HEALTHY);
-        // A restarted agent starts from what the journal knew.
-        assert_eq!(Health::new(Some("HEALTHY")).status, health::HEALTHY);
-        assert_eq!(Health::new(Some("bogus")).status, health::UNKNOWN);
-    }
-}
+mod tests;

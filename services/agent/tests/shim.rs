@@ -1,7 +1,7 @@
 //! The shim as a process: output capture with rotation, exit records, start failures and
 //! signal forwarding.
 
-use berth_agent::shim::{ExitRecord, StateRecord};
+use berth_agent::runtime::process::shim::{ExitRecord, StateRecord};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,7 +53,13 @@ impl Shim {
     }
 
     fn output(&self) -> String {
-        let chunk = berth_agent::logs::read(&self.path("logs"), Some(0), None, 1 << 20).unwrap();
+        let chunk = berth_agent::runtime::process::log_files::read(
+            &self.path("logs"),
+            Some(0),
+            None,
+            1 << 20,
+        )
+        .unwrap();
         String::from_utf8(chunk.data).unwrap()
     }
 }
@@ -106,7 +112,9 @@ fn output_rotates_and_keeps_the_newest() {
     let exit: ExitRecord = shim.wait_file("exit.json");
     assert_eq!(exit.exit_code, Some(0));
     assert_eq!(segment_count(&shim.path("logs")), 2);
-    let kept = berth_agent::logs::read(&shim.path("logs"), Some(0), None, 1 << 20).unwrap();
+    let kept =
+        berth_agent::runtime::process::log_files::read(&shim.path("logs"), Some(0), None, 1 << 20)
+            .unwrap();
     assert_eq!(kept.offset, 1000, "the oldest segment was rotated away");
     assert_eq!(kept.end, 3000);
     assert_eq!(kept.data.len(), 2000);

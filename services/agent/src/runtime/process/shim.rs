@@ -7,8 +7,8 @@
 //! to the agent, containers outlive an agent that is killed: the next agent adopts them
 //! (shim alive, no exit file) or learns their exit status from the exit file.
 
+use super::log_files::RotatingWriter;
 use crate::datadir::write_atomically;
-use crate::logs::RotatingWriter;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;

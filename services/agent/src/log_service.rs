@@ -1,10 +1,11 @@
 //! The log service: answers `LogsRequest`s on `berth.host.<cluster>.<instance-id>.logs`
-//! with chunks of a container's output read from its log segments, so `berth tasks logs`
+//! with chunks of a container's output read through the runtime, so `berth tasks logs`
 //! works from any machine on the bus. Bodies are JSON when the request says
 //! `Content-Type: application/json`, named MessagePack otherwise; errors carry the NATS
 //! micro-service error headers and an ECS error body, like the API.
 
-use crate::{logs, Shared};
+use crate::runtime::{ContainerRef, LogRange};
+use crate::Shared;
 use async_nats::HeaderMap;
 use berth_messages::agent::{LogsRequest, LogsResponse, DEFAULT_LOG_CHUNK, MAX_LOG_CHUNK};
 use berth_messages::codec::{self, Encoding};
@@ -44,13 +45,7 @@ async fn answer(shared: &Arc<Shared>, msg: async_nats::Message) {
                 .unwrap_or(DEFAULT_LOG_CHUNK)
                 .clamp(1, MAX_LOG_CHUNK);
             loop {
-                let shared_for_read = shared.clone();
-                let req = request.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    read_chunk(&shared_for_read, &req, u64::from(limit))
-                })
-                .await
-                .unwrap_or_else(|e| Err(ApiError::server(format!("log read failed: {e}"))));
+                let read = read_chunk(shared, &request, u64::from(limit)).await;
                 let (h, body) = match read {
                     Ok(chunk) => match codec::encode(encoding, &chunk) {
                         Ok(body) => (content_type(encoding), body),
@@ -100,15 +95,15 @@ fn not_found(message: String) -> ApiError {
     ApiError::new(ErrorType::ResourceNotFoundException, message)
 }
 
-/// Reads the requested chunk from disk.
-pub(crate) fn read_chunk(
+/// Reads the requested chunk through the runtime.
+pub(crate) async fn read_chunk(
     shared: &Shared,
     request: &LogsRequest,
     max: u64,
 ) -> Result<LogsResponse, ApiError> {
     let task_id = arn::task_id(&request.task).1;
     berth_messages::validate::id("task", task_id)?;
-    let info = shared.runtime.task_info(task_id).ok_or_else(|| {
+    let info = shared.runtime.task(task_id).ok_or_else(|| {
         not_found(format!(
             "task {} has no containers on this host",
             request.task
@@ -128,15 +123,20 @@ pub(crate) fn read_chunk(
             request.task
         )));
     }
-    let paths = shared.runtime.paths(task_id, &name);
-    // Checked before reading: once the exit file exists, the output is final.
-    let finished = if paths.dir.is_dir() {
-        paths.exit.exists()
-    } else {
-        !shared.tasks.contains_key(task_id)
+    let range = LogRange {
+        offset: request.offset,
+        tail: request.tail_bytes,
+        max,
     };
-    let chunk = logs::read(&paths.logs, request.offset, request.tail_bytes, max)
-        .map_err(|e| ApiError::server(format!("cannot read the output of {name}: {e}")))?;
+    let chunk = shared
+        .runtime
+        .logs(&ContainerRef::new(task_id, &name), range)
+        .await
+        .map_err(|e| ApiError::server(e.reason()))?;
+    // A container the runtime has nothing of never started: final once its task is done.
+    let finished = chunk
+        .ended
+        .unwrap_or_else(|| !shared.tasks.contains_key(task_id));
     Ok(LogsResponse {
         task: info.task_arn,
         container_name: name,
