@@ -242,7 +242,7 @@ fn quantiles(latencies: impl Iterator<Item = Duration>) -> (Duration, Duration, 
     (at(0.5), at(0.99), at(1.0))
 }
 
-/// Figures of issue 17: (a) the share of requests that fail while one of three replicas is
+/// Figures of claims under faults: (a) the share of requests that fail while one of three replicas is
 /// paused for 15 s under 50 requests/s; (b) how long the commands a SIGKILLed replica held
 /// wait for their outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

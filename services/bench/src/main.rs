@@ -1,4 +1,4 @@
-//! `berth-bench`: Berth's benchmark (issue 5). It starts its own nats-server(s), its own
+//! `berth-bench`: Berth's benchmark. It starts its own nats-server(s), its own
 //! `berth-control` process and hollow hosts (berth-sim, in this process), drives the real
 //! API over NATS, and prints a table of every figure beside the journal ceiling measured
 //! in the same run. Afterwards it audits the journal and exits non-zero on a violation or

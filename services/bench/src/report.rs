@@ -598,7 +598,7 @@ impl Verdict {
 }
 
 fn goals(out: &mut String, results: &Results) {
-    let _ = writeln!(out, "\n### Goals (issue 5)\n");
+    let _ = writeln!(out, "\n### Goals\n");
     let _ = writeln!(out, "| figure | goal | this run | status |");
     let _ = writeln!(out, "|---|---|---|---|");
     let r1 = results.phases.iter().find(|p| p.replicas == 1);

@@ -15,9 +15,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Transparent huge pages made placement slower: with them, the allocator's fresh pages
-/// faulted in as zeroed 2 MiB pages, and zeroing took 5.6% of berth-control's CPU during
-/// placement (1.1% with 4 KiB pages; docs/benchmarks.md, session 8). The flag covers the
+/// Transparent huge pages make placement slower: with them, the allocator's fresh pages
+/// fault in as zeroed 2 MiB pages, and the zeroing is a visible share of berth-control's
+/// CPU during placement (docs/benchmarks.md, "Analysis"). The flag covers the
 /// whole process and is checked at each fault, so setting it here is early enough.
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]

@@ -1,4 +1,4 @@
-//! One placement decision over 10,000 instances (the issue 5 goal is ≤ 50 µs): binpack on
+//! One placement decision over 10,000 instances (the goal is ≤ 50 µs): binpack on
 //! memory, spread over three availability zones, and a memberOf constraint; plus a batch
 //! of 100. Measured on an `InstancePool` (the control plane's path: the pool is kept up to
 //! date as records change, so a decision reads precomputed figures) and, for comparison,
