@@ -13,7 +13,7 @@
 //!   to and whether calling again later may succeed, which [`Client::call_until_answered`]
 //!   acts on with jittered exponential [`Backoff`];
 //! - reading one's own writes: with [`Client::reading_own_writes`], reads wait for the
-//!   journal sequence of the client's last mutation (`Berth-Min-Sequence`);
+//!   highest journal sequence a reply reported (`Berth-Min-Sequence`);
 //! - connecting to NATS from a list of URLs ([`connect`]).
 //!
 //! It does not own the journal: programs that also follow journal streams connect
@@ -73,7 +73,7 @@ pub struct Client {
     encoding: Encoding,
     timeout: Duration,
     resend: Resend,
-    own_writes: Option<Arc<AtomicU64>>,
+    seen_sequence: Option<Arc<AtomicU64>>,
 }
 
 impl Client {
@@ -84,7 +84,7 @@ impl Client {
             encoding: Encoding::MsgPack,
             timeout: DEFAULT_TIMEOUT,
             resend: Resend::Policy,
-            own_writes: None,
+            seen_sequence: None,
         }
     }
 
@@ -104,10 +104,11 @@ impl Client {
         self
     }
 
-    /// Reads reflect this client's own mutations even when another replica answers them:
-    /// each read asks for the journal sequence of the last write a mutation reported.
+    /// Reads reflect this client's own mutations (and never go back behind an earlier
+    /// read) even when another replica answers them: each read asks for the highest
+    /// journal sequence a reply to this client (or its clones) reported.
     pub fn reading_own_writes(mut self) -> Self {
-        self.own_writes = Some(Arc::new(AtomicU64::new(0)));
+        self.seen_sequence = Some(Arc::new(AtomicU64::new(0)));
         self
     }
 
@@ -175,7 +176,7 @@ impl Client {
             h.insert(headers::CONTENT_TYPE, content_type);
         }
         let own = self
-            .own_writes
+            .seen_sequence
             .as_ref()
             .map(|seen| seen.load(Ordering::Relaxed))
             .filter(|seen| *seen > 0 && !action.is_mutation());
@@ -200,15 +201,8 @@ impl Client {
         )
         .await
         .map_err(|e| ClientError::from_request(action, self.timeout, e))?;
-        if let (Some(seen), true) = (&self.own_writes, action.is_mutation()) {
-            if let Some(sequence) = reply
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(headers::SEQUENCE))
-                .and_then(|v| v.as_str().trim().parse::<u64>().ok())
-            {
-                seen.fetch_max(sequence, Ordering::Relaxed);
-            }
+        if let (Some(seen), Some(sequence)) = (&self.seen_sequence, reply::sequence(&reply)) {
+            seen.fetch_max(sequence, Ordering::Relaxed);
         }
         Ok(reply)
     }

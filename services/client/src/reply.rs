@@ -42,10 +42,19 @@ pub fn decode<T: DeserializeOwned>(
         )));
     }
     let response = codec::decode(encoding, &message.payload).map_err(ReplyError::Undecodable)?;
-    let sequence = h
+    Ok(Reply {
+        response,
+        sequence: sequence(message),
+    })
+}
+
+/// The journal sequence a reply reflects (`Berth-Sequence`), if it says.
+pub fn sequence(message: &async_nats::Message) -> Option<u64> {
+    message
+        .headers
+        .as_ref()
         .and_then(|h| h.get(headers::SEQUENCE))
-        .and_then(|v| v.as_str().trim().parse().ok());
-    Ok(Reply { response, sequence })
+        .and_then(|v| v.as_str().trim().parse().ok())
 }
 
 /// The ECS error of an error reply: its body (in the request's encoding, else the other
