@@ -2,15 +2,17 @@
 //! replicas (in-process or as `berth-control` processes), an API client speaking JSON or
 //! MessagePack, and simulated agent heartbeats.
 //!
-//! The client follows the API clients' retry policy (`berth_messages::retry`): reads and
-//! mutations sent with a command id go again after an unanswered attempt. Mutations sent
-//! without one are sent once, so that the suite keeps exercising the control plane's own
-//! minted ids (and RunTask's `clientToken`).
+//! The client is `berth-client` under [`Resend::GivenIds`]: reads and mutations sent with
+//! a command id go again after an unanswered attempt. Mutations sent without one are sent
+//! once, so that the suite keeps exercising the control plane's own minted ids (and
+//! RunTask's `clientToken`).
 
 use async_nats::HeaderMap;
+use berth_client::reply::{self, ReplyError};
+use berth_client::{CallOptions, Client, ClientError, Resend};
 use berth_control::ControlConfig;
 use berth_messages::codec::{self, Encoding};
-use berth_messages::retry::{self, RetryPolicy};
+use berth_messages::command::Action;
 use berth_messages::{headers, subjects, ApiError};
 use berth_testkit::{wait_for, NatsServer};
 use serde::{de::DeserializeOwned, Serialize};
@@ -168,12 +170,17 @@ pub async fn outcome_count(journal: &berth_journal::Journal) -> u64 {
     stream.info().await.expect("info").state.messages
 }
 
-/// A client of the API.
+/// A client of the API for tests: `berth-client` on a connection of the test, in JSON
+/// unless told otherwise, keyed by action names so that tests can also send names the API
+/// does not serve.
 #[derive(Clone)]
 pub struct Api {
     pub client: async_nats::Client,
     pub encoding: Encoding,
 }
+
+/// Why a raw request got no reply message.
+pub type RequestFailure = Box<dyn std::error::Error + Send + Sync>;
 
 impl Api {
     pub async fn connect(url: &str) -> Api {
@@ -195,22 +202,28 @@ impl Api {
         }
     }
 
+    /// The client every call goes through: all attempts within [`PATIENCE`], resent
+    /// after an unanswered attempt if a read or carrying a command id.
+    pub fn berth(&self) -> Client {
+        Client::new(self.client.clone())
+            .with_encoding(self.encoding)
+            .with_timeout(PATIENCE)
+            .with_resend(Resend::GivenIds)
+    }
+
     /// Waits until a replica answers ListClusters.
     pub async fn wait_serving(&self) {
-        let api = self.clone();
+        let probe = self
+            .berth()
+            .with_encoding(Encoding::Json)
+            .with_timeout(Duration::from_secs(2));
         wait_for("berth-control to serve", PATIENCE, || {
-            let api = api.clone();
+            let probe = probe.clone();
             async move {
-                let req = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    api.try_raw("ListClusters", Some(headers::JSON), b"{}".to_vec()),
-                );
-                match req.await {
-                    Ok(Ok(msg)) => decode_reply::<serde_json::Value>(Encoding::Json, &msg)
-                        .ok()
-                        .map(|_| ()),
-                    _ => None,
-                }
+                let listed: Result<serde_json::Value, _> = probe
+                    .call(Action::ListClusters, &serde_json::json!({}))
+                    .await;
+                listed.ok().map(|_| ())
             }
         })
         .await
@@ -233,19 +246,30 @@ impl Api {
         action: &str,
         content_type: Option<&str>,
         body: Vec<u8>,
-    ) -> Result<async_nats::Message, async_nats::RequestError> {
+    ) -> Result<async_nats::Message, RequestFailure> {
         self.request(action, content_type, None, body).await
     }
 
-    /// Sends a request under the retry policy, within [`PATIENCE`]: sent again after an
-    /// unanswered attempt if it is a read or carries `command_id` (`Nats-Msg-Id`).
+    /// Sends a request with `command_id` in `Nats-Msg-Id` through [`Api::berth`]; a name
+    /// the API does not serve gets one plain request, as a mutation without an id would.
     pub async fn request(
         &self,
         action: &str,
         content_type: Option<&str>,
         command_id: Option<&str>,
         body: Vec<u8>,
-    ) -> Result<async_nats::Message, async_nats::RequestError> {
+    ) -> Result<async_nats::Message, RequestFailure> {
+        let body = bytes::Bytes::from(body);
+        if let Some(known) = Action::parse(action) {
+            let options = CallOptions {
+                command_id,
+                ..CallOptions::default()
+            };
+            return Ok(self
+                .berth()
+                .send(known, content_type, body, options)
+                .await?);
+        }
         let mut h = HeaderMap::new();
         if let Some(ct) = content_type {
             h.insert(headers::CONTENT_TYPE, ct);
@@ -253,22 +277,14 @@ impl Api {
         if let Some(id) = command_id {
             h.insert(headers::MSG_ID, id);
         }
-        let body = bytes::Bytes::from(body);
-        let schedule = retry::schedule(action, command_id);
-        retry::with_retries(
-            &RetryPolicy::within(PATIENCE).attempt_timeouts(schedule),
-            |timeout| {
-                self.client.send_request(
-                    subjects::api(action),
-                    async_nats::Request::new()
-                        .headers(h.clone())
-                        .payload(body.clone())
-                        .timeout(Some(timeout)),
-                )
-            },
-            |e| e.kind() == async_nats::client::RequestErrorKind::TimedOut,
-        )
-        .await
+        let request = async_nats::Request::new()
+            .headers(h)
+            .payload(body)
+            .timeout(Some(PATIENCE));
+        Ok(self
+            .client
+            .send_request(subjects::api(action), request)
+            .await?)
     }
 
     /// Calls an action with typed request and response.
@@ -277,13 +293,35 @@ impl Api {
         action: &str,
         req: &Req,
     ) -> Result<Resp, ApiError> {
-        let body = codec::encode(self.encoding, req).expect("encode request");
-        let ct = match self.encoding {
-            Encoding::Json => Some(headers::JSON),
-            Encoding::MsgPack => None,
+        self.call_as(None, action, req).await
+    }
+
+    /// Calls an action, with `command_id` in `Nats-Msg-Id` if given; a call that is not
+    /// answered, or answered with a body that does not decode, fails the test.
+    pub async fn call_as<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        command_id: Option<&str>,
+        action: &str,
+        req: &Req,
+    ) -> Result<Resp, ApiError> {
+        let Some(known) = Action::parse(action) else {
+            let body = codec::encode(self.encoding, req).expect("encode request");
+            let ct = Some(self.encoding.content_type());
+            let msg = self
+                .request(action, ct, command_id, body)
+                .await
+                .expect("API request answered");
+            return decode_reply(self.encoding, &msg);
         };
-        let msg = self.raw(action, ct, body).await;
-        decode_reply(self.encoding, &msg)
+        let options = CallOptions {
+            command_id,
+            ..CallOptions::default()
+        };
+        match self.berth().call_with(known, req, options).await {
+            Ok(reply) => Ok(reply.response),
+            Err(ClientError::Refused { error, .. }) => Err(error),
+            Err(e) => panic!("{}", berth_client::error_chain(&e)),
+        }
     }
 
     /// Calls an action with a JSON value and the command id in `Nats-Msg-Id`.
@@ -293,12 +331,9 @@ impl Api {
         action: &str,
         req: serde_json::Value,
     ) -> Result<serde_json::Value, ApiError> {
-        let body = serde_json::to_vec(&req).expect("encode request");
-        let msg = self
-            .request(action, Some(headers::JSON), Some(command_id), body)
+        self.with_encoding(Encoding::Json)
+            .call_as(Some(command_id), action, &req)
             .await
-            .expect("API request answered");
-        decode_reply(Encoding::Json, &msg)
     }
 
     /// Calls an action with a JSON value.
@@ -311,25 +346,25 @@ impl Api {
     }
 }
 
-/// Decodes a reply: an ECS error if it carries the service error headers.
+/// Decodes a reply: an ECS error if it carries the service error headers, whose body must
+/// then be in the request's encoding.
 pub fn decode_reply<Resp: DeserializeOwned>(
     enc: Encoding,
     msg: &async_nats::Message,
 ) -> Result<Resp, ApiError> {
-    let is_error = msg
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get(headers::SERVICE_ERROR_CODE).is_some());
-    if is_error {
-        let e: ApiError = codec::decode(enc, &msg.payload).expect("error body decodes");
-        return Err(e);
-    }
-    Ok(codec::decode(enc, &msg.payload).unwrap_or_else(|e| {
-        panic!(
-            "reply does not decode: {e}: {}",
+    match reply::decode(enc, msg) {
+        Ok(reply) => Ok(reply.response),
+        Err(ReplyError::Refused(e)) => {
+            let body: ApiError = codec::decode(enc, &msg.payload).expect("error body decodes");
+            assert_eq!(body, e, "the error body is the error");
+            Err(e)
+        }
+        Err(ReplyError::Undecodable(e)) => panic!(
+            "reply does not decode: {}: {}",
+            berth_client::error_chain(&e),
             String::from_utf8_lossy(&msg.payload)
-        )
-    }))
+        ),
+    }
 }
 
 /// Publishes heartbeats for instances until dropped.

@@ -280,7 +280,7 @@ async fn hollow_lifecycle_exit_codes_stops_and_restart() {
     match &missing {
         SimError::Register { error, .. } => {
             assert_eq!(
-                error.error_type,
+                error.error_type(),
                 ErrorType::ClusterNotFoundException,
                 "{missing}"
             )

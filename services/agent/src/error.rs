@@ -33,7 +33,7 @@ pub enum AgentError {
     #[error("cannot read host resources: {0}")]
     Host(String),
     #[error("registration refused: {0}")]
-    Registration(String),
+    Registration(#[source] berth_client::ClientError),
     #[error("cannot follow this host's tasks: {0}")]
     Follow(String),
     #[error("cannot start the runtime: {0}")]

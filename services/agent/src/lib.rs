@@ -24,12 +24,13 @@ pub use config::AgentConfig;
 pub use error::AgentError;
 
 use actix::prelude::*;
+use berth_client::{Backoff, Client};
 use berth_messages::agent::Heartbeat;
 use berth_messages::api::{ContainerInstanceResponse, RegisterContainerInstanceRequest};
+use berth_messages::command::Action;
 use berth_messages::model::{Task, TaskDefinition, TaskStatus};
 use berth_messages::subjects::{self, StateKey};
 use berth_messages::{arn, codec, streams, ErrorType};
-use client::{ApiClient, CallError};
 use dashmap::DashMap;
 use datadir::{DataDir, Identity};
 use futures::StreamExt;
@@ -49,7 +50,7 @@ pub(crate) struct Shared {
     pub cluster: String,
     pub instance_id: String,
     pub client: async_nats::Client,
-    pub api: ApiClient,
+    pub api: Client,
     pub state: async_nats::jetstream::stream::Stream<()>,
     pub runtime: Arc<dyn Runtime>,
     pub default_stop_timeout: Duration,
@@ -183,31 +184,29 @@ async fn connect(config: &AgentConfig) -> Result<async_nats::Client, AgentError>
 
 /// Registers (or re-registers) this host; waits for the control plane if none answers.
 async fn register(
-    api: &ApiClient,
+    api: &Client,
     request: &RegisterContainerInstanceRequest,
     cluster: &str,
 ) -> Result<String, AgentError> {
-    let mut wait = Duration::from_millis(100);
-    let mut told = false;
-    loop {
-        match api
-            .call::<_, ContainerInstanceResponse>("RegisterContainerInstance", request)
-            .await
-        {
-            Ok(reply) => return Ok(reply.container_instance.container_instance_arn),
-            Err(CallError::Api(e)) if e.error_type == ErrorType::ClusterNotFoundException => {
-                return Err(AgentError::ClusterMissing(cluster.to_string()))
-            }
-            Err(e) if e.is_retryable() => {
-                if !told {
-                    tracing::warn!(error = %e, "waiting for the control plane to register this host");
-                    told = true;
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(MAX_BACKOFF);
-            }
-            Err(e) => return Err(AgentError::Registration(e.to_string())),
+    let backoff = Backoff {
+        first: Duration::from_millis(100),
+        max: MAX_BACKOFF,
+        growth: 2.0,
+    };
+    let registered = api
+        .call_until_answered::<_, ContainerInstanceResponse>(
+            Action::RegisterContainerInstance,
+            request,
+            None,
+            backoff,
+        )
+        .await;
+    match registered {
+        Ok(reply) => Ok(reply.container_instance.container_instance_arn),
+        Err(e) if e.error_type() == ErrorType::ClusterNotFoundException => {
+            Err(AgentError::ClusterMissing(cluster.to_string()))
         }
+        Err(e) => Err(AgentError::Registration(e)),
     }
 }
 
@@ -337,7 +336,7 @@ pub async fn run(
     }
     let request = host::registration(&config, identity.map(|i| i.container_instance_arn))?;
     let client = connect(&config).await?;
-    let api = ApiClient::new(client.clone());
+    let api = client::api_client(client.clone());
     tokio::pin!(shutdown);
     let instance_arn = tokio::select! {
         registered = register(&api, &request, &config.cluster) => registered?,

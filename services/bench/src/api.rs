@@ -1,11 +1,9 @@
-//! The benchmark's client of Berth's API: NATS request/reply on `berth.api.<Action>` with
-//! named MessagePack bodies, error replies recognised by `Nats-Service-Error-Code`, and
-//! the replica's `$SRV.STATS` counters.
+//! The benchmark's API client: `berth-client` in named MessagePack, one attempt per call
+//! with the whole timeout (so each call's latency is its request's own), and the
+//! replica's `$SRV.STATS` counters.
 
-use async_nats::HeaderMap;
-use berth_messages::codec::{self, Encoding};
+use berth_client::{CallOptions, Client, ClientError, Resend};
 use berth_messages::command::Action;
-use berth_messages::{headers, subjects, ApiError};
 use serde::{de::DeserializeOwned, Serialize};
 use std::time::Duration;
 
@@ -13,47 +11,40 @@ use std::time::Duration;
 /// not one of Berth's own).
 const CONTROL_STATS_SUBJECT: &str = "$SRV.STATS.berth";
 
-/// Why a call failed.
-#[derive(Debug, Clone)]
-pub enum CallError {
-    /// Berth answered with an ECS error.
-    Refused(ApiError),
-    /// No answer in time, no responders, or an undecodable reply.
-    Transport(String),
+/// Why reading the replica's counters failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error("{CONTROL_STATS_SUBJECT} timed out")]
+    TimedOut,
+    #[error("{CONTROL_STATS_SUBJECT} failed")]
+    Request(#[source] async_nats::RequestError),
+    #[error("{CONTROL_STATS_SUBJECT} is not JSON")]
+    NotJson(#[source] serde_json::Error),
 }
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Refused(e) => write!(f, "{}: {}", e.error_type, e.message),
-            Self::Transport(e) => f.write_str(e),
-        }
-    }
-}
-
-impl std::error::Error for CallError {}
 
 /// A connection used to call the API.
 #[derive(Clone)]
 pub struct Api {
-    client: async_nats::Client,
-    timeout: Duration,
+    client: Client,
 }
 
 impl Api {
     pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
-        Self { client, timeout }
+        Self {
+            client: Client::new(client)
+                .with_timeout(timeout)
+                .with_resend(Resend::Never),
+        }
     }
 
     pub fn client(&self) -> &async_nats::Client {
-        &self.client
+        self.client.nats()
     }
 
     /// Same connection, another reply timeout.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Self {
-            client: self.client.clone(),
-            timeout,
+            client: self.client.clone().with_timeout(timeout),
         }
     }
 
@@ -61,84 +52,37 @@ impl Api {
         &self,
         action: Action,
         request: &Req,
-    ) -> Result<Resp, CallError> {
-        self.call_after(action, request, None).await
-    }
-
-    /// Calls `action`; with `min_sequence`, a read waits until the replica's view has
-    /// applied that journal sequence.
-    pub async fn call_after<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        action: Action,
-        request: &Req,
-        min_sequence: Option<u64>,
-    ) -> Result<Resp, CallError> {
-        let body = codec::encode(Encoding::MsgPack, request)
-            .map_err(|e| CallError::Transport(format!("cannot encode {action}: {e}")))?;
-        let mut request = async_nats::Request::new()
-            .payload(body.into())
-            .timeout(Some(self.timeout));
-        if let Some(sequence) = min_sequence {
-            let mut h = HeaderMap::new();
-            h.insert(headers::MIN_SEQUENCE, sequence.to_string().as_str());
-            request = request.headers(h);
-        }
-        let reply = self
-            .client
-            .send_request(subjects::api(action.as_str()), request)
-            .await
-            .map_err(|e| CallError::Transport(format!("{action}: {e}")))?;
-        let failed = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::SERVICE_ERROR_CODE))
-            .is_some();
-        if failed {
-            let error = codec::decode::<ApiError>(Encoding::MsgPack, &reply.payload)
-                .unwrap_or_else(|_| ApiError::server(String::from_utf8_lossy(&reply.payload)));
-            return Err(CallError::Refused(error));
-        }
-        codec::decode(Encoding::MsgPack, &reply.payload)
-            .map_err(|e| CallError::Transport(format!("{action}: undecodable reply: {e}")))
+    ) -> Result<Resp, ClientError> {
+        self.client.call(action, request).await
     }
 
     /// The journal sequence the answering replica's view has applied (the
-    /// `Berth-Sequence` header of a read reply).
-    pub async fn applied_sequence(&self) -> Result<u64, CallError> {
-        let body = codec::encode(
-            Encoding::MsgPack,
-            &berth_messages::api::DescribeClustersRequest::default(),
-        )
-        .map_err(|e| CallError::Transport(e.to_string()))?;
-        let request = async_nats::Request::new()
-            .payload(body.into())
-            .timeout(Some(self.timeout));
+    /// `Berth-Sequence` of a read reply; `None` if the reply carries none).
+    pub async fn applied_sequence(&self) -> Result<Option<u64>, ClientError> {
         let reply = self
             .client
-            .send_request(subjects::api(Action::DescribeClusters.as_str()), request)
-            .await
-            .map_err(|e| CallError::Transport(format!("DescribeClusters: {e}")))?;
-        reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::SEQUENCE))
-            .and_then(|v| v.as_str().parse().ok())
-            .ok_or_else(|| CallError::Transport("read reply without Berth-Sequence".into()))
+            .call_with::<_, serde::de::IgnoredAny>(
+                Action::DescribeClusters,
+                &berth_messages::api::DescribeClustersRequest::default(),
+                CallOptions::default(),
+            )
+            .await?;
+        Ok(reply.sequence)
     }
 
     /// The counters a replica publishes in its `$SRV.STATS` endpoint data (`placements`,
     /// `conflicts`, `retries`, `groupCommits`, ...). With several replicas, the first to
     /// answer.
-    pub async fn control_stats(&self) -> Result<ControlStats, CallError> {
+    pub async fn control_stats(&self) -> Result<ControlStats, StatsError> {
         let reply = tokio::time::timeout(
-            self.timeout,
-            self.client.request(CONTROL_STATS_SUBJECT, "".into()),
+            self.client.timeout(),
+            self.client.nats().request(CONTROL_STATS_SUBJECT, "".into()),
         )
         .await
-        .map_err(|_| CallError::Transport("$SRV.STATS timed out".into()))?
-        .map_err(|e| CallError::Transport(format!("$SRV.STATS: {e}")))?;
-        let stats: serde_json::Value = serde_json::from_slice(&reply.payload)
-            .map_err(|e| CallError::Transport(format!("$SRV.STATS is not JSON: {e}")))?;
+        .map_err(|_| StatsError::TimedOut)?
+        .map_err(StatsError::Request)?;
+        let stats: serde_json::Value =
+            serde_json::from_slice(&reply.payload).map_err(StatsError::NotJson)?;
         Ok(ControlStats::from_stats(&stats))
     }
 }

@@ -6,11 +6,12 @@
 //! and outcomes per task), the CPU each process used, and a `perf` profile of the
 //! control plane.
 
-use crate::api::{Api, CallError, ControlStats};
+use crate::api::{Api, ControlStats};
 use crate::processes::Traffic;
 use crate::procfs::{CpuMeter, CpuUse};
 use crate::profile::{self, Profile};
 use crate::stats::{Percentiles, Samples};
+use berth_client::ClientError;
 use berth_messages::api::RunTaskRequest;
 use berth_messages::command::Action;
 use berth_messages::model::PlacementStrategy;
@@ -192,7 +193,7 @@ pub async fn run(
                 };
                 let t0 = Instant::now();
                 let sent = std::time::SystemTime::now();
-                let answer: Result<Placed, CallError> = api.call(Action::RunTask, &request).await;
+                let answer: Result<Placed, ClientError> = api.call(Action::RunTask, &request).await;
                 match answer {
                     Ok(r) => {
                         latency.push(t0.elapsed());
@@ -213,7 +214,7 @@ pub async fn run(
                     Err(e) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                         if let Ok(mut first) = first_error.lock() {
-                            first.get_or_insert_with(|| e.to_string());
+                            first.get_or_insert_with(|| berth_client::error_chain(&e));
                         }
                     }
                 }

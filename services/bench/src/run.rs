@@ -400,7 +400,7 @@ impl Env {
         let deadline = Instant::now() + timeout;
         let api = self.api.with_timeout(Duration::from_secs(5));
         loop {
-            if let Ok(applied) = api.applied_sequence().await {
+            if let Ok(Some(applied)) = api.applied_sequence().await {
                 if applied >= sequence {
                     return Ok(());
                 }
@@ -447,7 +447,7 @@ impl Env {
             if probe
                 .applied_sequence()
                 .await
-                .is_ok_and(|applied| applied >= last)
+                .is_ok_and(|applied| applied.is_some_and(|applied| applied >= last))
             {
                 break;
             }

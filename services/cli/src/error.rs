@@ -2,7 +2,8 @@
 //! ECS error replies keep their type and message and gain a hint where Berth knows the
 //! usual fix (a missing cluster, an unregistered task definition, no agent).
 
-use berth_messages::{ApiError, ErrorType};
+use berth_messages::command::Action;
+use berth_messages::{subjects, ApiError, ErrorType};
 use std::fmt;
 
 /// A failure of a `berth` command.
@@ -18,14 +19,18 @@ pub enum CliError {
     /// NATS answers but no control-plane replica serves the API.
     #[error(
         "no Berth API answers on {url}: is `berth dev` running? \
-         (NATS is up, but no berth-control replica serves berth.api.{action})"
+         (NATS is up, but no berth-control replica serves {})",
+        subjects::api(.action.as_str())
     )]
-    NoApi { url: String, action: String },
+    NoApi { url: String, action: Action },
     /// The API did not answer in time.
-    #[error("berth.api.{action} did not answer within {seconds} s on {url}")]
+    #[error(
+        "{} did not answer within {seconds} s on {url}",
+        subjects::api(.action.as_str())
+    )]
     Timeout {
         url: String,
-        action: String,
+        action: Action,
         seconds: u64,
     },
     /// An ECS error reply.

@@ -4,33 +4,11 @@
 //!
 //! `cargo run -p berth-priority-scheduler --example one_shot -- nats://127.0.0.1:4222 default hello`
 
+use berth_client::Client;
 use berth_messages::api::*;
+use berth_messages::command::Action;
 use berth_messages::model::{ContainerInstance, InstanceStatus};
 use berth_placement::{demand_of, Demand};
-
-async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
-    nats: &async_nats::Client,
-    action: &str,
-    req: &Req,
-) -> anyhow::Result<Resp> {
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Content-Type", "application/json");
-    let reply = nats
-        .request_with_headers(
-            berth_messages::subjects::api(action),
-            h,
-            serde_json::to_vec(req)?.into(),
-        )
-        .await?;
-    if reply
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get("Nats-Service-Error-Code").is_some())
-    {
-        anyhow::bail!("{action}: {}", String::from_utf8_lossy(&reply.payload));
-    }
-    Ok(serde_json::from_slice(&reply.payload)?)
-}
 
 /// Memory left after placing `d` on `i`, judged on the API's `remainingResources`.
 fn fit_on_remaining(i: &ContainerInstance, d: &Demand) -> Option<i64> {
@@ -44,45 +22,41 @@ fn fit_on_remaining(i: &ContainerInstance, d: &Demand) -> Option<i64> {
     (left("CPU") >= d.cpu && left("MEMORY") >= d.memory).then(|| left("MEMORY") - d.memory)
 }
 
-async fn place_one(
-    nats: &async_nats::Client,
-    cluster: &str,
-    family: &str,
-) -> anyhow::Result<String> {
-    let td: TaskDefinitionResponse = call(
-        nats,
-        "DescribeTaskDefinition",
-        &TaskDefinitionRefRequest {
-            task_definition: family.into(),
-            include: vec![],
-        },
-    )
-    .await?;
-    let demand = demand_of(&td.task_definition, None)?;
-    for _attempt in 0..5 {
-        // 1. Read: the cluster's instances (one page here; follow nextToken in real code).
-        let list: ListContainerInstancesResponse = call(
-            nats,
-            "ListContainerInstances",
-            &ListContainerInstancesRequest {
-                cluster: Some(cluster.into()),
-                ..Default::default()
-            },
-        )
-        .await?;
-        if list.container_instance_arns.is_empty() {
-            anyhow::bail!("the cluster has no instances");
-        }
-        let described: ContainerInstancesResponse = call(
-            nats,
-            "DescribeContainerInstances",
-            &DescribeContainerInstancesRequest {
-                cluster: Some(cluster.into()),
-                container_instances: list.container_instance_arns,
+async fn place_one(api: &Client, cluster: &str, family: &str) -> anyhow::Result<String> {
+    let td: TaskDefinitionResponse = api
+        .call(
+            Action::DescribeTaskDefinition,
+            &TaskDefinitionRefRequest {
+                task_definition: family.into(),
                 include: vec![],
             },
         )
         .await?;
+    let demand = demand_of(&td.task_definition, None)?;
+    for _attempt in 0..5 {
+        // 1. Read: the cluster's instances (one page here; follow nextToken in real code).
+        let list: ListContainerInstancesResponse = api
+            .call(
+                Action::ListContainerInstances,
+                &ListContainerInstancesRequest {
+                    cluster: Some(cluster.into()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        if list.container_instance_arns.is_empty() {
+            anyhow::bail!("the cluster has no instances");
+        }
+        let described: ContainerInstancesResponse = api
+            .call(
+                Action::DescribeContainerInstances,
+                &DescribeContainerInstancesRequest {
+                    cluster: Some(cluster.into()),
+                    container_instances: list.container_instance_arns,
+                    include: vec![],
+                },
+            )
+            .await?;
         // 2. Decide: best fit on memory among ACTIVE, connected instances with room.
         let best = described
             .container_instances
@@ -94,17 +68,17 @@ async fn place_one(
             anyhow::bail!("no room now")
         };
         // 3. Commit on the chosen instance.
-        let started: TasksResponse = call(
-            nats,
-            "StartTask",
-            &StartTaskRequest {
-                cluster: Some(cluster.into()),
-                task_definition: td.task_definition.task_definition_arn.clone(),
-                container_instances: vec![instance.container_instance_arn.clone()],
-                ..Default::default()
-            },
-        )
-        .await?;
+        let started: TasksResponse = api
+            .call(
+                Action::StartTask,
+                &StartTaskRequest {
+                    cluster: Some(cluster.into()),
+                    task_definition: td.task_definition.task_definition_arn.clone(),
+                    container_instances: vec![instance.container_instance_arn.clone()],
+                    ..Default::default()
+                },
+            )
+            .await?;
         if let Some(task) = started.tasks.first() {
             return Ok(task.task_arn.clone());
         }
@@ -122,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     let cluster = args.next().unwrap_or_else(|| "default".into());
     let family = args.next().unwrap_or_else(|| "hello".into());
-    let nats = async_nats::connect(url).await?;
-    println!("{}", place_one(&nats, &cluster, &family).await?);
+    let api = Client::new(async_nats::connect(url).await?);
+    println!("{}", place_one(&api, &cluster, &family).await?);
     Ok(())
 }

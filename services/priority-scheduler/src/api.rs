@@ -1,108 +1,34 @@
-//! The scheduler's client of Berth's public API: JSON request/reply on
-//! `berth.api.<Action>`, ECS error replies recognised by `Nats-Service-Error-Code`. A
-//! refusal (4xx) is definitive; anything else (no reply, a 5xx, an undecodable reply)
-//! leaves the outcome of a mutation unknown. Calls follow the API clients' retry policy
-//! (`berth_messages::retry`): an unanswered attempt is sent again within the call's
-//! timeout, a mutation under the same command id (the caller's, else a minted one).
+//! The scheduler's operations on Berth's public API, made with `berth-client` in JSON.
+//! A refusal is definitive; a retryable failure ([`ClientError::is_retryable`]) leaves
+//! the outcome of a mutation unknown. StartTask carries the scheduler's command id, so
+//! sending it again after an unknown outcome starts nothing twice.
 
-use async_nats::HeaderMap;
+use berth_client::{CallOptions, Client, ClientError};
+use berth_messages::api::DesiredStatusFilter;
 use berth_messages::api::{
     DescribeTasksRequest, ListTasksRequest, ListTasksResponse, StartTaskRequest,
     TaskDefinitionRefRequest, TaskDefinitionResponse, TasksResponse,
 };
+use berth_messages::codec::Encoding;
+use berth_messages::command::Action;
 use berth_messages::model::{Task, TaskDefinition};
-use berth_messages::retry;
-use berth_messages::{api::DesiredStatusFilter, headers, subjects, ApiError, ErrorType};
-use serde::{de::DeserializeOwned, Serialize};
 use std::time::Duration;
 
-/// Why a call did not succeed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CallError {
-    /// A definitive answer: retrying the same request cannot help.
-    #[error(transparent)]
-    Refused(ApiError),
-    /// No answer or a server-side failure: a mutation may or may not have happened.
-    #[error("{0}")]
-    Unknown(String),
-}
-
-/// A connection to Berth's API.
+/// A connection to Berth's API for one cluster.
 #[derive(Clone)]
 pub struct Api {
-    client: async_nats::Client,
+    client: Client,
     cluster: String,
-    timeout: Duration,
 }
 
 impl Api {
     pub fn new(client: async_nats::Client, cluster: &str, timeout: Duration) -> Self {
         Self {
-            client,
+            client: Client::new(client)
+                .with_encoding(Encoding::Json)
+                .with_timeout(timeout),
             cluster: cluster.to_string(),
-            timeout,
         }
-    }
-
-    /// Calls `action` with a JSON body.
-    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        action: &str,
-        request: &Req,
-    ) -> Result<Resp, CallError> {
-        self.call_as(None, action, request).await
-    }
-
-    /// Calls `action`; with `command_id` (`Nats-Msg-Id`) a mutation sent again with the
-    /// same id takes effect once and is answered with the first one's outcome.
-    pub async fn call_as<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        command_id: Option<&str>,
-        action: &str,
-        request: &Req,
-    ) -> Result<Resp, CallError> {
-        let body = serde_json::to_vec(request)
-            .map_err(|e| CallError::Refused(ApiError::invalid(e.to_string())))?;
-        let body = bytes::Bytes::from(body);
-        let reply = retry::call(
-            action,
-            command_id,
-            self.timeout,
-            |id, timeout| {
-                let mut h = HeaderMap::new();
-                h.insert(headers::CONTENT_TYPE, headers::JSON);
-                if let Some(id) = id {
-                    h.insert(headers::MSG_ID, id);
-                }
-                let request = async_nats::Request::new()
-                    .headers(h)
-                    .payload(body.clone())
-                    .timeout(Some(timeout));
-                self.client.send_request(subjects::api(action), request)
-            },
-            |e| e.kind() == async_nats::client::RequestErrorKind::TimedOut,
-        )
-        .await
-        .map_err(|e| CallError::Unknown(format!("{action}: {e}")))?;
-        let code = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::SERVICE_ERROR_CODE))
-            .map(|v| v.as_str().trim().parse::<u16>().unwrap_or(500));
-        if let Some(code) = code {
-            let error = serde_json::from_slice::<ApiError>(&reply.payload).unwrap_or_else(|_| {
-                ApiError::server(String::from_utf8_lossy(&reply.payload).into_owned())
-            });
-            return Err(
-                if code >= 500 || error.error_type == ErrorType::ServerException {
-                    CallError::Unknown(format!("{action}: {error}"))
-                } else {
-                    CallError::Refused(error)
-                },
-            );
-        }
-        serde_json::from_slice(&reply.payload)
-            .map_err(|e| CallError::Unknown(format!("{action}: undecodable reply: {e}")))
     }
 
     /// The task definition a reference names now (`family` means its latest ACTIVE
@@ -110,10 +36,11 @@ impl Api {
     pub async fn describe_task_definition(
         &self,
         reference: &str,
-    ) -> Result<TaskDefinition, CallError> {
+    ) -> Result<TaskDefinition, ClientError> {
         let reply: TaskDefinitionResponse = self
+            .client
             .call(
-                "DescribeTaskDefinition",
+                Action::DescribeTaskDefinition,
                 &TaskDefinitionRefRequest {
                     task_definition: reference.to_string(),
                     include: Vec::new(),
@@ -130,12 +57,20 @@ impl Api {
         &self,
         command_id: &str,
         request: StartTaskRequest,
-    ) -> Result<TasksResponse, CallError> {
+    ) -> Result<TasksResponse, ClientError> {
         let request = StartTaskRequest {
             cluster: Some(self.cluster.clone()),
             ..request
         };
-        self.call_as(Some(command_id), "StartTask", &request).await
+        let options = CallOptions {
+            command_id: Some(command_id),
+            ..CallOptions::default()
+        };
+        let reply = self
+            .client
+            .call_with(Action::StartTask, &request, options)
+            .await?;
+        Ok(reply.response)
     }
 
     /// Every task (running or stopped) with this `startedBy` that carries `tag = value`.
@@ -144,14 +79,15 @@ impl Api {
         started_by: &str,
         tag: &str,
         value: &str,
-    ) -> Result<Vec<Task>, CallError> {
+    ) -> Result<Vec<Task>, ClientError> {
         let mut found = Vec::new();
         for desired in [DesiredStatusFilter::Running, DesiredStatusFilter::Stopped] {
             let mut next_token = None;
             loop {
                 let page: ListTasksResponse = self
+                    .client
                     .call(
-                        "ListTasks",
+                        Action::ListTasks,
                         &ListTasksRequest {
                             cluster: Some(self.cluster.clone()),
                             started_by: Some(started_by.to_string()),
@@ -164,8 +100,9 @@ impl Api {
                     .await?;
                 if !page.task_arns.is_empty() {
                     let described: TasksResponse = self
+                        .client
                         .call(
-                            "DescribeTasks",
+                            Action::DescribeTasks,
                             &DescribeTasksRequest {
                                 cluster: Some(self.cluster.clone()),
                                 tasks: page.task_arns,

@@ -10,7 +10,7 @@
 //! job redelivered after a crash first looks up the tasks an earlier attempt started (they
 //! carry the [`jobs::JOB_TAG`] tag) so it starts only what is missing.
 
-use crate::api::{Api, CallError};
+use crate::api::Api;
 use crate::config::Config;
 use crate::follower::{self, Event};
 use crate::jobs::{self, Job, JobOutcome, JobStatus, PlacedTask};
@@ -19,6 +19,7 @@ use crate::queue::{JobKey, JobQueue};
 use crate::Stats;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
+use berth_client::ClientError;
 use berth_messages::api::{StartTaskRequest, TasksResponse};
 use berth_messages::model::{Allocation, Tag, Task, TaskDefinition};
 use berth_messages::{arn, headers, validate};
@@ -323,6 +324,12 @@ impl Held {
         self.failure
             .get_or_insert_with(|| (reason.into(), detail.into()));
     }
+
+    /// Fails the job with the ECS error of a definitive refusal.
+    fn refused(&mut self, e: ClientError) {
+        let e = e.into_api_error();
+        self.fail(e.error_type.as_str(), e.message);
+    }
 }
 
 /// An answered API call.
@@ -330,16 +337,16 @@ enum Done {
     Resolved {
         job_id: String,
         reference: String,
-        result: Result<Box<TaskDefinition>, CallError>,
+        result: Result<Box<TaskDefinition>, ClientError>,
     },
     Recovered {
         job_id: String,
-        result: Result<Vec<Task>, CallError>,
+        result: Result<Vec<Task>, ClientError>,
     },
     Started {
         call: Box<StartCall>,
         choices: Vec<Choice>,
-        result: Result<TasksResponse, CallError>,
+        result: Result<TasksResponse, ClientError>,
     },
 }
 
@@ -671,13 +678,13 @@ impl State {
                             held.fail(reason, detail);
                         }
                     }
-                    Err(CallError::Refused(e)) => held.fail(e.error_type.as_str(), e.message),
-                    Err(CallError::Unknown(reason)) => {
-                        tracing::warn!(job = %job_id, %reason, "task definition look-up unanswered; retrying");
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(job = %job_id, error = &e as &dyn std::error::Error, "task definition look-up unanswered; retrying");
                         held.phase = Phase::Resolve {
                             not_before: now + LOOKUP_RETRY,
                         };
                     }
+                    Err(e) => held.refused(e),
                 }
                 job_id
             }
@@ -699,13 +706,13 @@ impl State {
                             None => Phase::Resolve { not_before: now },
                         };
                     }
-                    Err(CallError::Refused(e)) => held.fail(e.error_type.as_str(), e.message),
-                    Err(CallError::Unknown(reason)) => {
-                        tracing::warn!(job = %job_id, %reason, "task look-up unanswered; retrying");
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(job = %job_id, error = &e as &dyn std::error::Error, "task look-up unanswered; retrying");
                         held.phase = Phase::Recover {
                             not_before: now + LOOKUP_RETRY,
                         };
                     }
+                    Err(e) => held.refused(e),
                 }
                 job_id
             }
@@ -726,15 +733,18 @@ impl State {
         &mut self,
         call: StartCall,
         mut choices: Vec<Choice>,
-        result: Result<TasksResponse, CallError>,
+        result: Result<TasksResponse, ClientError>,
         now: Instant,
     ) {
         let job_id = call.job_id.as_str();
-        if let Err(CallError::Unknown(reason)) = &result {
-            if call.attempt < SAME_ID_ATTEMPTS && self.queue.get_mut_by_id(job_id).is_some() {
+        if let Err(e) = &result {
+            if e.is_retryable()
+                && call.attempt < SAME_ID_ATTEMPTS
+                && self.queue.get_mut_by_id(job_id).is_some()
+            {
                 // The same command id: if the first call took effect, this one is
                 // answered with its outcome; if not, it takes effect once.
-                tracing::warn!(job = %job_id, command = %call.command_id, attempt = call.attempt, %reason, "StartTask unanswered; sending it again with the same command id");
+                tracing::warn!(job = %job_id, command = %call.command_id, attempt = call.attempt, error = e as &dyn std::error::Error, "StartTask unanswered; sending it again with the same command id");
                 let after = SAME_ID_BACKOFF * call.attempt;
                 let again = StartCall {
                     attempt: call.attempt + 1,
@@ -810,24 +820,24 @@ impl State {
                     self.pool.cancel(&c.instance_id, c.reservation);
                 }
             }
-            Err(CallError::Refused(e)) => {
-                for c in &choices {
-                    self.pool.cancel(&c.instance_id, c.reservation);
-                }
-                held.fail(e.error_type.as_str(), e.message);
-            }
-            Err(CallError::Unknown(reason)) => {
+            Err(e) if e.is_retryable() => {
                 // The tasks may or may not exist: look for them once the call can no
                 // longer be in progress, before starting anything more for this job.
                 for c in &choices {
                     self.pool.cancel(&c.instance_id, c.reservation);
                 }
-                tracing::warn!(job = %job_id, %reason, "StartTask unanswered; will look for its tasks");
+                tracing::warn!(job = %job_id, error = &e as &dyn std::error::Error, "StartTask unanswered; will look for its tasks");
                 self.stats.retries += choices.len() as u64;
                 held.retries += choices.len() as u32;
                 held.phase = Phase::Recover {
                     not_before: now + self.ambiguity_grace,
                 };
+            }
+            Err(e) => {
+                for c in &choices {
+                    self.pool.cancel(&c.instance_id, c.reservation);
+                }
+                held.refused(e);
             }
         }
     }

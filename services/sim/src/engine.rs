@@ -15,6 +15,7 @@ use async_nats::jetstream::{
 };
 use berth_journal::recovery::{retry, LeaderSignals, Patience};
 use berth_messages::api::{AcknowledgmentResponse, SubmitTaskStateChangeRequest};
+use berth_messages::command::Action;
 use berth_messages::model::TaskStatus;
 use berth_messages::subjects::{self, StateKey};
 use berth_messages::{codec, streams};
@@ -350,6 +351,7 @@ async fn report(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     events: mpsc::Sender<Event>,
 ) {
+    let caller = api::client(client);
     let permits = Arc::new(Semaphore::new(REPORTS_IN_FLIGHT));
     let mut in_flight = JoinSet::new();
     while let Some(job) = jobs.recv().await {
@@ -357,12 +359,18 @@ async fn report(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let client = client.clone();
+        let caller = caller.clone();
         let events = events.clone();
         in_flight.spawn(async move {
             let status = job.request.status.unwrap_or_default();
-            let reply: Result<AcknowledgmentResponse, _> =
-                api::call_until_answered(&client, "SubmitTaskStateChange", &*job.request).await;
+            let reply: Result<AcknowledgmentResponse, _> = caller
+                .call_until_answered(
+                    Action::SubmitTaskStateChange,
+                    &*job.request,
+                    None,
+                    api::BACKOFF,
+                )
+                .await;
             drop(permit);
             let event = match reply {
                 Ok(_) => Event::Acknowledged {
@@ -371,7 +379,7 @@ async fn report(
                     status,
                 },
                 Err(error) => {
-                    tracing::warn!(task = %job.request.task, %error, "state change refused; forgetting the task");
+                    tracing::warn!(task = %job.request.task, error = &error as &dyn std::error::Error, "state change refused; forgetting the task");
                     Event::Refused {
                         slot: job.slot,
                         task_id: job.task_id,

@@ -4,10 +4,12 @@
 //! thousands of instances make a steady trickle rather than bursts.
 
 use crate::api;
+use berth_client::ClientError;
 use berth_messages::agent::Heartbeat;
 use berth_messages::api::{ContainerInstanceResponse, RegisterContainerInstanceRequest};
+use berth_messages::command::Action;
 use berth_messages::model::{Attribute, Resource, VersionInfo};
-use berth_messages::{arn, codec, subjects, ApiError};
+use berth_messages::{arn, codec, subjects};
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -125,13 +127,21 @@ pub async fn register_all(
     fleet: &Fleet,
     shape: &Shape,
     known: &[String],
-) -> Result<(), ApiError> {
+) -> Result<(), ClientError> {
+    let caller = api::client(client.clone());
     let mut results = futures::stream::iter(0..fleet.slots.len())
         .map(|slot| {
             let request = registration(&fleet.cluster, shape, known.get(slot).map(String::as_str));
+            let caller = &caller;
             async move {
-                let reply: Result<ContainerInstanceResponse, ApiError> =
-                    api::call_until_answered(client, "RegisterContainerInstance", &request).await;
+                let reply: Result<ContainerInstanceResponse, ClientError> = caller
+                    .call_until_answered(
+                        Action::RegisterContainerInstance,
+                        &request,
+                        None,
+                        api::BACKOFF,
+                    )
+                    .await;
                 (slot, reply)
             }
         })

@@ -15,7 +15,6 @@ pub mod fleet;
 mod identity;
 pub mod play;
 
-use berth_messages::ApiError;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,7 +69,11 @@ pub enum SimError {
     #[error("cannot connect to NATS at {servers}: {reason}")]
     Connect { servers: String, reason: String },
     #[error("cannot register hollow instances in cluster {cluster}: {error}")]
-    Register { cluster: String, error: ApiError },
+    Register {
+        cluster: String,
+        #[source]
+        error: berth_client::ClientError,
+    },
     #[error("cannot follow the task records of cluster {cluster}: {reason}")]
     Follow { cluster: String, reason: String },
     #[error(transparent)]

@@ -5,10 +5,10 @@
 
 use super::wait::{describe_tasks, tasks_not_found};
 use super::Context;
-use crate::client::api_error;
 use crate::error::CliError;
 use crate::output;
 use async_nats::HeaderMap;
+use berth_client::reply::ReplyError;
 use berth_messages::agent::{LogsRequest, LogsResponse, DEFAULT_LOG_CHUNK};
 use berth_messages::codec::{self, Encoding};
 use berth_messages::{arn, headers, subjects};
@@ -111,21 +111,25 @@ async fn read(
                  is berth-agent running on that host? (`berth instances describe {instance_id}` \
                  shows whether its agent is connected)"
             )),
-            _ => ctx.client.request_error(subject, e),
+            _ => CliError::other(format!(
+                "request {subject} on {} failed: {}",
+                ctx.client.url(),
+                berth_client::error_chain(&e)
+            )),
         })?;
-    let reply_headers = reply.headers.as_ref();
-    if reply_headers.is_some_and(|h| h.get(headers::SERVICE_ERROR_CODE).is_some()) {
-        return Err(match api_error(&reply) {
-            CliError::Api(e) => CliError::other(format!("the agent refused: {}", e.message)),
-            other => other,
-        });
-    }
     let encoding = Encoding::from_content_type(
-        reply_headers
+        reply
+            .headers
+            .as_ref()
             .and_then(|h| h.get(headers::CONTENT_TYPE))
             .map(|v| v.as_str()),
     );
-    codec::decode::<LogsResponse>(encoding, &reply.payload)
-        .or_else(|_| serde_json::from_slice(&reply.payload))
-        .map_err(|e| CliError::other(format!("the agent's log reply cannot be read: {e}")))
+    match berth_client::reply::decode::<LogsResponse>(encoding, &reply) {
+        Ok(read) => Ok(read.response),
+        Err(ReplyError::Refused(e)) => {
+            Err(CliError::other(format!("the agent refused: {}", e.message)))
+        }
+        Err(ReplyError::Undecodable(e)) => serde_json::from_slice(&reply.payload)
+            .map_err(|_| CliError::other(format!("the agent's log reply cannot be read: {e}"))),
+    }
 }
