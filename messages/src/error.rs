@@ -144,6 +144,18 @@ pub fn decode_error(e: crate::codec::CodecError) -> ApiError {
     }
 }
 
+/// An error and its sources, `: `-separated, for messages that keep only a string.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

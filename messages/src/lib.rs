@@ -18,7 +18,7 @@ pub mod streams;
 pub mod subjects;
 pub mod validate;
 
-pub use error::{ApiError, ErrorType};
+pub use error::{error_chain, ApiError, ErrorType};
 
 /// Current time as ECS does in its JSON API: seconds since the Unix epoch, fractional.
 pub fn now_epoch_seconds() -> f64 {

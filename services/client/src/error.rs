@@ -4,6 +4,7 @@
 
 use berth_messages::codec::CodecError;
 use berth_messages::command::Action;
+pub use berth_messages::error_chain;
 use berth_messages::{subjects, ApiError, ErrorType};
 use std::time::Duration;
 
@@ -127,18 +128,6 @@ impl ClientError {
             _ => Self::Request { action, source },
         }
     }
-}
-
-/// An error and its sources, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(source) = next {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        next = source.source();
-    }
-    text
 }
 
 /// Why a connection to NATS could not be made.

@@ -2,22 +2,29 @@
 //! `BERTH_CMD`, `BERTH_OUTCOME`), their idempotent provisioning, the conditional write
 //! (a publish with `Nats-Expected-Last-Subject-Sequence`, conflicts recognised by error
 //! kind, never by text), direct reads of an entity's latest record, command outcomes,
-//! and the in-memory [`view::View`] of the whole state.
+//! and, with the `view` feature (on by default), the in-memory `view::View` of the whole
+//! state. Programs that only follow their own subjects (agents, hollow hosts) build
+//! without it, and so without the placement pool and the compact task records.
 //!
 //! An entity's version is the stream sequence of its last record; every write names the
 //! version it read (0 to create), so a write on a stale read is refused with
 //! [`JournalError::Conflict`] and the writer re-reads and re-validates.
 
+#[cfg(feature = "view")]
 mod compact;
+#[cfg(feature = "view")]
 mod keys;
+#[cfg(feature = "view")]
 pub mod landing;
 pub mod recovery;
+#[cfg(feature = "view")]
 pub mod view;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream, Context};
 use async_nats::HeaderMap;
 use berth_messages::codec;
 use berth_messages::command::{CommandResponse, Outcome};
+pub use berth_messages::error_chain;
 use berth_messages::headers;
 use berth_messages::streams::{self, Retention, StreamOptions, StreamSpec};
 use berth_messages::subjects;
@@ -751,18 +758,6 @@ pub async fn provision(js: &Context, opts: &StreamOptions) -> Result<()> {
 pub(crate) fn js_timeout(js: &Context) -> Duration {
     use async_nats::jetstream::context::traits::TimeoutProvider;
     js.timeout()
-}
-
-/// An error with its sources, for messages that keep only a string.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The last message on `subject`, by direct get. Any current replica answers; a request

@@ -1,5 +1,5 @@
 //! The ECS API as the NATS micro service `berth`: one endpoint per action on
-//! `berth.api.<Action>` (queue group shared by all replicas), bodies in JSON or
+//! `subjects::api(action)` (queue group shared by all replicas), bodies in JSON or
 //! MessagePack by `Content-Type`, errors as micro-service error headers plus an ECS
 //! error body. Reads are answered from this replica's view; mutations become commands in
 //! `BERTH_CMD` and the reply is their outcome.
