@@ -3,9 +3,11 @@
 //! replicas together to all three serving. Then, N times: kill the node that leads
 //! `BERTH_STATE` (SIGKILL) while RunTask probes are sent every 50 ms, and measure the time
 //! from the kill until `BERTH_STATE`, `BERTH_CMD` and `BERTH_OUTCOME` all have a leader
-//! again (their leader-elected advisories; 0 for a stream the node did not lead), and from
-//! that election to the first RunTask answered with its task placed; then restart the node
-//! and let the cluster settle.
+//! again (their leader-elected advisories; 0 for a stream the node did not lead) and the
+//! JetStream meta layer has a leader (polled from the survivors' `/jsz`: creating a
+//! consumer needs it, and the view recreates its consumer after losing its server), and
+//! from the last of those elections to the first RunTask answered with its task placed;
+//! then restart the node and let the cluster settle.
 
 use crate::api::Api;
 use crate::processes::ControlProcess;
@@ -25,6 +27,8 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// A RunTask probe is sent this often while writes are down.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
 const POLL: Duration = Duration::from_millis(25);
+/// Without an advisory for this long, the bench asks for the leaders itself.
+const ADVISORY_QUIET: Duration = Duration::from_secs(1);
 const STREAMS: [&str; 3] = [streams::STATE, streams::CMD, streams::OUTCOME];
 const ADVISORIES: &str = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*";
 /// The command consumer is a replicated group of its own, with its own election: no
@@ -34,10 +38,15 @@ const CONSUMER_ADVISORIES: &str = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.*.
 /// What one kill measured.
 struct Kill {
     victim: String,
-    /// Kill → a leader for each of STATE, CMD, OUTCOME and the command consumer.
-    elected: [Duration; 4],
+    /// Kill → a leader for each of STATE, CMD, OUTCOME, the command consumer and the
+    /// meta layer.
+    elected: [Duration; 5],
     /// Kill → the first probe answered with its task.
     written: Duration,
+    /// Kill → when that probe was sent.
+    sent: Duration,
+    /// Wall-clock time of the kill, to find it in the replicas' logs.
+    at: String,
 }
 
 pub async fn run(
@@ -89,13 +98,16 @@ pub async fn run(
             .context("the leader is a node of the cluster")?;
         let kill = measure_kill(&mut cluster, victim, &js, &api).await?;
         println!(
-            "kill {round} ({}): leaders STATE {} CMD {} OUTCOME {} command consumer {}; first write {} after the kill, {} after the last election",
+            "kill {round} ({}, at {}): leaders STATE {} CMD {} OUTCOME {} command consumer {} meta {}; first write {} after the kill (its probe sent after {}), {} after the last election",
             kill.victim,
+            kill.at,
             human(kill.elected[0]),
             human(kill.elected[1]),
             human(kill.elected[2]),
             human(kill.elected[3]),
+            human(kill.elected[4]),
             human(kill.written),
+            human(kill.sent),
             signed(kill.written, last_election(&kill)),
         );
         results.push(kill);
@@ -155,7 +167,8 @@ fn report(start_times: &mut Samples, kills: &[Kill]) {
     series("kill → BERTH_STATE leader", &|k| k.elected[0]);
     series("kill → BERTH_CMD leader", &|k| k.elected[1]);
     series("kill → command consumer leader", &|k| k.elected[3]);
-    series("kill → streams and command consumer led", &last_election);
+    series("kill → meta leader", &|k| k.elected[4]);
+    series("kill → streams, consumer and meta led", &last_election);
     series("kill → first RunTask answered", &|k| k.written);
     let mut after = Samples::default();
     kills
@@ -318,14 +331,24 @@ async fn measure_kill(
     api: &Api,
 ) -> anyhow::Result<Kill> {
     let victim_name = cluster.nodes[victim].server_name().to_string();
-    // Elections are timed by their advisories, as the replicas see them.
-    let streams_elect = js
-        .client()
+    // Elections are timed by their advisories, as the replicas see them, through a
+    // connection to a node that survives (one to the victim would miss those sent while
+    // it reconnects).
+    let survivor_url = (cluster.nodes.iter().enumerate())
+        .find(|(i, _)| *i != victim)
+        .map(|(_, node)| node.url())
+        .context("a node survives")?;
+    let watcher = async_nats::ConnectOptions::new()
+        .name("berth-bench-failover-watch")
+        .connect(survivor_url.as_str())
+        .await
+        .context("connecting to a surviving node")?;
+    let watch_js = async_nats::jetstream::new(watcher.clone());
+    let streams_elect = watcher
         .subscribe(ADVISORIES)
         .await
         .context("subscribing to leader elections")?;
-    let consumers_elect = js
-        .client()
+    let consumers_elect = watcher
         .subscribe(CONSUMER_ADVISORIES)
         .await
         .context("subscribing to leader elections")?;
@@ -335,12 +358,23 @@ async fn measure_kill(
         led_by_victim[i] = leader_of(js, stream).await? == victim_name;
     }
     led_by_victim[3] = consumer_leader(js).await? == victim_name;
+    let survivors: Vec<u16> = (cluster.nodes.iter().enumerate())
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, node)| node.monitor_port())
+        .collect();
+    let meta_led_by_victim = survivors
+        .iter()
+        .any(|port| meta_leader(*port).as_deref() == Some(victim_name.as_str()));
     let node = &mut cluster.nodes[victim];
     let killed_at = Instant::now();
+    let at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
     tokio::task::block_in_place(|| node.kill());
     // Probes every 50 ms, each waiting as long as it takes; the first answered wins.
     let written = Arc::new(tokio::sync::Notify::new());
-    let first_write = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    // (sent, answered) of the first probe answered.
+    let first_write = Arc::new(std::sync::Mutex::new(None::<(Instant, Instant)>));
     let probes = {
         let api = api.clone();
         let written = written.clone();
@@ -357,9 +391,10 @@ async fn measure_kill(
                 let written = written.clone();
                 let first_write = first_write.clone();
                 sent.spawn(async move {
+                    let sent_at = Instant::now();
                     if probe(&api).await {
                         if let Ok(mut first) = first_write.lock() {
-                            first.get_or_insert_with(Instant::now);
+                            first.get_or_insert_with(|| (sent_at, Instant::now()));
                         }
                         written.notify_one();
                     }
@@ -368,18 +403,57 @@ async fn measure_kill(
             while sent.join_next().await.is_some() {}
         })
     };
-    let mut elected = [None; 4];
+    let meta = {
+        let victim_name = victim_name.clone();
+        tokio::task::spawn_blocking(move || {
+            if !meta_led_by_victim {
+                return Some(Duration::ZERO);
+            }
+            while killed_at.elapsed() < PATIENCE {
+                let elected = survivors
+                    .iter()
+                    .any(|port| meta_leader(*port).is_some_and(|leader| leader != victim_name));
+                if elected {
+                    return Some(killed_at.elapsed());
+                }
+                std::thread::sleep(POLL);
+            }
+            None
+        })
+    };
+    let mut elected = [None; 5];
     for (slot, led) in elected.iter_mut().zip(led_by_victim) {
         if !led {
             *slot = Some(Duration::ZERO);
         }
     }
-    while elected.iter().any(Option::is_none) {
-        let advisory = tokio::time::timeout_at((killed_at + PATIENCE).into(), advisories.next())
-            .await
-            .ok()
-            .flatten()
-            .context("the streams did not all elect a leader")?;
+    elected[4] = Some(Duration::ZERO);
+    while elected[..4].iter().any(Option::is_none) {
+        if killed_at.elapsed() > PATIENCE {
+            bail!("the streams did not all elect a leader");
+        }
+        // An advisory sent while this client reconnects is lost: after a quiet second,
+        // the leaders are asked for (the time is then an upper bound).
+        let Ok(Some(advisory)) = tokio::time::timeout(ADVISORY_QUIET, advisories.next()).await
+        else {
+            for (i, stream) in STREAMS.iter().enumerate() {
+                if elected[i].is_none()
+                    && stream_leader(&watch_js, stream)
+                        .await
+                        .is_some_and(|l| l != victim_name)
+                {
+                    elected[i] = Some(killed_at.elapsed());
+                }
+            }
+            if elected[3].is_none()
+                && consumer_leader(&watch_js)
+                    .await
+                    .is_ok_and(|l| !l.is_empty() && l != victim_name)
+            {
+                elected[3] = Some(killed_at.elapsed());
+            }
+            continue;
+        };
         let subject = advisory.subject.as_str();
         let stream = subject.rsplit('.').next().unwrap_or_default();
         let slot = if subject.starts_with("$JS.EVENT.ADVISORY.CONSUMER.") {
@@ -393,19 +467,36 @@ async fn measure_kill(
             elected[i].get_or_insert_with(|| killed_at.elapsed());
         }
     }
+    elected[4] = Some(
+        meta.await
+            .context("meta leader watch")?
+            .context("the meta layer elected no leader")?,
+    );
     tokio::time::timeout(PATIENCE, written.notified())
         .await
         .context("no RunTask answered after the kill")?;
     probes.await.context("probes")?;
-    let written = first_write
+    let (sent, written) = first_write
         .lock()
         .ok()
         .and_then(|w| *w)
-        .context("first write")?
-        - killed_at;
+        .context("first write")?;
     Ok(Kill {
         victim: victim_name,
         elected: elected.map(Option::unwrap_or_default),
-        written,
+        written: written - killed_at,
+        sent: sent - killed_at,
+        at,
     })
+}
+
+/// The meta leader a node's `/jsz` names, if it names one.
+fn meta_leader(monitor_port: u16) -> Option<String> {
+    let (status, body) = berth_testkit::http_get(monitor_port, "/jsz").ok()?;
+    if status != 200 {
+        return None;
+    }
+    let jsz: Value = serde_json::from_str(&body).ok()?;
+    let leader = jsz["meta_cluster"]["leader"].as_str()?;
+    (!leader.is_empty()).then(|| leader.to_string())
 }

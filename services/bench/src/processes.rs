@@ -120,7 +120,7 @@ impl ControlProcess {
             .arg(nats.join(","))
             .arg("--replicas")
             .arg(replicas.to_string())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", control_log())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -366,4 +366,10 @@ impl Traffic {
             out_bytes: self.out_bytes.saturating_sub(before.out_bytes),
         }
     }
+}
+
+/// The `RUST_LOG` of the control plane the bench starts: `BERTH_BENCH_CONTROL_LOG`, else
+/// `info` (to trace a measurement, e.g. `info,berth_control::commands=debug`).
+fn control_log() -> String {
+    std::env::var("BERTH_BENCH_CONTROL_LOG").unwrap_or_else(|_| "info".to_string())
 }

@@ -444,16 +444,35 @@ impl Journal {
         let give_up = tokio::time::Instant::now() + js_timeout(&self.js);
         let mut elections = self.elections.clone();
         let mut pause = Duration::from_millis(50);
+        // Once a leader was elected or the stream did not answer, this write is part of a
+        // recovery: a publish sent in the instant a leader is elected can be lost without
+        // an answer, so its acknowledgement is waited for with the short attempts of a
+        // recovery and the write published again after each (a copy that did land makes
+        // the next one a conflict, which the writer resolves by reading the subject).
+        let mut recovery_attempts = None::<u32>;
         loop {
             elections.borrow_and_update();
             let ack = self.js.send_publish(subject.to_string(), publish()).await?;
             // The acknowledgement's own bound is the request timeout.
             let mut ack = std::pin::pin!(std::future::IntoFuture::into_future(ack));
+            let ack_wait = match recovery_attempts {
+                Some(attempt) => recovery::Patience::failover().timeout_of(attempt),
+                None => give_up.saturating_duration_since(tokio::time::Instant::now()),
+            };
             let result = tokio::select! {
-                result = &mut ack => result,
+                result = tokio::time::timeout(ack_wait, &mut ack) => match result {
+                    Ok(result) => result,
+                    Err(_) if tokio::time::Instant::now() < give_up => {
+                        tracing::debug!(subject, ?ack_wait, "no acknowledgement during a recovery; publishing again");
+                        recovery_attempts = recovery_attempts.map(|a| a + 1);
+                        continue;
+                    }
+                    Err(_) => ack.await,
+                },
                 changed = elections.changed() => {
                     if changed.is_ok() && tokio::time::Instant::now() < give_up {
                         tracing::debug!(subject, "a leader was elected; publishing again");
+                        recovery_attempts = Some(1);
                         continue;
                     }
                     ack.await
@@ -462,6 +481,7 @@ impl Journal {
             match result {
                 Err(e) if not_stored_yet(&e) && tokio::time::Instant::now() + pause < give_up => {
                     tracing::debug!(subject, error = %e, "not stored yet; publishing again");
+                    recovery_attempts.get_or_insert(1);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(250));
                 }

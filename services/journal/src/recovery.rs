@@ -16,9 +16,10 @@ use tokio::time::Instant;
 
 /// Bound on one attempt of a call that a leader answers at once when there is one.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-/// First attempts of a recovery: a consumer request sent in the instant a leader is elected
-/// can go unanswered (the new leader is not ready yet), and waiting a whole
-/// [`ATTEMPT_TIMEOUT`] for it was the slowest part of getting writes back after an election.
+/// First attempts of a recovery, and the first attempts after every signal: a consumer
+/// request sent in the instant a leader is elected can go unanswered (the new leader is
+/// not ready yet), and waiting a whole [`ATTEMPT_TIMEOUT`] for it would be the slowest
+/// part of getting writes back after an election.
 pub const RECOVERY_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Attempts made with the first timeout before later ones are given more time (an answer
 /// that is merely slow, such as a consumer over millions of subjects, still comes).
@@ -62,7 +63,8 @@ impl Patience {
         }
     }
 
-    fn timeout_of(&self, attempt: u32) -> Duration {
+    /// Bound on attempt `attempt` (from 1).
+    pub fn timeout_of(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(SHORT_ATTEMPTS).min(16);
         self.attempt_timeout
             .saturating_mul(1 << doublings)
@@ -91,7 +93,8 @@ pub enum RetryError<E: std::error::Error + 'static> {
 /// Calls `call` until it succeeds: each attempt bounded by `patience`, every failure and
 /// timeout retried after a short pause (50 ms doubling to 500 ms), and an attempt under
 /// way abandoned for a new one when `signals` fire (a request sent before a leader was
-/// elected is never answered; one sent after is).
+/// elected is never answered; one sent after usually is). After a signal the attempts
+/// start short again, as at the start of a recovery.
 pub async fn retry<T, E, F, Fut>(
     what: &str,
     patience: Patience,
@@ -106,15 +109,18 @@ where
     let deadline = patience.give_up_after.map(|d| Instant::now() + d);
     let mut pause = FIRST_PAUSE;
     let mut attempt = 0u32;
+    // Attempts made before the last signal: their growing timeouts do not carry over.
+    let mut before_signal = 0u32;
     loop {
         attempt += 1;
-        let timeout = patience.timeout_of(attempt);
+        let timeout = patience.timeout_of(attempt - before_signal);
         let outcome = match signals.as_deref_mut() {
             Some(signals) => tokio::select! {
                 outcome = tokio::time::timeout(timeout, call()) => Some(outcome),
                 signal = signals.next() => {
                     tracing::debug!(what, ?signal, "cluster changed; trying again at once");
                     pause = FIRST_PAUSE;
+                    before_signal = attempt;
                     None
                 }
             },
@@ -153,7 +159,10 @@ where
             Some(signals) => {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = signals.next() => {}
+                    _ = signals.next() => {
+                        pause = FIRST_PAUSE;
+                        before_signal = attempt;
+                    }
                 }
             }
             None => tokio::time::sleep(pause).await,
@@ -361,6 +370,36 @@ mod tests {
         .expect("answered");
         assert_eq!(value, 3);
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_makes_the_attempts_short_again() {
+        let (tx, rx) = watch::channel(0u64);
+        let mut signals = LeaderSignals::from_count(rx);
+        let mut starts = Vec::new();
+        let value = retry("answer", Patience::failover(), Some(&mut signals), || {
+            starts.push(Instant::now());
+            let call = starts.len();
+            if call == 8 {
+                // The leader is elected while the 8th attempt (given 1 s) waits.
+                tx.send_modify(|count| *count += 1);
+            }
+            async move {
+                if call < 10 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Refused>(call)
+            }
+        })
+        .await
+        .expect("answered");
+        assert_eq!(value, 10);
+        // Before the signal the attempts had grown to a second each.
+        assert!(starts[7] - starts[6] > ATTEMPT_TIMEOUT);
+        // The attempt after the signal, lost like a request sent as the leader is elected,
+        // is given the short timeout again.
+        let lost = starts[9] - starts[8];
+        assert!(lost < RECOVERY_ATTEMPT_TIMEOUT * 2, "{lost:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,8 +37,11 @@ const MAX_ATTEMPTS: i64 = 10;
 /// Pause before pulling afresh after the pulls failed.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(500);
-/// Idle heartbeat of the command pulls: two missed ones end them.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Idle heartbeat of the command pulls: two missed ones end them, and the replica pulls
+/// afresh. A pull sent in the instant a consumer leader is elected can be lost without an
+/// answer; the heartbeat bounds how long this replica then takes no command (twice it),
+/// and its cost is a few status messages a second while no command waits.
+const PULL_HEARTBEAT: Duration = Duration::from_millis(250);
 const PULL_EXPIRY: Duration = Duration::from_secs(10);
 
 /// Facts about the delivery that handlers need.

@@ -1,5 +1,5 @@
 //! The view's feed: the consumers on `BERTH_STATE` (a catch-up consumer of the last record
-//! per subject with large pulls, then an ordered consumer from the last applied sequence),
+//! per subject with large pulls, then a live consumer from the last applied sequence),
 //! their recreation after failures, reconnections and leader elections, and the apply
 //! loop that drains them in batches into the view ([`View::start`]).
 
@@ -17,10 +17,19 @@ use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Expiry of the ordered consumer's pull requests; its idle heartbeat is half of it, so a
-/// consumer lost with its server while the client stays connected (to another node of
-/// the cluster) is noticed and recreated within seconds.
-const PULL_EXPIRY: Duration = Duration::from_secs(4);
+/// Expiry of the catch-up consumer's pull requests; its idle heartbeat is half of it. A
+/// server computing where a consumer over millions of subjects starts can be silent for
+/// most of a second, so catch-up does not count a short silence as a lost consumer.
+const CATCH_UP_EXPIRY: Duration = Duration::from_secs(4);
+/// Expiry of the live consumer's pull requests; its idle heartbeat is half of it, and a
+/// missed one ends the feed, which the apply loop then recreates with short attempts. A
+/// pull sent in the instant the stream elects a leader can be lost without an answer, and
+/// until it is replaced the view applies nothing (and every mutation waits for its view):
+/// short pulls bound that to half a second, for a few status messages a second while the
+/// journal is quiet.
+const LIVE_EXPIRY: Duration = Duration::from_millis(500);
+/// Messages the live consumer asks for per pull.
+const LIVE_BATCH: usize = 500;
 
 /// Most messages applied under one lock (and one progress update).
 const APPLY_BATCH: usize = 512;
@@ -28,8 +37,8 @@ const APPLY_BATCH: usize = 512;
 /// Messages and bytes the catch-up consumer asks for per pull.
 const CATCH_UP_BATCH: usize = 8192;
 const CATCH_UP_BATCH_BYTES: usize = 16 << 20;
-/// The server removes a catch-up consumer left behind (a replica gone mid catch-up).
-const CATCH_UP_INACTIVE: Duration = Duration::from_secs(10);
+/// The server removes a consumer left behind (a replica gone, or a consumer replaced).
+const CONSUMER_INACTIVE: Duration = Duration::from_secs(10);
 
 /// Pause after the consumer failed, doubling up to the max while it keeps failing.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -42,48 +51,37 @@ struct ApplyBuffers {
     prepared: Vec<Prepared<'static>>,
 }
 
-/// The view's feed of journal messages: the catch-up consumer or the ordered consumer.
+/// The view's feed of journal messages: the catch-up consumer or the live consumer.
 type Feed = futures::stream::BoxStream<'static, std::result::Result<jetstream::Message, String>>;
 
 /// The consumer for `deliver_policy`: a catch-up consumer when the view is not ready yet
-/// (large pulls: the ordered consumer asks for 500 messages at a time, which bounds a
-/// replay of millions of records by round trips rather than by either process), the
-/// ordered consumer afterwards. Returns the feed, the messages pending at creation and
-/// the name of the catch-up consumer.
+/// (large pulls, so that a replay of millions of records is bound by neither process's
+/// round trips), a live consumer afterwards. Both are ephemeral, unacknowledged, in memory
+/// on one server; a gap in the delivery sequence (a consumer lost with its server), an
+/// error or a missed heartbeat ends the feed, and the apply loop creates the next one from
+/// the last applied record (records applied twice are skipped by version). The loop does
+/// this itself, with the short attempts of [`retry`], rather than leaving it to the
+/// client's ordered consumer, whose own recreation waits for the request timeout when its
+/// first request is lost with a leader. Returns the feed, the messages pending at creation
+/// and the name of the catch-up consumer.
 async fn consumer_feed(
     stream: &stream::Stream,
     deliver_policy: DeliverPolicy,
     catching_up: bool,
 ) -> Result<(Feed, u64, Option<String>)> {
-    if !catching_up {
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: subjects::STATE_ALL.to_string(),
-                deliver_policy,
-                max_expires: PULL_EXPIRY,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| JournalError::Consumer(e.to_string()))?;
-        let pending = consumer.cached_info().num_pending;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| JournalError::Consumer(e.to_string()))?;
-        let feed = messages.map(|m| m.map_err(|e| e.to_string())).boxed();
-        return Ok((feed, pending, None));
-    }
-    // Ephemeral, unacknowledged, in memory on one server, like the ordered consumer; gaps
-    // in its delivery sequence (a consumer lost with its server) end the feed, and the
-    // apply loop starts catch-up again (records already applied are skipped by version).
+    let expiry = if catching_up {
+        CATCH_UP_EXPIRY
+    } else {
+        LIVE_EXPIRY
+    };
     let consumer = stream
         .create_consumer(pull::Config {
             filter_subject: subjects::STATE_ALL.to_string(),
             deliver_policy,
             ack_policy: AckPolicy::None,
             max_deliver: 1,
-            max_expires: PULL_EXPIRY,
-            inactive_threshold: CATCH_UP_INACTIVE,
+            max_expires: expiry,
+            inactive_threshold: CONSUMER_INACTIVE,
             num_replicas: 1,
             memory_storage: true,
             ..Default::default()
@@ -92,12 +90,15 @@ async fn consumer_feed(
         .map_err(|e| JournalError::Consumer(e.to_string()))?;
     let pending = consumer.cached_info().num_pending;
     let name = consumer.cached_info().name.clone();
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(CATCH_UP_BATCH)
-        .max_bytes_per_batch(CATCH_UP_BATCH_BYTES)
-        .expires(PULL_EXPIRY)
-        .heartbeat(PULL_EXPIRY / 2)
+    let pulls = consumer.stream().expires(expiry).heartbeat(expiry / 2);
+    let pulls = if catching_up {
+        pulls
+            .max_messages_per_batch(CATCH_UP_BATCH)
+            .max_bytes_per_batch(CATCH_UP_BATCH_BYTES)
+    } else {
+        pulls.max_messages_per_batch(LIVE_BATCH)
+    };
+    let messages = pulls
         .messages()
         .await
         .map_err(|e| JournalError::Consumer(e.to_string()))?;
@@ -107,25 +108,24 @@ async fn consumer_feed(
         let info = message.info().map_err(|e| e.to_string())?;
         if info.consumer_sequence != delivered + 1 {
             return Err(format!(
-                "catch-up consumer skipped from delivery {delivered} to {}",
+                "view consumer skipped from delivery {delivered} to {}",
                 info.consumer_sequence
             ));
         }
         delivered = info.consumer_sequence;
         Ok(message)
     });
-    Ok((feed.boxed(), pending, Some(name)))
+    Ok((feed.boxed(), pending, catching_up.then_some(name)))
 }
 
 /// Why the apply loop replaces its consumer.
 enum Interruption {
     /// The consumer failed or ended: wait a little before recreating it.
     Failed,
-    /// The client reconnected, or the stream elected a leader: the ephemeral consumer may
-    /// be gone with its server, and the ordered consumer would take many seconds to notice
-    /// (its own recreation waits for the request timeout).
+    /// The client reconnected, or the stream elected a leader: the consumer may be gone
+    /// with its server.
     ClusterChanged,
-    /// Catch-up is complete: the ordered consumer takes over after the last applied record.
+    /// Catch-up is complete: the live consumer takes over after the last applied record.
     CaughtUp,
 }
 

@@ -1,7 +1,7 @@
 //! The in-memory view of the whole Berth state that every `berth-control` replica keeps.
 //! It catches up on `BERTH_STATE` with a consumer of the last record per subject that
-//! pulls thousands of messages at a time, then follows live changes with an ordered
-//! consumer from the last applied sequence, and indexes clusters, instances, tasks and
+//! pulls thousands of messages at a time, then follows live changes with a live
+//! consumer (short pulls, recreated by the view itself) from the last applied sequence, and indexes clusters, instances, tasks and
 //! task definitions so that point reads are O(log n), counters are kept incrementally and
 //! paging never sorts a whole cluster. A record's version is its stream sequence.
 //!
