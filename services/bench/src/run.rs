@@ -99,7 +99,7 @@ impl Sizes {
                 instances_small: 1_000,
                 place_tasks: 100_000,
                 // The rate measured at 64, 128, 256, 512 and 1,024 requests in flight
-                // peaks at 256 (docs/benchmarks.md, "Concurrency").
+                // peaks at 256 (docs/benchmarks.md, "Analysis").
                 concurrency: 256,
                 read_sizes: vec![1_000, 10_000, 100_000, 1_000_000],
                 recovery_sizes: vec![100_000, 1_000_000],
