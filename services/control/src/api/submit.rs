@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 /// the API timeout.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(15);
 /// Bound on one publish's acknowledgement: one sent while the stream had no leader is
-/// never answered.
+/// never answered. Once a publish was refused or a leader elected, the attempts are the
+/// short ones of a recovery (`Patience::failover`): one sent in the instant of an election
+/// can go unanswered too.
 const PUBLISH_ATTEMPT: Duration = Duration::from_secs(1);
 const FIRST_PUBLISH_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PUBLISH_PAUSE: Duration = Duration::from_millis(250);
@@ -180,8 +182,12 @@ async fn publish_and_wait(
     let mut pause = FIRST_PUBLISH_PAUSE;
     let mut attempt = 1u32;
     let mut signals = shared.journal.leader_signals();
+    let mut recovery_attempts = None::<u32>;
     let ack = loop {
-        let publish = tokio::time::timeout(PUBLISH_ATTEMPT, async {
+        let bound = recovery_attempts.map_or(PUBLISH_ATTEMPT, |attempt| {
+            berth_journal::recovery::Patience::failover().timeout_of(attempt)
+        });
+        let publish = tokio::time::timeout(bound, async {
             shared
                 .journal
                 .jetstream()
@@ -199,6 +205,7 @@ async fn publish_and_wait(
             None if Instant::now() < give_up => {
                 attempt += 1;
                 pause = FIRST_PUBLISH_PAUSE;
+                recovery_attempts = Some(1);
                 continue;
             }
             None => "the cluster changed while waiting for the acknowledgement".to_string(),
@@ -209,8 +216,9 @@ async fn publish_and_wait(
                 )))
             }
             Some(Ok(Err(e))) => e.to_string(),
-            Some(Err(_)) => format!("no acknowledgement within {PUBLISH_ATTEMPT:?}"),
+            Some(Err(_)) => format!("no acknowledgement within {bound:?}"),
         };
+        recovery_attempts = Some(recovery_attempts.map_or(1, |attempt| attempt + 1));
         if Instant::now() + pause >= give_up {
             return Err(ApiError::server(format!(
                 "command not accepted by the stream after {attempt} attempts: {error}"
