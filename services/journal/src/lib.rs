@@ -455,20 +455,26 @@ impl Journal {
             let ack = self.js.send_publish(subject.to_string(), publish()).await?;
             // The acknowledgement's own bound is the request timeout.
             let mut ack = std::pin::pin!(std::future::IntoFuture::into_future(ack));
-            let ack_wait = match recovery_attempts {
-                Some(attempt) => recovery::Patience::failover().timeout_of(attempt),
-                None => give_up.saturating_duration_since(tokio::time::Instant::now()),
+            // Outside a recovery the acknowledgement's own bound is all there is: no timer
+            // of its own on the normal path.
+            let short_wait =
+                recovery_attempts.map(|a| recovery::Patience::failover().timeout_of(a));
+            let gave_up_waiting = async {
+                match short_wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
             };
             let result = tokio::select! {
-                result = tokio::time::timeout(ack_wait, &mut ack) => match result {
-                    Ok(result) => result,
-                    Err(_) if tokio::time::Instant::now() < give_up => {
-                        tracing::debug!(subject, ?ack_wait, "no acknowledgement during a recovery; publishing again");
+                result = &mut ack => result,
+                () = gave_up_waiting => {
+                    if tokio::time::Instant::now() < give_up {
+                        tracing::debug!(subject, ?short_wait, "no acknowledgement during a recovery; publishing again");
                         recovery_attempts = recovery_attempts.map(|a| a + 1);
                         continue;
                     }
-                    Err(_) => ack.await,
-                },
+                    ack.await
+                }
                 changed = elections.changed() => {
                     if changed.is_ok() && tokio::time::Instant::now() < give_up {
                         tracing::debug!(subject, "a leader was elected; publishing again");
