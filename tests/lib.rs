@@ -21,6 +21,40 @@ use std::time::Duration;
 
 pub use berth_testkit;
 
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "berth-e2e-{what}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Writes `contents` to `name` in the directory; returns the file's path.
+    pub fn file(&self, name: &str, contents: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("write file");
+        path.display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Heartbeat interval used by test replicas (an agent is lost after three missed).
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// Generous bound for anything a test waits on.
@@ -46,8 +80,13 @@ pub struct Berth {
 
 impl Berth {
     pub async fn start() -> Berth {
+        Self::start_with(control_config).await
+    }
+
+    /// A nats-server and a replica configured by `config` from the server's URL.
+    pub async fn start_with(config: impl FnOnce(&str) -> ControlConfig) -> Berth {
         let nats = NatsServer::start();
-        let control = berth_control::spawn(control_config(&nats.url()));
+        let control = berth_control::spawn(config(&nats.url()));
         let api = Api::connect(&nats.url()).await;
         api.wait_serving().await;
         Berth {

@@ -14,7 +14,6 @@ use berth_messages::{api::DesiredStatusFilter, ErrorType};
 use berth_sim::{SimConfig, SimError};
 use futures::StreamExt;
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const INSTANCES: usize = 2_000;
@@ -37,27 +36,6 @@ fn sim_config(url: &str, cluster: &str, instances: usize) -> SimConfig {
         exit_code: 0,
         heartbeat_interval: HEARTBEAT,
         data_dir: None,
-    }
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "berth-sim-{tag}-{}-{}",
-            std::process::id(),
-            berth_testkit::free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

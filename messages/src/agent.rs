@@ -17,6 +17,14 @@ pub struct Heartbeat {
     pub sent_at: f64,
     #[serde(default)]
     pub running_tasks: u32,
+    /// Why the agent cannot follow its tasks (its consumer cannot be created); none while
+    /// it can. The control plane shows it as healthStatus IMPAIRED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impaired: Option<String>,
+    /// When (seconds since the epoch) the agent's task consumer last delivered the last
+    /// record of every task of the host: the end of its latest resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_synced_at: Option<f64>,
 }
 
 /// Largest chunk a log reply carries.

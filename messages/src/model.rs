@@ -252,6 +252,10 @@ pub struct ContainerInstance {
     pub status_reason: Option<String>,
     #[serde(default)]
     pub agent_connected: bool,
+    /// The agent's own health (ECS `healthStatus`): IMPAIRED while it cannot follow its
+    /// tasks, so an operator sees it and placement passes it by. Absent until reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<InstanceHealthStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_tasks_count: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,7 +276,59 @@ pub struct ContainerInstance {
     pub fenced_commands: BTreeMap<String, Fence>,
 }
 
+/// ECS `ContainerInstanceHealthStatus`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceHealthStatus {
+    /// `OK`, `IMPAIRED`, `INSUFFICIENT_DATA` or `INITIALIZING`.
+    pub overall_status: String,
+    #[serde(default)]
+    pub details: Vec<InstanceHealthCheckResult>,
+}
+
+/// ECS `InstanceHealthCheckResult`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceHealthCheckResult {
+    /// `CONTAINER_RUNTIME`: the agent and what it runs containers with.
+    #[serde(rename = "type")]
+    pub check_type: String,
+    pub status: String,
+    /// Seconds since the epoch.
+    #[serde(default)]
+    pub last_updated: f64,
+    /// Seconds since the epoch.
+    #[serde(default)]
+    pub last_status_change: f64,
+}
+
+impl InstanceHealthStatus {
+    pub const OK: &'static str = "OK";
+    pub const IMPAIRED: &'static str = "IMPAIRED";
+    pub const CONTAINER_RUNTIME: &'static str = "CONTAINER_RUNTIME";
+
+    /// One CONTAINER_RUNTIME check with `status`, changed at `at` (epoch seconds).
+    pub fn runtime(status: &str, at: f64) -> Self {
+        Self {
+            overall_status: status.to_string(),
+            details: vec![InstanceHealthCheckResult {
+                check_type: Self::CONTAINER_RUNTIME.into(),
+                status: status.to_string(),
+                last_updated: at,
+                last_status_change: at,
+            }],
+        }
+    }
+}
+
 impl ContainerInstance {
+    /// Whether the agent reported it cannot do its work (see `health_status`).
+    pub fn is_impaired(&self) -> bool {
+        self.health_status
+            .as_ref()
+            .is_some_and(|h| h.overall_status == InstanceHealthStatus::IMPAIRED)
+    }
+
     /// A copy to edit and write again, without what every write recomputes
     /// (`remainingResources`) or never stores (`version` and the task counters): the
     /// instance writer copies the record it shares with the view once per write.
@@ -287,6 +343,7 @@ impl ContainerInstance {
             status: self.status,
             status_reason: self.status_reason.clone(),
             agent_connected: self.agent_connected,
+            health_status: self.health_status.clone(),
             running_tasks_count: None,
             pending_tasks_count: None,
             attributes: self.attributes.clone(),

@@ -31,6 +31,9 @@ pub struct StreamSpec {
     pub duplicate_window: Duration,
     pub allow_direct: bool,
     pub replicas: usize,
+    /// Consumers the stream accepts. Always explicit: nats-server 2.15 caps a stream that
+    /// names no limit at 1,000 consumers, and every agent holds one on `BERTH_STATE`.
+    pub max_consumers: i64,
 }
 
 /// Knobs an operator sets; everything else is fixed by the contract.
@@ -42,6 +45,22 @@ pub struct StreamOptions {
     pub history: i64,
     /// How long command outcomes stay retrievable.
     pub outcome_retention: Duration,
+    /// Consumers each stream accepts (see [`DEFAULT_MAX_CONSUMERS`]).
+    pub max_consumers: i64,
+}
+
+/// Consumers a stream accepts unless the operator says otherwise. `BERTH_STATE` holds one
+/// per agent (its tasks), one per control-plane replica (its view) and short-lived ones
+/// (the auditor, `berth` watches), across every cluster: sized for 50,000 hosts with room
+/// to spare.
+pub const DEFAULT_MAX_CONSUMERS: i64 = 65_536;
+
+/// Share of a stream's consumer limit in use at which `berth-control` warns at start-up.
+pub const CONSUMERS_WARNING_SHARE: f64 = 0.8;
+
+/// Whether `consumers` is close enough to `max_consumers` to warn an operator.
+pub fn consumers_near_limit(consumers: usize, max_consumers: i64) -> bool {
+    max_consumers > 0 && consumers as f64 >= max_consumers as f64 * CONSUMERS_WARNING_SHARE
 }
 
 impl Default for StreamOptions {
@@ -50,6 +69,7 @@ impl Default for StreamOptions {
             replicas: 1,
             history: 64,
             outcome_retention: Duration::from_secs(24 * 3600),
+            max_consumers: DEFAULT_MAX_CONSUMERS,
         }
     }
 }
@@ -65,6 +85,7 @@ pub fn state(opts: &StreamOptions) -> StreamSpec {
         duplicate_window: Duration::from_secs(120),
         allow_direct: true,
         replicas: opts.replicas,
+        max_consumers: opts.max_consumers,
     }
 }
 
@@ -79,6 +100,7 @@ pub fn cmd(opts: &StreamOptions) -> StreamSpec {
         duplicate_window: Duration::from_secs(120),
         allow_direct: false,
         replicas: opts.replicas,
+        max_consumers: opts.max_consumers,
     }
 }
 
@@ -93,10 +115,31 @@ pub fn outcome(opts: &StreamOptions) -> StreamSpec {
         duplicate_window: Duration::from_secs(120),
         allow_direct: true,
         replicas: opts.replicas,
+        max_consumers: opts.max_consumers,
     }
 }
 
 /// Every stream Berth provisions.
 pub fn all(opts: &StreamOptions) -> Vec<StreamSpec> {
     vec![state(opts), cmd(opts), outcome(opts)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stream_names_its_consumer_limit() {
+        let opts = StreamOptions::default();
+        for spec in all(&opts) {
+            assert_eq!(spec.max_consumers, DEFAULT_MAX_CONSUMERS, "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn a_limit_four_fifths_used_is_near() {
+        assert!(!consumers_near_limit(799, 1000));
+        assert!(consumers_near_limit(800, 1000));
+        assert!(!consumers_near_limit(10, -1));
+    }
 }

@@ -84,6 +84,22 @@ pub struct AgentConfig {
     /// Exit code of every hollow container.
     #[arg(long, env = "BERTH_SIM_EXIT_CODE", default_value_t = 0)]
     pub sim_exit_code: i32,
+    /// How `--sim` hosts reach NATS: `shared` (one connection and one consumer for all)
+    /// or `real` (each its own connection and consumer, exactly as a real agent).
+    #[arg(long, env = "BERTH_SIM_SHAPE", value_enum, default_value_t = SimShape::Shared)]
+    pub sim_shape: SimShape,
+}
+
+/// How the hollow hosts of `--sim` are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SimShape {
+    /// One connection, one consumer on the cluster's tasks and one heartbeat loop for all
+    /// (`berth-sim`): thousands of hosts for the cost of one.
+    #[default]
+    Shared,
+    /// Each host is a whole agent with the hollow runtime: its own connection, consumer,
+    /// heartbeats and task actors.
+    Real,
 }
 
 impl Default for AgentConfig {
@@ -108,6 +124,7 @@ impl Default for AgentConfig {
             sim_start_delay_ms: 50,
             sim_run_ms: 500,
             sim_exit_code: 0,
+            sim_shape: SimShape::Shared,
         }
     }
 }
@@ -119,6 +136,15 @@ impl AgentConfig {
 
     pub fn default_stop_timeout(&self) -> Duration {
         seconds(self.stop_timeout, Duration::from_secs(30))
+    }
+
+    /// What hollow containers do (`--runtime sim`).
+    pub fn hollow_script(&self) -> crate::runtime::hollow::Script {
+        crate::runtime::hollow::Script {
+            start_delay: Duration::from_millis(self.sim_start_delay_ms),
+            run_time: Duration::from_millis(self.sim_run_ms),
+            exit_code: self.sim_exit_code,
+        }
     }
 }
 
@@ -179,6 +205,11 @@ mod tests {
         assert_eq!(p.agent.sim, Some(3));
         assert_eq!(p.agent.runtime, Kind::Process);
         assert!(Probe::try_parse_from(["berth-agent", "--runtime", "docker"]).is_err());
+        let p = Probe::try_parse_from(["berth-agent", "--runtime", "sim", "--sim-shape", "real"])
+            .unwrap();
+        assert_eq!(p.agent.runtime, Kind::Sim);
+        assert_eq!(p.agent.sim_shape, SimShape::Real);
+        assert!(Probe::try_parse_from(["berth-agent", "--sim-shape", "both"]).is_err());
         let p = Probe::try_parse_from(["berth-agent", "--stop-tasks-on-exit", "false"]).unwrap();
         assert!(!p.agent.stop_tasks_on_exit);
     }

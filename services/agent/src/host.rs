@@ -5,8 +5,12 @@
 
 use crate::config::AgentConfig;
 use crate::error::AgentError;
+use crate::runtime::Kind;
 use berth_messages::api::RegisterContainerInstanceRequest;
 use berth_messages::model::{Attribute, Resource, VersionInfo};
+
+/// The attribute naming the runtime this instance's containers run under.
+pub const RUNTIME_ATTRIBUTE: &str = "berth.runtime";
 
 /// Version this agent reports in `versionInfo.agentVersion` and heartbeats.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -85,6 +89,11 @@ pub fn parse_attributes(text: &str) -> Result<Vec<Attribute>, AgentError> {
         if let Some(v) = &value {
             berth_messages::validate::attribute_value(v).map_err(|e| invalid(e.message))?;
         }
+        if name == RUNTIME_ATTRIBUTE {
+            return Err(invalid(format!(
+                "{name} is set by the agent from --runtime"
+            )));
+        }
         if name.starts_with("ecs.") {
             return Err(invalid(format!(
                 "{name}: names starting with ecs. are set by the agent"
@@ -106,7 +115,18 @@ pub fn registration(
     config: &AgentConfig,
     known_arn: Option<String>,
 ) -> Result<RegisterContainerInstanceRequest, AgentError> {
-    let memory = mem_total_mib()? - config.reserved_memory;
+    let hollow = config.runtime == Kind::Sim;
+    let (cpu, memory) = if hollow {
+        (config.sim_cpu, config.sim_memory - config.reserved_memory)
+    } else {
+        (cpu_units(), mem_total_mib()? - config.reserved_memory)
+    };
+    if cpu <= 0 {
+        return Err(AgentError::Config {
+            flag: "--sim-cpu",
+            reason: format!("{cpu} CPU units leave nothing for tasks"),
+        });
+    }
     if config.reserved_memory < 0 || memory <= 0 {
         return Err(AgentError::Config {
             flag: "--reserved-memory",
@@ -132,11 +152,25 @@ pub fn registration(
             target_id: None,
         },
     ];
+    attributes.push(Attribute {
+        name: RUNTIME_ATTRIBUTE.into(),
+        value: Some(config.runtime.attribute_value().into()),
+        target_type: None,
+        target_id: None,
+    });
+    if hollow {
+        attributes.push(Attribute {
+            name: "berth.sim".into(),
+            value: Some("true".into()),
+            target_type: None,
+            target_id: None,
+        });
+    }
     attributes.extend(parse_attributes(&config.attributes)?);
     Ok(RegisterContainerInstanceRequest {
         cluster: Some(config.cluster.clone()),
         total_resources: vec![
-            Resource::integer(Resource::CPU, cpu_units()),
+            Resource::integer(Resource::CPU, cpu),
             Resource::integer(Resource::MEMORY, memory),
             Resource::string_set(Resource::PORTS, ports.iter().map(u16::to_string)),
             Resource::string_set(Resource::PORTS_UDP, Vec::new()),
@@ -208,11 +242,38 @@ mod tests {
             .iter()
             .any(|a| a.name == "ecs.os-type" && a.value.as_deref() == Some("linux")));
         assert!(r.attributes.iter().any(|a| a.name == "role"));
+        assert!(r
+            .attributes
+            .iter()
+            .any(|a| a.name == RUNTIME_ATTRIBUTE && a.value.as_deref() == Some("process")));
         assert_eq!(r.container_instance_arn.as_deref(), Some("arn"));
         let too_much = AgentConfig {
             reserved_memory: i64::MAX / 2,
             ..AgentConfig::default()
         };
         assert!(registration(&too_much, None).is_err());
+    }
+
+    #[test]
+    fn a_hollow_host_offers_its_configured_shape() {
+        let config = AgentConfig {
+            runtime: Kind::Sim,
+            sim_cpu: 2048,
+            sim_memory: 4096,
+            ..AgentConfig::default()
+        };
+        let r = registration(&config, None).unwrap();
+        let by_name = |n: &str| r.total_resources.iter().find(|x| x.name == n).unwrap();
+        assert_eq!(by_name("CPU").integer_value, Some(2048));
+        assert_eq!(by_name("MEMORY").integer_value, Some(4096));
+        let value = |n: &str| {
+            r.attributes
+                .iter()
+                .find(|a| a.name == n)
+                .and_then(|a| a.value.clone())
+        };
+        assert_eq!(value(RUNTIME_ATTRIBUTE).as_deref(), Some("sim"));
+        assert_eq!(value("berth.sim").as_deref(), Some("true"));
+        assert!(parse_attributes("berth.runtime=docker").is_err());
     }
 }

@@ -5,12 +5,14 @@
 //! at start-up ([`runtime::Runtime`], `--runtime`) and reports their state changes. It
 //! heartbeats on the host's subject and serves the containers' output on the host's log
 //! subject ([`log_service`]). `main.rs` parses flags and calls [`run_blocking`];
-//! `berth-agent --sim N` runs hollow instances from `berth-sim` instead.
+//! `berth-agent --sim N` runs hollow instances instead: from `berth-sim`, sharing one
+//! connection, or ([`fleet`]) N agents of real shape with the hollow runtime.
 
 pub mod client;
 pub mod config;
 pub mod datadir;
 pub mod error;
+pub mod fleet;
 pub mod host;
 mod log_service;
 pub mod runtime;
@@ -24,6 +26,7 @@ pub use config::AgentConfig;
 pub use error::AgentError;
 
 use actix::prelude::*;
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use berth_client::{Backoff, Client};
 use berth_messages::agent::Heartbeat;
 use berth_messages::api::{ContainerInstanceResponse, RegisterContainerInstanceRequest};
@@ -34,6 +37,7 @@ use berth_messages::{arn, codec, streams, ErrorType};
 use dashmap::DashMap;
 use datadir::{DataDir, Identity};
 use futures::StreamExt;
+use runtime::hollow::HollowRuntime;
 use runtime::process::ProcessRuntime;
 use runtime::Runtime;
 use std::future::Future;
@@ -44,6 +48,25 @@ use task::TaskActor;
 
 /// Longest wait between two attempts to reach the control plane or the journal.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Consumer creations in flight at once in this process (a `--sim` fleet holds thousands
+/// of agents; a real agent makes one at a time anyway).
+static CONSUMER_CREATIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
+/// Attempts at creating the task consumer: generous (the server may be busy with a whole
+/// fleet's), and given up after [`IMPAIRED_AFTER`] to report the agent impaired.
+const CONSUMER_PATIENCE: berth_journal::recovery::Patience = berth_journal::recovery::Patience {
+    attempt_timeout: Duration::from_secs(1),
+    max_attempt_timeout: Duration::from_secs(5),
+    give_up_after: Some(IMPAIRED_AFTER),
+};
+/// How long the consumer may fail to be created before the agent reports itself impaired.
+pub const IMPAIRED_AFTER: Duration = Duration::from_secs(15);
+const IMPAIRED_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const IMPAIRED_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Spread of an agent's reconnections: a fleet that lost its server comes back over this
+/// rather than in one instant.
+const RECONNECT_JITTER: Duration = Duration::from_secs(1);
+/// After a reconnection or a leader change, the consumer is recreated within this.
+const RESYNC_SPREAD: Duration = Duration::from_secs(2);
 
 /// What the agent's tasks share.
 pub(crate) struct Shared {
@@ -59,9 +82,30 @@ pub(crate) struct Shared {
     definitions: DashMap<String, Arc<TaskDefinition>>,
     arbiter: ArbiterHandle,
     next_actor: AtomicU64,
+    /// What the heartbeats say about following the host's tasks.
+    following: std::sync::Mutex<Following>,
+}
+
+/// How the host's task consumer fares, as the heartbeats report it.
+#[derive(Debug, Clone, Default)]
+struct Following {
+    /// Why the consumer cannot be created, after [`IMPAIRED_AFTER`] of trying.
+    impaired: Option<String>,
+    /// When (epoch seconds) the consumer last delivered every task's last record.
+    synced_at: Option<f64>,
 }
 
 impl Shared {
+    fn following(&self) -> Following {
+        self.following.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    fn set_following(&self, change: impl FnOnce(&mut Following)) {
+        if let Ok(mut f) = self.following.lock() {
+            change(&mut f);
+        }
+    }
+
     /// A task definition by ARN from the journal. Transient failures are retried; the
     /// error is for definitions that cannot be had at all.
     pub async fn task_definition(
@@ -174,6 +218,7 @@ async fn connect(config: &AgentConfig) -> Result<async_nats::Client, AgentError>
         &berth_journal::JournalConfig {
             servers: config.nats.clone(),
             name: "berth-agent".into(),
+            reconnect_jitter: RECONNECT_JITTER,
             ..Default::default()
         },
         berth_messages::streams::STATE,
@@ -213,16 +258,21 @@ async fn register(
 /// Follows the host's task subjects and feeds the task actors. `ready` is answered once
 /// the first consumer exists. A consumer lost with its server is recreated as soon as the
 /// client reconnects or the stream elects a leader, with short attempts (see
-/// `berth_journal::recovery`), not after the client's request timeout.
+/// `berth_journal::recovery`), not after the client's request timeout; after a jittered
+/// pause, and at most [`CONSUMER_CREATIONS`] at once in this process, so that a fleet
+/// reconnecting together does not create its consumers in one burst. A consumer that
+/// cannot be created for [`IMPAIRED_AFTER`] is reported loudly (an error in the log, the
+/// instance IMPAIRED through the heartbeats) and asked for again with backoff.
 async fn follow(shared: Arc<Shared>, ready: tokio::sync::oneshot::Sender<()>) {
-    use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-    use berth_journal::recovery::{retry, LeaderSignals, Patience};
+    use berth_journal::recovery::{retry, LeaderSignals};
     let filter = subjects::tasks_of_instance(&shared.cluster, &shared.instance_id);
     let mut ready = Some(ready);
     let mut signals = LeaderSignals::for_stream(&shared.client, streams::STATE).await;
     let mut wait = Duration::from_millis(100);
+    let mut refused_wait = IMPAIRED_FIRST_BACKOFF;
     loop {
         let create = || async {
+            let _turn = CONSUMER_CREATIONS.acquire().await;
             let consumer = shared
                 .state
                 .create_consumer(pull::OrderedConfig {
@@ -231,27 +281,46 @@ async fn follow(shared: Arc<Shared>, ready: tokio::sync::oneshot::Sender<()>) {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| AgentError::Follow(e.to_string()))?;
-            consumer
+                .map_err(|e| AgentError::Follow(berth_journal::error_chain(&e)))?;
+            let pending = consumer.cached_info().num_pending;
+            let messages = consumer
                 .messages()
                 .await
-                .map_err(|e| AgentError::Follow(e.to_string()))
+                .map_err(|e| AgentError::Follow(berth_journal::error_chain(&e)))?;
+            Ok::<_, AgentError>((messages, pending))
         };
-        let mut messages = match retry(
+        let (mut messages, pending) = match retry(
             "task consumer",
-            Patience::failover(),
+            CONSUMER_PATIENCE,
             Some(&mut signals),
             create,
         )
         .await
         {
-            Ok(messages) => messages,
+            Ok(created) => created,
             Err(e) => {
-                // Not reached: failover patience never gives up.
-                tracing::warn!(error = %e, "cannot follow this host's tasks yet");
+                let reason = berth_journal::error_chain(&e);
+                tracing::error!(
+                    error = %reason,
+                    retry_in = ?refused_wait,
+                    "cannot follow this host's tasks: no task placed here will run until this is fixed"
+                );
+                shared.set_following(|f| f.impaired = Some(reason));
+                tokio::time::sleep(jittered(refused_wait)).await;
+                refused_wait = (refused_wait * 2).min(IMPAIRED_MAX_BACKOFF);
                 continue;
             }
         };
+        refused_wait = IMPAIRED_FIRST_BACKOFF;
+        let mut syncing = pending > 0;
+        shared.set_following(|f| {
+            if f.impaired.take().is_some() {
+                tracing::info!("following this host's tasks again");
+            }
+            if !syncing {
+                f.synced_at = Some(berth_messages::now_epoch_seconds());
+            }
+        });
         if let Some(tx) = ready.take() {
             let _ = tx.send(());
         }
@@ -260,12 +329,20 @@ async fn follow(shared: Arc<Shared>, ready: tokio::sync::oneshot::Sender<()>) {
                 item = messages.next() => item,
                 signal = signals.next() => {
                     tracing::info!(?signal, "following this host's tasks again");
+                    // Spread a fleet's consumers over a moment instead of one burst.
+                    tokio::time::sleep(jittered(RESYNC_SPREAD)).await;
                     break false;
                 }
             };
             match item {
                 Some(Ok(msg)) => {
                     wait = Duration::from_millis(100);
+                    if syncing && msg.info().is_ok_and(|info| info.pending == 0) {
+                        syncing = false;
+                        shared.set_following(|f| {
+                            f.synced_at = Some(berth_messages::now_epoch_seconds())
+                        });
+                    }
                     let Some(StateKey::Task { task_id, .. }) = subjects::parse_state(&msg.subject)
                     else {
                         continue;
@@ -292,17 +369,26 @@ async fn follow(shared: Arc<Shared>, ready: tokio::sync::oneshot::Sender<()>) {
     }
 }
 
+/// A random share (from half to all) of `spread`, so that agents started or reconnected
+/// together do not act in step.
+fn jittered(spread: Duration) -> Duration {
+    spread.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
 async fn heartbeats(shared: Arc<Shared>, arn: String, interval: Duration) {
     let subject = subjects::heartbeat(&shared.cluster, &shared.instance_id);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let following = shared.following();
         let beat = Heartbeat {
             container_instance_arn: arn.clone(),
             agent_version: host::AGENT_VERSION.into(),
             sent_at: berth_messages::now_epoch_seconds(),
             running_tasks: u32::try_from(shared.tasks.len()).unwrap_or(u32::MAX),
+            impaired: following.impaired,
+            tasks_synced_at: following.synced_at,
         };
         match codec::encode_record(&beat) {
             Ok(body) => {
@@ -320,6 +406,16 @@ async fn heartbeats(shared: Arc<Shared>, arn: String, interval: Duration) {
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    run_host(config, shutdown, None).await
+}
+
+/// [`run`], telling `ready` the instance ARN once the host follows its tasks (instead of
+/// printing the ready line): how a `--sim` fleet of real shape starts its hosts.
+pub(crate) async fn run_host(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+    ready: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> Result<(), AgentError> {
     // The lock comes first: a second agent on the same directory disturbs nothing.
     let data = DataDir::open(&config.data_dir)?;
@@ -369,6 +465,7 @@ pub async fn run(
         definitions: DashMap::new(),
         arbiter: System::current().arbiter().clone(),
         next_actor: AtomicU64::new(0),
+        following: std::sync::Mutex::new(Following::default()),
     });
     let beats = tokio::spawn(heartbeats(
         shared.clone(),
@@ -388,7 +485,12 @@ pub async fn run(
     tokio::select! {
         _ = ready_rx => {
             tracing::info!(instance = %instance_arn, "berth-agent ready");
-            eprintln!("berth-agent ready instance={instance_arn}");
+            match ready {
+                Some(tx) => {
+                    let _ = tx.send(instance_arn.clone());
+                }
+                None => eprintln!("berth-agent ready instance={instance_arn}"),
+            }
             shutdown.await;
         }
         _ = &mut shutdown => {}
@@ -432,6 +534,7 @@ fn start_runtime(config: &AgentConfig, data: &DataDir) -> Result<Arc<dyn Runtime
             config.log_max_bytes,
             config.log_files,
         )),
+        runtime::Kind::Sim => Arc::new(HollowRuntime::new(config.hollow_script())),
     })
 }
 
@@ -446,8 +549,21 @@ fn shim_executable() -> std::io::Result<std::path::PathBuf> {
     })
 }
 
-/// Runs `berth-agent --sim N`: hollow instances from `berth-sim`, until `shutdown`.
+/// Runs `berth-agent --sim N` until `shutdown`: hollow instances from `berth-sim` sharing
+/// one connection (`--sim-shape shared`), or N agents of real shape (`real`, see
+/// [`fleet`]).
 pub async fn run_sim(
+    config: AgentConfig,
+    instances: usize,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    match config.sim_shape {
+        config::SimShape::Shared => run_shared_sim(config, instances, shutdown).await,
+        config::SimShape::Real => fleet::run(config, instances, shutdown).await,
+    }
+}
+
+async fn run_shared_sim(
     config: AgentConfig,
     instances: usize,
     shutdown: impl Future<Output = ()>,

@@ -203,8 +203,14 @@ async fn replay(
         }
         sequence = stream_sequence;
         each(&message, sequence);
-        if sequence >= last_sequence || pending == 0 {
+        // `pending` is the consumer's own view: an R1 replay consumer may sit on a replica
+        // still catching up (a restarted node), which reports nothing pending before the
+        // leader's last sequence. Only that sequence ends the replay.
+        if sequence >= last_sequence {
             return Ok(());
+        }
+        if pending == 0 {
+            tracing::debug!(stream = %name, sequence, last_sequence, "replay caught up with its replica; waiting for the rest");
         }
     }
 }

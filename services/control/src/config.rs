@@ -2,7 +2,7 @@
 
 use berth_journal::JournalConfig;
 use berth_messages::arn::ArnScope;
-use berth_messages::streams::StreamOptions;
+use berth_messages::streams::{self, StreamOptions};
 use std::time::Duration;
 
 /// Flags of `berth-control`.
@@ -27,6 +27,15 @@ pub struct ControlConfig {
     /// Records kept per entity subject in BERTH_STATE.
     #[arg(long, env = "BERTH_HISTORY", default_value_t = 64)]
     pub history: i64,
+    /// Consumers each stream accepts. `BERTH_STATE` holds one per agent, so this bounds
+    /// the fleet across all clusters; start-up warns when a stream nears it.
+    #[arg(
+        long = "max-consumers",
+        env = "BERTH_MAX_CONSUMERS",
+        default_value_t = streams::DEFAULT_MAX_CONSUMERS,
+        value_parser = clap::value_parser!(i64).range(1..=i64::from(i32::MAX))
+    )]
+    pub max_consumers: i64,
     /// Region in minted ARNs.
     #[arg(long, env = "BERTH_REGION", default_value = "local")]
     pub region: String,
@@ -94,6 +103,7 @@ impl Default for ControlConfig {
             nats: vec!["nats://127.0.0.1:4222".into()],
             replicas: 1,
             history: 64,
+            max_consumers: streams::DEFAULT_MAX_CONSUMERS,
             region: "local".into(),
             account_id: "000000000000".into(),
             heartbeat_interval: 5.0,
@@ -115,6 +125,7 @@ impl ControlConfig {
             streams: StreamOptions {
                 replicas: self.replicas,
                 history: self.history,
+                max_consumers: self.max_consumers,
                 ..StreamOptions::default()
             },
             name: "berth-control".into(),

@@ -14,7 +14,9 @@ use crate::planners::liveness::{
     plan_beat, LivenessAction, LivenessPlanner, Now, ObservedInstance,
 };
 use crate::shared::{Metrics, Shared};
-use berth_messages::model::{ContainerInstance, InstanceStatus};
+use berth_messages::agent::Heartbeat;
+use berth_messages::codec;
+use berth_messages::model::{ContainerInstance, InstanceHealthStatus, InstanceStatus};
 use berth_messages::subjects;
 use dashmap::{DashMap, DashSet};
 use futures::StreamExt;
@@ -47,8 +49,17 @@ pub async fn run(shared: Shared) -> Result<(), async_nats::Error> {
             continue;
         };
         beats.insert((cluster.to_string(), instance.to_string()), Instant::now());
+        let impaired = codec::decode_record::<Heartbeat>(&msg.payload)
+            .ok()
+            .and_then(|beat| beat.impaired);
         let record = shared.view.instance(cluster, instance);
-        if let Some(action) = plan_beat(cluster, instance, record.as_ref().map(|r| &r.value)) {
+        let action = plan_beat(
+            cluster,
+            instance,
+            record.as_ref().map(|r| &r.value),
+            impaired.as_deref(),
+        );
+        if let Some(action) = action {
             execute(&shared, &flipping, action);
         }
     }
@@ -109,16 +120,59 @@ fn execute(shared: &Shared, flipping: &Arc<DashSet<InstanceKey>>, action: Livene
         LivenessAction::MarkDisconnected {
             cluster,
             instance_id,
-        } => flip(shared, flipping, (cluster, instance_id), false),
+        } => flip(shared, flipping, (cluster, instance_id), Flip::Disconnected),
         LivenessAction::MarkConnected {
             cluster,
             instance_id,
-        } => flip(shared, flipping, (cluster, instance_id), true),
+            impaired,
+        } => flip(
+            shared,
+            flipping,
+            (cluster, instance_id),
+            Flip::Heard { impaired },
+        ),
     }
 }
 
-/// Writes `agentConnected = connected` unless a flip for this instance is in flight.
-fn flip(shared: &Shared, flipping: &Arc<DashSet<InstanceKey>>, key: InstanceKey, connected: bool) {
+/// What a flip writes.
+#[derive(Debug, Clone)]
+enum Flip {
+    Disconnected,
+    /// The agent spoke: connected, with the health it reported.
+    Heard {
+        impaired: Option<String>,
+    },
+}
+
+impl Flip {
+    fn apply(&self, ci: &mut ContainerInstance) {
+        if ci.status == InstanceStatus::Inactive {
+            return;
+        }
+        match self {
+            Flip::Disconnected => ci.agent_connected = false,
+            Flip::Heard { impaired } => {
+                ci.agent_connected = true;
+                if ci.is_impaired() != impaired.is_some() {
+                    let status = if impaired.is_some() {
+                        InstanceHealthStatus::IMPAIRED
+                    } else {
+                        InstanceHealthStatus::OK
+                    };
+                    let now = berth_messages::now_epoch_seconds();
+                    ci.health_status = Some(InstanceHealthStatus::runtime(status, now));
+                }
+            }
+        }
+    }
+
+    fn connected(&self) -> bool {
+        matches!(self, Flip::Heard { .. })
+    }
+}
+
+/// Writes the flip unless one for this instance is in flight.
+fn flip(shared: &Shared, flipping: &Arc<DashSet<InstanceKey>>, key: InstanceKey, change: Flip) {
     if !flipping.insert(key.clone()) {
         return;
     }
@@ -126,10 +180,15 @@ fn flip(shared: &Shared, flipping: &Arc<DashSet<InstanceKey>>, key: InstanceKey,
     let flipping = flipping.clone();
     tokio::spawn(async move {
         let command_id = format!("internal-liveness-{}", crate::ids::fresh_command_id());
+        let connected = change.connected();
+        if let Flip::Heard {
+            impaired: Some(reason),
+        } = &change
+        {
+            tracing::warn!(cluster = %key.0, instance = %key.1, reason, "agent reports it cannot follow its tasks");
+        }
         let op = OpKind::Mutate(Box::new(move |ci: &mut ContainerInstance| {
-            if ci.status != InstanceStatus::Inactive {
-                ci.agent_connected = connected;
-            }
+            change.apply(ci);
             Ok(())
         }));
         match InstanceOp::run(&shared, &key.0, &key.1, &command_id, op).await {

@@ -119,6 +119,27 @@ pub struct JournalConfig {
     pub request_timeout: Duration,
     /// Connection name shown by the server (`nats server report connections`).
     pub name: String,
+    /// Spread of the random delay added to every reconnection attempt (see
+    /// [`reconnect_delay`]): short for the control plane, which must be back at once;
+    /// longer for agents, thousands of which lose their server together.
+    pub reconnect_jitter: Duration,
+}
+
+/// [`JournalConfig::reconnect_jitter`] unless a process says otherwise.
+pub const DEFAULT_RECONNECT_JITTER: Duration = Duration::from_millis(100);
+
+/// Delay before reconnection attempt `attempts` (from 1): none for the first, then
+/// doubling from 2 ms to 4 s as async-nats does, each scaled by a random half to whole and
+/// with up to `jitter` added, so that clients that lost their server together do not come
+/// back in step.
+pub fn reconnect_delay(attempts: usize, jitter: Duration) -> Duration {
+    let base = if attempts <= 1 {
+        Duration::ZERO
+    } else {
+        let doublings = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(12);
+        Duration::from_millis(1u64 << doublings).min(Duration::from_secs(4))
+    };
+    base.mul_f64(0.5 + rand::random::<f64>() * 0.5) + jitter.mul_f64(rand::random::<f64>())
 }
 
 impl Default for JournalConfig {
@@ -128,6 +149,7 @@ impl Default for JournalConfig {
             streams: StreamOptions::default(),
             request_timeout: Duration::from_secs(10),
             name: "berth".into(),
+            reconnect_jitter: DEFAULT_RECONNECT_JITTER,
         }
     }
 }
@@ -158,6 +180,7 @@ pub fn stream_config(spec: &StreamSpec) -> stream::Config {
         duplicate_window: spec.duplicate_window,
         allow_direct: spec.allow_direct,
         num_replicas: spec.replicas,
+        max_consumers: i32::try_from(spec.max_consumers).unwrap_or(i32::MAX),
         ..Default::default()
     }
 }
@@ -179,8 +202,10 @@ fn server_addrs(servers: &[String]) -> Result<Vec<async_nats::ServerAddr>> {
 }
 
 fn client_options(config: &JournalConfig) -> async_nats::ConnectOptions {
+    let jitter = config.reconnect_jitter;
     async_nats::ConnectOptions::new()
         .name(&config.name)
+        .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, jitter))
         .request_timeout(Some(config.request_timeout))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -770,7 +795,7 @@ pub async fn provision(js: &Context, opts: &StreamOptions) -> Result<()> {
             || js.create_or_update_stream(config.clone()),
         )
         .await
-        .map(|_| ())
+        .map(|info| warn_if_consumers_near_limit(spec.name, &info))
         .map_err(|e| JournalError::Provision {
             stream: spec.name.into(),
             reason: error_chain(&e),
@@ -778,6 +803,27 @@ pub async fn provision(js: &Context, opts: &StreamOptions) -> Result<()> {
     });
     futures::future::try_join_all(creations).await?;
     Ok(())
+}
+
+/// Warns when a stream holds nearly as many consumers as it accepts: past the limit, the
+/// next agent cannot follow its tasks (`--max-consumers` raises it).
+fn warn_if_consumers_near_limit(stream: &str, info: &stream::Info) {
+    let max = i64::from(info.config.max_consumers);
+    if streams::consumers_near_limit(info.state.consumer_count, max) {
+        tracing::warn!(
+            stream,
+            consumers = info.state.consumer_count,
+            max_consumers = max,
+            "the stream holds nearly as many consumers as it accepts; raise --max-consumers"
+        );
+    } else {
+        tracing::debug!(
+            stream,
+            consumers = info.state.consumer_count,
+            max_consumers = max,
+            "stream provisioned"
+        );
+    }
 }
 
 /// The request timeout a JetStream context was built with.
@@ -861,5 +907,23 @@ fn publish_error(
             subject: subject.to_string(),
             reason: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnections_back_off_with_jitter_within_bounds() {
+        let jitter = Duration::from_millis(500);
+        for _ in 0..100 {
+            assert!(reconnect_delay(1, jitter) <= jitter);
+            let third = reconnect_delay(3, jitter);
+            assert!(third >= Duration::from_millis(2) && third <= Duration::from_millis(504));
+            let late = reconnect_delay(60, jitter);
+            assert!(late >= Duration::from_secs(2) && late <= Duration::from_millis(4500));
+        }
+        assert_eq!(reconnect_delay(1, Duration::ZERO), Duration::ZERO);
     }
 }

@@ -178,11 +178,12 @@ pub(crate) fn capacity_with(
     capacity
 }
 
-/// Status and agent checks: only ACTIVE instances with a connected agent take new tasks.
+/// Status and agent checks: only ACTIVE instances with a connected agent that is not
+/// impaired (it can follow its tasks) take new tasks.
 pub(crate) fn eligibility(instance: &ContainerInstance) -> Result<(), Shortfall> {
     if instance.status != InstanceStatus::Active {
         Err(Shortfall::Inactive)
-    } else if !instance.agent_connected {
+    } else if !instance.agent_connected || instance.is_impaired() {
         Err(Shortfall::Agent)
     } else {
         Ok(())
@@ -349,6 +350,7 @@ fn take_ports(used: &BTreeSet<u16>, statics: &[u16], dynamic: usize) -> Option<V
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use berth_messages::model::InstanceHealthStatus;
 
     /// An ACTIVE, connected instance with the usual ECS reserved ports.
     pub(crate) fn instance(id: &str, cpu: i64, memory: i64) -> ContainerInstance {
@@ -489,6 +491,12 @@ pub(crate) mod tests {
         let mut lost = i.clone();
         lost.agent_connected = false;
         assert_eq!(fit(&lost, &demand(1, 1)), Err(Shortfall::Agent));
+        let mut impaired = i.clone();
+        impaired.health_status = Some(InstanceHealthStatus::runtime(
+            InstanceHealthStatus::IMPAIRED,
+            1.0,
+        ));
+        assert_eq!(fit(&impaired, &demand(1, 1)), Err(Shortfall::Agent));
 
         assert_eq!(Shortfall::Inactive.reason(), "INACTIVE");
         assert_eq!(Shortfall::Agent.reason(), "AGENT");

@@ -487,6 +487,7 @@ impl InstancePool {
 fn same_facts(a: &ContainerInstance, b: &ContainerInstance) -> bool {
     a.status == b.status
         && a.agent_connected == b.agent_connected
+        && a.health_status == b.health_status
         && a.attributes == b.attributes
         && a.version_info.agent_version == b.version_info.agent_version
         && a.registered_at.to_bits() == b.registered_at.to_bits()

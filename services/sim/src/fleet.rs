@@ -179,6 +179,8 @@ pub async fn heartbeats(client: async_nats::Client, fleet: Arc<Fleet>, interval:
                 agent_version: AGENT_VERSION.into(),
                 sent_at: now,
                 running_tasks: s.tasks.load(Ordering::Relaxed),
+                impaired: None,
+                tasks_synced_at: None,
             };
             let body = codec::encode_record(&beat).unwrap_or_default();
             if let Err(e) = client

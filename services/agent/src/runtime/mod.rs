@@ -10,12 +10,13 @@
 //! code and, when the exit alone does not say it, a reason.
 //!
 //! Implementations: [`process`] (`--runtime process`), host processes under the agent's
-//! shim. The runtime is chosen once at start-up ([`Kind`]) and shared as
+//! shim; [`hollow`] (`--runtime sim`), containers that run nothing, for scale tests. The runtime is chosen once at start-up ([`Kind`]) and shared as
 //! `Arc<dyn Runtime>`.
 //!
 //! Asynchronous operations return boxed `'static` futures: the trait stays usable as
 //! `dyn Runtime`, and the task actor can spawn them on its context.
 
+pub mod hollow;
 pub mod process;
 
 use berth_messages::model::{ContainerDefinition, Task};
@@ -34,6 +35,20 @@ pub enum Kind {
     /// Host processes, each under a shim in its own process group.
     #[default]
     Process,
+    /// Hollow containers that run nothing (a hollow host of real shape, for scale tests):
+    /// they start after `--sim-start-delay-ms`, run `--sim-run-ms` and exit with
+    /// `--sim-exit-code`.
+    Sim,
+}
+
+impl Kind {
+    /// The value of the `berth.runtime` attribute the instance registers with.
+    pub fn attribute_value(self) -> &'static str {
+        match self {
+            Kind::Process => "process",
+            Kind::Sim => "sim",
+        }
+    }
 }
 
 /// How the agent names a container to its runtime: its task and its name in the task

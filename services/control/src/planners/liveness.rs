@@ -13,6 +13,8 @@
 //! grace before judging it, since its own silence says nothing about the agents; any beat
 //! from a disconnected, not INACTIVE instance marks it connected.
 
+#[cfg(test)]
+use berth_messages::model::InstanceHealthStatus;
 use berth_messages::model::{ContainerInstance, InstanceStatus};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -78,10 +80,13 @@ pub enum LivenessAction {
         cluster: String,
         instance_id: String,
     },
-    /// Write `agentConnected = true`: a disconnected instance's agent spoke.
+    /// Write `agentConnected = true` and the health the beat reports: a disconnected
+    /// instance's agent spoke, or its agent became impaired or recovered.
     MarkConnected {
         cluster: String,
         instance_id: String,
+        /// Why the agent cannot follow its tasks (healthStatus IMPAIRED); none: it can.
+        impaired: Option<String>,
     },
 }
 
@@ -155,13 +160,18 @@ pub fn plan_beat(
     cluster: &str,
     instance_id: &str,
     record: Option<&ContainerInstance>,
+    impaired: Option<&str>,
 ) -> Option<LivenessAction> {
     let record = record?;
-    (!record.agent_connected && record.status != InstanceStatus::Inactive).then(|| {
-        LivenessAction::MarkConnected {
-            cluster: cluster.to_string(),
-            instance_id: instance_id.to_string(),
-        }
+    let active = record.status != InstanceStatus::Inactive;
+    let reconnects = !record.agent_connected;
+    // Health is written on change only: an instance never reported impaired needs no
+    // OK record, so a healthy fleet costs no write per beat or per registration.
+    let health_changes = record.is_impaired() != impaired.is_some();
+    (active && (reconnects || health_changes)).then(|| LivenessAction::MarkConnected {
+        cluster: cluster.to_string(),
+        instance_id: instance_id.to_string(),
+        impaired: impaired.map(str::to_string),
     })
 }
 
@@ -337,17 +347,55 @@ mod tests {
             ..ContainerInstance::default()
         };
         assert_eq!(
-            plan_beat("default", "i-1", Some(&record)),
+            plan_beat("default", "i-1", Some(&record), None),
             Some(LivenessAction::MarkConnected {
                 cluster: "default".into(),
                 instance_id: "i-1".into(),
+                impaired: None,
             })
         );
         record.status = InstanceStatus::Inactive;
-        assert_eq!(plan_beat("default", "i-1", Some(&record)), None);
+        assert_eq!(plan_beat("default", "i-1", Some(&record), None), None);
         record.status = InstanceStatus::Active;
         record.agent_connected = true;
-        assert_eq!(plan_beat("default", "i-1", Some(&record)), None);
-        assert_eq!(plan_beat("default", "i-1", None), None);
+        assert_eq!(plan_beat("default", "i-1", Some(&record), None), None);
+        assert_eq!(plan_beat("default", "i-1", None, None), None);
+    }
+
+    #[test]
+    fn health_is_written_when_it_changes_only() {
+        let mut record = ContainerInstance {
+            agent_connected: true,
+            ..ContainerInstance::default()
+        };
+        let impaired = Some(LivenessAction::MarkConnected {
+            cluster: "default".into(),
+            instance_id: "i-1".into(),
+            impaired: Some("no consumer".into()),
+        });
+        assert_eq!(
+            plan_beat("default", "i-1", Some(&record), Some("no consumer")),
+            impaired
+        );
+        record.health_status = Some(InstanceHealthStatus::runtime(
+            InstanceHealthStatus::IMPAIRED,
+            1.0,
+        ));
+        assert_eq!(
+            plan_beat("default", "i-1", Some(&record), Some("no consumer")),
+            None
+        );
+        assert_eq!(
+            plan_beat("default", "i-1", Some(&record), None),
+            Some(LivenessAction::MarkConnected {
+                cluster: "default".into(),
+                instance_id: "i-1".into(),
+                impaired: None,
+            })
+        );
+        record.health_status = Some(InstanceHealthStatus::runtime(InstanceHealthStatus::OK, 2.0));
+        assert_eq!(plan_beat("default", "i-1", Some(&record), None), None);
+        record.status = InstanceStatus::Inactive;
+        assert_eq!(plan_beat("default", "i-1", Some(&record), Some("x")), None);
     }
 }
