@@ -1,8 +1,9 @@
 //! Fleets of real shape (`berth-agent --sim N --sim-shape real`): every hollow host is a
-//! whole agent with its own NATS connection and its own consumer on `BERTH_STATE`, as
-//! real agents are. More of them than nats-server's default cap of 1,000 consumers per
-//! stream all follow their tasks; agents that cannot create their consumer say so and
-//! are passed by; a restart of nats-server resyncs every agent, and the auditor is clean.
+//! whole agent with its own NATS connection, its own subscription to its task records
+//! and its own snapshot consumer on `BERTH_STATE`, as real agents are. More of them than
+//! nats-server's default cap of 1,000 consumers per stream all follow their tasks;
+//! agents that cannot take their snapshot say so and are passed by; a restart of
+//! nats-server resyncs every agent, and the auditor is clean.
 
 use berth_e2e::*;
 use berth_messages::agent::Heartbeat;
@@ -154,12 +155,6 @@ async fn instances(api: &Api, cluster: &str) -> Vec<serde_json::Value> {
     out
 }
 
-async fn consumers_on_state(client: &async_nats::Client) -> usize {
-    let js = async_nats::jetstream::new(client.clone());
-    let mut stream = js.get_stream(streams::STATE).await.expect("state stream");
-    stream.info().await.expect("info").state.consumer_count
-}
-
 /// Starts one task on `instance_arn` and waits until it is RUNNING.
 async fn start_and_see_running(api: &Api, cluster: &str, family: &str, instance_arn: &str) {
     let reply = api
@@ -197,10 +192,13 @@ async fn more_agents_than_the_old_cap_of_a_thousand_all_follow_their_tasks() {
     let mut fleet = Fleet::start(&berth.url(), "big", HOSTS, &dir.0);
     fleet.wait_ready().await;
 
-    let consumers = consumers_on_state(&berth.api.client).await;
-    assert!(
-        consumers > HOSTS,
-        "{consumers} consumer(s) on BERTH_STATE for {HOSTS} agents"
+    // Snapshots in a storm take a consumer each: the limit is explicit and above the cap.
+    let js = async_nats::jetstream::new(berth.api.client.clone());
+    let mut state = js.get_stream(streams::STATE).await.expect("state stream");
+    let config = state.info().await.expect("info").config.clone();
+    assert_eq!(
+        i64::from(config.max_consumers),
+        streams::DEFAULT_MAX_CONSUMERS
     );
     let all = instances(&berth.api, "big").await;
     assert_eq!(all.len(), HOSTS);
@@ -225,25 +223,28 @@ async fn more_agents_than_the_old_cap_of_a_thousand_all_follow_their_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_that_cannot_follow_their_tasks_are_impaired_and_passed_by() {
-    const HOSTS: usize = 4;
     const FOLLOWING: usize = 2;
+    const CAPPED: usize = 2;
     let berth = berth_for_fleets().await;
     create_cluster(&berth.api, "capped").await;
     register_task_definition(&berth.api, "web", 1, 1, None).await;
-    // An operator's limit that leaves room for two agents' consumers only.
+    let (following_dir, capped_dir) = (TempDir::new("following"), TempDir::new("capped"));
+    let mut following = Fleet::start(&berth.url(), "capped", FOLLOWING, &following_dir.0);
+    following.wait_ready().await;
+
+    // An operator's limit that leaves no room for another consumer: agents starting now
+    // cannot take the snapshot of their tasks.
     let js = async_nats::jetstream::new(berth.api.client.clone());
     let mut state = js.get_stream(streams::STATE).await.expect("state stream");
     let info = state.info().await.expect("info").clone();
     let mut config = info.config.clone();
-    config.max_consumers = i32::try_from(info.state.consumer_count + FOLLOWING).expect("small");
+    config.max_consumers = i32::try_from(info.state.consumer_count.max(1)).expect("small");
     js.update_stream(config.clone())
         .await
         .expect("limit consumers");
-
-    let dir = TempDir::new("capped");
-    let _fleet = Fleet::start(&berth.url(), "capped", HOSTS, &dir.0);
+    let _capped = Fleet::start(&berth.url(), "capped", CAPPED, &capped_dir.0);
     let impaired = wait_for(
-        "the hosts without a consumer to show IMPAIRED",
+        "the hosts without a snapshot to show IMPAIRED",
         FLEET_PATIENCE,
         || async {
             let all = instances(&berth.api, "capped").await;
@@ -251,7 +252,7 @@ async fn agents_that_cannot_follow_their_tasks_are_impaired_and_passed_by() {
                 .into_iter()
                 .filter(|i| i["healthStatus"]["overallStatus"] == "IMPAIRED")
                 .collect();
-            (impaired.len() == HOSTS - FOLLOWING).then_some(impaired)
+            (impaired.len() == CAPPED).then_some(impaired)
         },
     )
     .await;
@@ -282,14 +283,16 @@ async fn agents_that_cannot_follow_their_tasks_are_impaired_and_passed_by() {
         );
     }
 
-    // Room again: the impaired agents create their consumers and recover.
+    // Room again: the impaired agents take their snapshots and recover.
     config.max_consumers = streams::DEFAULT_MAX_CONSUMERS as i32;
     js.update_stream(config).await.expect("lift the limit");
     wait_for("every host healthy again", FLEET_PATIENCE, || async {
         let all = instances(&berth.api, "capped").await;
-        all.iter()
-            .all(|i| i["healthStatus"]["overallStatus"] != "IMPAIRED")
-            .then_some(())
+        (all.len() == FOLLOWING + CAPPED
+            && all
+                .iter()
+                .all(|i| i["healthStatus"]["overallStatus"] != "IMPAIRED"))
+        .then_some(())
     })
     .await;
     assert_audit_clean(&berth.url()).await;

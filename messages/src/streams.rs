@@ -34,6 +34,8 @@ pub struct StreamSpec {
     /// Consumers the stream accepts. Always explicit: nats-server 2.15 caps a stream that
     /// names no limit at 1,000 consumers, and every agent holds one on `BERTH_STATE`.
     pub max_consumers: i64,
+    /// Stored messages also published on core NATS: `(source filter, destination)`.
+    pub republish: Option<(&'static str, &'static str)>,
 }
 
 /// Knobs an operator sets; everything else is fixed by the contract.
@@ -86,6 +88,11 @@ pub fn state(opts: &StreamOptions) -> StreamSpec {
         allow_direct: true,
         replicas: opts.replicas,
         max_consumers: opts.max_consumers,
+        // Agents follow their tasks on core NATS (see `subjects::TASKS_REPUBLISHED_TO`).
+        republish: Some((
+            subjects::TASKS_REPUBLISHED_FROM,
+            subjects::TASKS_REPUBLISHED_TO,
+        )),
     }
 }
 
@@ -101,6 +108,7 @@ pub fn cmd(opts: &StreamOptions) -> StreamSpec {
         allow_direct: false,
         replicas: opts.replicas,
         max_consumers: opts.max_consumers,
+        republish: None,
     }
 }
 
@@ -116,6 +124,7 @@ pub fn outcome(opts: &StreamOptions) -> StreamSpec {
         allow_direct: true,
         replicas: opts.replicas,
         max_consumers: opts.max_consumers,
+        republish: None,
     }
 }
 

@@ -96,6 +96,28 @@ pub fn host_logs(cluster: &str, instance_id: &str) -> String {
     format!("berth.host.{cluster}.{instance_id}.logs")
 }
 
+/// `berth.host.<cluster>.<instance-id>.task.*`: where `BERTH_STATE` republishes every
+/// task record of a host (see [`TASKS_REPUBLISHED_FROM`]); its agent follows them here.
+pub fn host_tasks(cluster: &str, instance_id: &str) -> String {
+    format!("berth.host.{cluster}.{instance_id}.task.*")
+}
+
+/// The task records `BERTH_STATE` republishes on core NATS as it stores them...
+pub const TASKS_REPUBLISHED_FROM: &str = "berth.state.*.task.*.*";
+/// ...and where: `berth.host.<cluster>.<instance-id>.task.<task-id>` ([`host_tasks`]).
+/// A core subscription per host costs nats-server a lookup per record, where a consumer
+/// per host on the stream costs a scan of the records between two of its own.
+pub const TASKS_REPUBLISHED_TO: &str =
+    "berth.host.{{wildcard(1)}}.{{wildcard(2)}}.task.{{wildcard(3)}}";
+
+/// Parses `berth.host.<cluster>.<instance-id>.task.<task-id>` into the task id.
+pub fn parse_host_task(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix("berth.host.")?;
+    let mut it = rest.split('.');
+    let (_cluster, _instance, kind, task) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    (kind == "task" && !task.is_empty() && it.next().is_none()).then_some(task)
+}
+
 /// Parses `berth.host.<cluster>.<instance-id>.heartbeat` into (cluster, instance id).
 pub fn parse_heartbeat(subject: &str) -> Option<(&str, &str)> {
     let rest = subject.strip_prefix("berth.host.")?;
@@ -214,5 +236,22 @@ mod tests {
         assert_eq!(parse_command("berth.cmd.a.b.c"), None);
         assert_eq!(parse_heartbeat(&heartbeat("c", "i")), Some(("c", "i")));
         assert_eq!(parse_heartbeat("berth.host.c.i.logs"), None);
+    }
+
+    #[test]
+    fn republished_task_records_land_on_their_host() {
+        // The mapping nats-server applies, token by token.
+        let state = task("c1", "i1", "t1");
+        let tokens: Vec<&str> = state.split('.').collect();
+        let republished = TASKS_REPUBLISHED_TO
+            .replace("{{wildcard(1)}}", tokens[2])
+            .replace("{{wildcard(2)}}", tokens[4])
+            .replace("{{wildcard(3)}}", tokens[5]);
+        assert_eq!(republished, "berth.host.c1.i1.task.t1");
+        assert_eq!(parse_host_task(&republished), Some("t1"));
+        assert_eq!(host_tasks("c1", "i1"), "berth.host.c1.i1.task.*");
+        assert_eq!(parse_heartbeat(&republished), None);
+        assert_eq!(parse_host_task("berth.host.c.i.heartbeat"), None);
+        assert_eq!(parse_host_task("berth.host.c.i.task.t.x"), None);
     }
 }

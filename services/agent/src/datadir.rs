@@ -28,7 +28,8 @@ pub struct Identity {
 #[derive(Debug)]
 pub struct DataDir {
     root: PathBuf,
-    _lock: File,
+    /// None for a host of a `--sim` fleet, whose whole directory the fleet has locked.
+    _lock: Option<File>,
 }
 
 impl DataDir {
@@ -76,7 +77,21 @@ impl DataDir {
         }
         std::fs::create_dir_all(root.join("tasks"))
             .map_err(|e| fail(format!("cannot create tasks/: {e}")))?;
-        Ok(DataDir { root, _lock: lock })
+        Ok(DataDir {
+            root,
+            _lock: Some(lock),
+        })
+    }
+
+    /// A host's directory inside a fleet's, which the fleet has opened (and locked) with
+    /// [`DataDir::open`]: thousands of hosts in one process must not hold a file each.
+    pub fn open_in_fleet(fleet: &DataDir, host: &Path) -> Result<DataDir, AgentError> {
+        let root = fleet.root.join(host);
+        std::fs::create_dir_all(root.join("tasks")).map_err(|e| AgentError::DataDir {
+            path: root.clone(),
+            reason: format!("cannot create it: {e}"),
+        })?;
+        Ok(DataDir { root, _lock: None })
     }
 
     pub fn root(&self) -> &Path {
@@ -154,6 +169,20 @@ mod tests {
         );
         drop(first);
         DataDir::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_fleet_s_hosts_share_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = DataDir::open(dir.path()).unwrap();
+        let host = DataDir::open_in_fleet(&fleet, Path::new("host-7")).unwrap();
+        assert!(host.root().ends_with("host-7"));
+        assert!(host.tasks_dir().is_dir());
+        assert!(!host.root().join("agent.lock").exists());
+        assert!(matches!(
+            DataDir::open(dir.path()).unwrap_err(),
+            AgentError::DataDirInUse { .. }
+        ));
     }
 
     #[test]

@@ -6,15 +6,19 @@
 //!
 //! Hosts start at most [`STARTS_IN_FLIGHT`] at a time (connect, register, create the
 //! consumer), each keeping its identity in `<data-dir>/host-<n>`, so a fleet started
-//! again comes back as the same instances. The ready line (`berth-agent ready sim=N`)
+//! again comes back as the same instances. The fleet holds the one lock, on
+//! `<data-dir>`: a host holds its connection and no file, so 10,000 hosts fit in a
+//! process allowed 20,000 descriptors. The ready line (`berth-agent ready sim=N`)
 //! comes once every host follows its tasks.
 
 use crate::config::AgentConfig;
+use crate::datadir::DataDir;
 use crate::error::AgentError;
 use crate::runtime::Kind;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,12 +29,17 @@ pub const STARTS_IN_FLIGHT: usize = 64;
 /// How long the hosts get to wind down once asked to stop.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
+/// The directory of host `n`, inside the fleet's.
+fn host_dir(n: usize) -> String {
+    format!("host-{n}")
+}
+
 /// The configuration of host `n` of the fleet.
 pub fn host_config(fleet: &AgentConfig, n: usize) -> AgentConfig {
     AgentConfig {
         runtime: Kind::Sim,
         sim: None,
-        data_dir: fleet.data_dir.join(format!("host-{n}")),
+        data_dir: fleet.data_dir.join(host_dir(n)),
         ..fleet.clone()
     }
 }
@@ -48,6 +57,8 @@ pub async fn run(
             reason: "the number of hollow instances must be at least 1".into(),
         });
     }
+    // One lock for the whole fleet: thousands of hosts must not hold a file each.
+    let root = Arc::new(DataDir::open(&config.data_dir)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let starts = Arc::new(Semaphore::new(STARTS_IN_FLIGHT));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -56,6 +67,7 @@ pub async fn run(
     let mut hosts: FuturesUnordered<_> = (0..instances)
         .map(|n| {
             let host = host_config(&config, n);
+            let root = root.clone();
             let starts = starts.clone();
             let ready = ready.clone();
             let all_ready = all_ready.clone();
@@ -64,6 +76,7 @@ pub async fn run(
                 let Ok(permit) = starts.acquire_owned().await else {
                     return Ok(());
                 };
+                let data = DataDir::open_in_fleet(&root, Path::new(&host_dir(n)))?;
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let stopped = async move {
                     let _ = stop.wait_for(|stop| *stop).await;
@@ -82,8 +95,10 @@ pub async fn run(
                         all_ready.notify_one();
                     }
                 };
-                let (result, ()) =
-                    futures::join!(crate::run_host(host, stopped, Some(tx)), watch_ready);
+                let (result, ()) = futures::join!(
+                    crate::run_host(host, stopped, Some(crate::FleetHost { data, ready: tx })),
+                    watch_ready
+                );
                 result
             }
         })

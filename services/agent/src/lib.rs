@@ -1,6 +1,7 @@
 //! `berth-agent`, one per host: registers the host as a container instance (keeping its
-//! identity in its data directory), follows `berth.state.<cluster>.task.<instance-id>.*`
-//! (last record per task, then live) and hands each task to its own actor
+//! identity in its data directory), follows its task records (a snapshot of the last
+//! record per task, then live on core NATS where `BERTH_STATE` republishes them, see
+//! `follow`) and hands each task to its own actor
 //! ([`task::TaskActor`]), which drives the task's containers through the runtime chosen
 //! at start-up ([`runtime::Runtime`], `--runtime`) and reports their state changes. It
 //! heartbeats on the host's subject and serves the containers' output on the host's log
@@ -26,7 +27,6 @@ pub use config::AgentConfig;
 pub use error::AgentError;
 
 use actix::prelude::*;
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use berth_client::{Backoff, Client};
 use berth_messages::agent::Heartbeat;
 use berth_messages::api::{ContainerInstanceResponse, RegisterContainerInstanceRequest};
@@ -48,24 +48,32 @@ use task::TaskActor;
 
 /// Longest wait between two attempts to reach the control plane or the journal.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Consumer creations in flight at once in this process (a `--sim` fleet holds thousands
-/// of agents; a real agent makes one at a time anyway).
+/// Snapshots in flight at once in this process (a `--sim` fleet holds thousands of
+/// agents; a real agent takes one at a time anyway).
 static CONSUMER_CREATIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
-/// Attempts at creating the task consumer: generous (the server may be busy with a whole
-/// fleet's), and given up after [`IMPAIRED_AFTER`] to report the agent impaired.
+/// How often an agent looks whether its client reconnected.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+/// A snapshot consumer left behind (its agent died) is deleted by the server after this.
+const SNAPSHOT_CONSUMER_INACTIVE: Duration = Duration::from_secs(10);
+const SNAPSHOT_BATCH: usize = 500;
+const SNAPSHOT_PULL_EXPIRY: Duration = Duration::from_secs(5);
+/// A snapshot that delivers nothing for this long is abandoned and taken again.
+const SNAPSHOT_IDLE: Duration = Duration::from_secs(15);
+/// Attempts at creating the snapshot consumer: generous (the server may be busy with a
+/// whole fleet's), and given up after [`IMPAIRED_AFTER`] to report the agent impaired.
 const CONSUMER_PATIENCE: berth_journal::recovery::Patience = berth_journal::recovery::Patience {
     attempt_timeout: Duration::from_secs(1),
     max_attempt_timeout: Duration::from_secs(5),
     give_up_after: Some(IMPAIRED_AFTER),
 };
-/// How long the consumer may fail to be created before the agent reports itself impaired.
+/// How long a snapshot may fail before the agent reports itself impaired.
 pub const IMPAIRED_AFTER: Duration = Duration::from_secs(15);
 const IMPAIRED_FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const IMPAIRED_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Spread of an agent's reconnections: a fleet that lost its server comes back over this
 /// rather than in one instant.
 const RECONNECT_JITTER: Duration = Duration::from_secs(1);
-/// After a reconnection or a leader change, the consumer is recreated within this.
+/// After a reconnection, the snapshot is taken again within this.
 const RESYNC_SPREAD: Duration = Duration::from_secs(2);
 
 /// What the agent's tasks share.
@@ -84,6 +92,9 @@ pub(crate) struct Shared {
     next_actor: AtomicU64,
     /// What the heartbeats say about following the host's tasks.
     following: std::sync::Mutex<Following>,
+    /// The version (stream sequence) of the last record handed on, by task id: live
+    /// records and a snapshot's may arrive in either order.
+    versions: DashMap<String, u64>,
 }
 
 /// How the host's task consumer fares, as the heartbeats report it.
@@ -150,6 +161,23 @@ impl Shared {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(MAX_BACKOFF);
                 }
+            }
+        }
+    }
+
+    /// Hands on a task record of version `sequence` unless a newer one was.
+    fn offer(self: &Arc<Self>, task_id: &str, sequence: u64, payload: &[u8]) {
+        {
+            let mut version = self.versions.entry(task_id.to_string()).or_insert(0);
+            if *version >= sequence {
+                return;
+            }
+            *version = sequence;
+        }
+        match codec::decode_record::<Task>(payload) {
+            Ok(record) => self.deliver(task_id, record),
+            Err(e) => {
+                tracing::warn!(task = task_id, sequence, error = %e, "undecodable task record")
             }
         }
     }
@@ -255,118 +283,170 @@ async fn register(
     }
 }
 
-/// Follows the host's task subjects and feeds the task actors. `ready` is answered once
-/// the first consumer exists. A consumer lost with its server is recreated as soon as the
-/// client reconnects or the stream elects a leader, with short attempts (see
-/// `berth_journal::recovery`), not after the client's request timeout; after a jittered
-/// pause, and at most [`CONSUMER_CREATIONS`] at once in this process, so that a fleet
-/// reconnecting together does not create its consumers in one burst. A consumer that
-/// cannot be created for [`IMPAIRED_AFTER`] is reported loudly (an error in the log, the
+/// Follows the host's task records and feeds the task actors. `ready` is answered once
+/// the first snapshot is in.
+///
+/// Live records come on core NATS, where `BERTH_STATE` republishes every task record as
+/// it stores it (`subjects::host_tasks`): a subscription costs nats-server a lookup per
+/// record, where a long-lived consumer per host would cost a scan of every other host's
+/// records between two of its own. The subscription is made first; then a snapshot
+/// (the last record of every task of the host, through a consumer that lives only as
+/// long as the snapshot) covers what was stored before it; records are handed on in
+/// version order per task (a record older than one already handed on is dropped). A
+/// reconnection may have lost live records, so it brings a new snapshot, after a
+/// jittered pause and at most [`CONSUMER_CREATIONS`] at once in this process, so that a
+/// fleet reconnecting together does not take its snapshots in one burst. A snapshot that
+/// cannot be had for [`IMPAIRED_AFTER`] is reported loudly (an error in the log, the
 /// instance IMPAIRED through the heartbeats) and asked for again with backoff.
 async fn follow(shared: Arc<Shared>, ready: tokio::sync::oneshot::Sender<()>) {
-    use berth_journal::recovery::{retry, LeaderSignals};
-    let filter = subjects::tasks_of_instance(&shared.cluster, &shared.instance_id);
+    use berth_journal::recovery::LeaderSignals;
     let mut ready = Some(ready);
-    let mut signals = LeaderSignals::for_stream(&shared.client, streams::STATE).await;
-    let mut wait = Duration::from_millis(100);
+    let mut signals = LeaderSignals::reconnections(&shared.client, RECONNECT_CHECK).await;
     let mut refused_wait = IMPAIRED_FIRST_BACKOFF;
+    let subject = subjects::host_tasks(&shared.cluster, &shared.instance_id);
     loop {
-        let create = || async {
-            let _turn = CONSUMER_CREATIONS.acquire().await;
-            let consumer = shared
-                .state
-                .create_consumer(pull::OrderedConfig {
-                    filter_subject: filter.clone(),
-                    deliver_policy: DeliverPolicy::LastPerSubject,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| AgentError::Follow(berth_journal::error_chain(&e)))?;
-            let pending = consumer.cached_info().num_pending;
-            let messages = consumer
-                .messages()
-                .await
-                .map_err(|e| AgentError::Follow(berth_journal::error_chain(&e)))?;
-            Ok::<_, AgentError>((messages, pending))
-        };
-        let (mut messages, pending) = match retry(
-            "task consumer",
-            CONSUMER_PATIENCE,
-            Some(&mut signals),
-            create,
-        )
-        .await
-        {
-            Ok(created) => created,
+        let mut live = match shared.client.subscribe(subject.clone()).await {
+            Ok(live) => live,
             Err(e) => {
-                let reason = berth_journal::error_chain(&e);
-                tracing::error!(
-                    error = %reason,
-                    retry_in = ?refused_wait,
-                    "cannot follow this host's tasks: no task placed here will run until this is fixed"
-                );
-                shared.set_following(|f| f.impaired = Some(reason));
+                tracing::warn!(error = %e, "cannot subscribe to this host's task records");
                 tokio::time::sleep(jittered(refused_wait)).await;
                 refused_wait = (refused_wait * 2).min(IMPAIRED_MAX_BACKOFF);
                 continue;
             }
         };
-        refused_wait = IMPAIRED_FIRST_BACKOFF;
-        let mut syncing = pending > 0;
-        shared.set_following(|f| {
-            if f.impaired.take().is_some() {
-                tracing::info!("following this host's tasks again");
-            }
-            if !syncing {
-                f.synced_at = Some(berth_messages::now_epoch_seconds());
-            }
-        });
-        if let Some(tx) = ready.take() {
-            let _ = tx.send(());
-        }
-        let failed = loop {
-            let item = tokio::select! {
-                item = messages.next() => item,
-                signal = signals.next() => {
-                    tracing::info!(?signal, "following this host's tasks again");
-                    // Spread a fleet's consumers over a moment instead of one burst.
-                    tokio::time::sleep(jittered(RESYNC_SPREAD)).await;
-                    break false;
-                }
-            };
-            match item {
-                Some(Ok(msg)) => {
-                    wait = Duration::from_millis(100);
-                    if syncing && msg.info().is_ok_and(|info| info.pending == 0) {
-                        syncing = false;
-                        shared.set_following(|f| {
-                            f.synced_at = Some(berth_messages::now_epoch_seconds())
-                        });
-                    }
-                    let Some(StateKey::Task { task_id, .. }) = subjects::parse_state(&msg.subject)
-                    else {
-                        continue;
-                    };
-                    match codec::decode_record::<Task>(&msg.payload) {
-                        Ok(record) => shared.deliver(task_id, record),
-                        Err(e) => {
-                            tracing::warn!(subject = %msg.subject, error = %e, "undecodable task record")
+        'snapshots: loop {
+            match snapshot(&shared, &mut signals).await {
+                Ok(tasks) => {
+                    refused_wait = IMPAIRED_FIRST_BACKOFF;
+                    shared.set_following(|f| {
+                        if f.impaired.take().is_some() {
+                            tracing::info!("following this host's tasks again");
                         }
+                        f.synced_at = Some(berth_messages::now_epoch_seconds());
+                    });
+                    tracing::debug!(tasks, "task snapshot taken");
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
                     }
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "task consumer failed; following again");
-                    break true;
+                Err(reason) => {
+                    tracing::error!(
+                        error = %reason,
+                        retry_in = ?refused_wait,
+                        "cannot follow this host's tasks: no task placed here will run until this is fixed"
+                    );
+                    shared.set_following(|f| f.impaired = Some(reason));
+                    tokio::time::sleep(jittered(refused_wait)).await;
+                    refused_wait = (refused_wait * 2).min(IMPAIRED_MAX_BACKOFF);
+                    continue 'snapshots;
                 }
-                None => break true,
             }
+            loop {
+                tokio::select! {
+                    message = live.next() => match message {
+                        Some(message) => {
+                            let (Some(task_id), Some(sequence)) = (
+                                subjects::parse_host_task(&message.subject),
+                                republished_sequence(&message),
+                            ) else {
+                                continue;
+                            };
+                            shared.offer(task_id, sequence, &message.payload);
+                        }
+                        None => break 'snapshots,
+                    },
+                    signal = signals.next() => {
+                        tracing::info!(?signal, "connection changed; taking a new snapshot of this host's tasks");
+                        // Spread a fleet's snapshots over a moment instead of one burst.
+                        tokio::time::sleep(jittered(RESYNC_SPREAD)).await;
+                        continue 'snapshots;
+                    }
+                }
+            }
+        }
+        tracing::warn!("the subscription to this host's task records ended; subscribing again");
+    }
+}
+
+/// The stream sequence of a republished record (`Nats-Sequence`).
+fn republished_sequence(message: &async_nats::Message) -> Option<u64> {
+    message
+        .headers
+        .as_ref()?
+        .get(async_nats::header::NATS_SEQUENCE)?
+        .as_str()
+        .parse()
+        .ok()
+}
+
+/// Hands the last record of every task of the host to the actors, through a consumer
+/// with `LastPerSubject` that is deleted once it has delivered them; returns how many.
+async fn snapshot(
+    shared: &Arc<Shared>,
+    signals: &mut berth_journal::recovery::LeaderSignals,
+) -> Result<usize, String> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use berth_journal::recovery::retry;
+    let filter = subjects::tasks_of_instance(&shared.cluster, &shared.instance_id);
+    let create = || async {
+        let _turn = CONSUMER_CREATIONS.acquire().await;
+        let consumer = shared
+            .state
+            .create_consumer(pull::Config {
+                filter_subject: filter.clone(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ack_policy: AckPolicy::None,
+                memory_storage: true,
+                num_replicas: 1,
+                inactive_threshold: SNAPSHOT_CONSUMER_INACTIVE,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| AgentError::Follow(berth_journal::error_chain(&e)))?;
+        let pending = consumer.cached_info().num_pending;
+        let name = consumer.cached_info().name.clone();
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(SNAPSHOT_BATCH)
+            .expires(SNAPSHOT_PULL_EXPIRY)
+            .messages()
+            .await
+            .map_err(|e| AgentError::Follow(berth_journal::error_chain(&e)))?;
+        Ok::<_, AgentError>((messages, pending, name))
+    };
+    let (mut messages, mut pending, name) =
+        retry("task snapshot", CONSUMER_PATIENCE, Some(signals), create)
+            .await
+            .map_err(|e| berth_journal::error_chain(&e))?;
+    let mut tasks = std::collections::HashSet::new();
+    while pending > 0 {
+        let next = tokio::time::timeout(SNAPSHOT_IDLE, messages.next()).await;
+        let message = match next {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(e))) => return Err(format!("task snapshot failed: {e}")),
+            Ok(None) => return Err("task snapshot ended early".into()),
+            Err(_) => return Err(format!("task snapshot stalled for {SNAPSHOT_IDLE:?}")),
         };
-        // Level-triggered: a new consumer delivers every task's last record again.
-        if failed {
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(1));
+        let info = message
+            .info()
+            .map_err(|e| format!("task record without metadata: {e}"))?;
+        pending = info.pending;
+        let sequence = info.stream_sequence;
+        if let Some(StateKey::Task { task_id, .. }) = subjects::parse_state(&message.subject) {
+            tasks.insert(task_id.to_string());
+            shared.offer(task_id, sequence, &message.payload);
         }
     }
+    drop(messages);
+    if let Err(e) = shared.state.delete_consumer(&name).await {
+        tracing::debug!(error = %e, "snapshot consumer not deleted; it expires on its own");
+    }
+    // Versions of tasks the journal no longer holds (purged) and no actor works on are
+    // not needed to order anything any more.
+    shared
+        .versions
+        .retain(|id, _| tasks.contains(id) || shared.tasks.contains_key(id));
+    Ok(tasks.len())
 }
 
 /// A random share (from half to all) of `spread`, so that agents started or reconnected
@@ -410,15 +490,25 @@ pub async fn run(
     run_host(config, shutdown, None).await
 }
 
-/// [`run`], telling `ready` the instance ARN once the host follows its tasks (instead of
-/// printing the ready line): how a `--sim` fleet of real shape starts its hosts.
+/// A host of a `--sim` fleet of real shape: its directory inside the fleet's, and where
+/// it tells its instance ARN once it follows its tasks (instead of printing the ready
+/// line).
+pub(crate) struct FleetHost {
+    pub data: DataDir,
+    pub ready: tokio::sync::oneshot::Sender<String>,
+}
+
+/// [`run`], or one host of a fleet.
 pub(crate) async fn run_host(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
-    ready: Option<tokio::sync::oneshot::Sender<String>>,
+    fleet: Option<FleetHost>,
 ) -> Result<(), AgentError> {
     // The lock comes first: a second agent on the same directory disturbs nothing.
-    let data = DataDir::open(&config.data_dir)?;
+    let (data, ready) = match fleet {
+        Some(host) => (host.data, Some(host.ready)),
+        None => (DataDir::open(&config.data_dir)?, None),
+    };
     let identity = data.identity()?;
     if let Some(id) = &identity {
         if id.cluster != config.cluster {
@@ -466,6 +556,7 @@ pub(crate) async fn run_host(
         arbiter: System::current().arbiter().clone(),
         next_actor: AtomicU64::new(0),
         following: std::sync::Mutex::new(Following::default()),
+        versions: DashMap::new(),
     });
     let beats = tokio::spawn(heartbeats(
         shared.clone(),

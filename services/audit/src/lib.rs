@@ -24,6 +24,10 @@ use std::time::Duration;
 /// How long the replay waits for the next message before giving up.
 pub const REPLAY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a replay consumer that has delivered everything its replica holds may stay
+/// silent before it is replaced (see [`replay`]).
+const LAGGING_REPLICA_WAIT: Duration = Duration::from_secs(2);
+
 /// Times the replay consumer is asked for before the audit fails.
 const CONSUMER_ATTEMPTS: u32 = 5;
 /// Pause before asking again, times the attempt number.
@@ -137,6 +141,13 @@ fn message_published(message: &jetstream::Message) -> Option<DateTime> {
 
 /// Delivers every message of `stream` matching `filter`, in order, up to the stream's
 /// last sequence when `stream` was fetched.
+///
+/// A replay consumer is R1 and may sit on a replica that is still catching up (a node
+/// just restarted): it reports nothing pending before the leader's last sequence, and a
+/// replica that catches up by installing a snapshot does not wake it. Only the leader's
+/// last sequence ends the replay, and a consumer that has delivered all its replica holds
+/// and then stays silent for [`LAGGING_REPLICA_WAIT`] is replaced by a new one from the
+/// next sequence.
 async fn replay(
     stream: &stream::Stream,
     filter: &str,
@@ -153,14 +164,72 @@ async fn replay(
         stream: name.clone(),
         reason,
     };
-    // A JetStream API request can time out while a busy cluster elects or catches up;
-    // the consumer is asked for again a few times before the audit gives up.
+    let mut sequence = 0;
+    let mut progress_at = tokio::time::Instant::now();
+    loop {
+        let mut messages = replay_consumer(stream, filter, headers_only, sequence + 1).await?;
+        let mut caught_up_with_replica = false;
+        loop {
+            let wait = if caught_up_with_replica {
+                LAGGING_REPLICA_WAIT
+            } else {
+                REPLAY_IDLE_TIMEOUT.saturating_sub(progress_at.elapsed())
+            };
+            let next = match tokio::time::timeout(wait, messages.next()).await {
+                Ok(next) => next,
+                Err(_) if progress_at.elapsed() < REPLAY_IDLE_TIMEOUT => {
+                    tracing::debug!(stream = %name, sequence, last_sequence, "replay consumer silent short of the last sequence; replacing it");
+                    break;
+                }
+                Err(_) => {
+                    return Err(AuditError::Stalled {
+                        stream: name.clone(),
+                        sequence,
+                        waited: REPLAY_IDLE_TIMEOUT,
+                    })
+                }
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => return Err(replay_error(e.to_string())),
+                None => return Err(replay_error("the consumer ended early".into())),
+            };
+            let (stream_sequence, pending) = message
+                .info()
+                .map(|info| (info.stream_sequence, info.pending))
+                .map_err(|e| replay_error(format!("message without metadata: {e}")))?;
+            if stream_sequence > last_sequence {
+                return Ok(());
+            }
+            sequence = stream_sequence;
+            progress_at = tokio::time::Instant::now();
+            each(&message, sequence);
+            if sequence >= last_sequence {
+                return Ok(());
+            }
+            caught_up_with_replica = pending == 0;
+        }
+    }
+}
+
+/// An ordered consumer on `filter` from `start`. A JetStream API request can time out
+/// while a busy cluster elects or catches up; it is asked for again a few times before
+/// the audit gives up.
+async fn replay_consumer(
+    stream: &stream::Stream,
+    filter: &str,
+    headers_only: bool,
+    start: u64,
+) -> Result<consumer::pull::Ordered, AuditError> {
+    let name = &stream.cached_info().config.name;
     let mut attempt = 1;
-    let mut messages = loop {
+    loop {
         let created = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: filter.to_string(),
-                deliver_policy: consumer::DeliverPolicy::All,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
                 headers_only,
                 ..Default::default()
             })
@@ -171,46 +240,18 @@ async fn replay(
             Err(e) => Err(e),
         };
         match started {
-            Ok(messages) => break messages,
+            Ok(messages) => return Ok(messages),
             Err(reason) if attempt < CONSUMER_ATTEMPTS => {
                 tracing::warn!(stream = %name, attempt, %reason, "audit consumer not created; asking again");
                 tokio::time::sleep(CONSUMER_RETRY_PAUSE * attempt).await;
                 attempt += 1;
             }
-            Err(reason) => return Err(replay_error(reason)),
-        }
-    };
-    let mut sequence = 0;
-    loop {
-        let next = tokio::time::timeout(REPLAY_IDLE_TIMEOUT, messages.next())
-            .await
-            .map_err(|_| AuditError::Stalled {
-                stream: name.clone(),
-                sequence,
-                waited: REPLAY_IDLE_TIMEOUT,
-            })?;
-        let message = match next {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(replay_error(e.to_string())),
-            None => return Err(replay_error("the consumer ended early".into())),
-        };
-        let (stream_sequence, pending) = message
-            .info()
-            .map(|info| (info.stream_sequence, info.pending))
-            .map_err(|e| replay_error(format!("message without metadata: {e}")))?;
-        if stream_sequence > last_sequence {
-            return Ok(());
-        }
-        sequence = stream_sequence;
-        each(&message, sequence);
-        // `pending` is the consumer's own view: an R1 replay consumer may sit on a replica
-        // still catching up (a restarted node), which reports nothing pending before the
-        // leader's last sequence. Only that sequence ends the replay.
-        if sequence >= last_sequence {
-            return Ok(());
-        }
-        if pending == 0 {
-            tracing::debug!(stream = %name, sequence, last_sequence, "replay caught up with its replica; waiting for the rest");
+            Err(reason) => {
+                return Err(AuditError::Replay {
+                    stream: name.clone(),
+                    reason,
+                })
+            }
         }
     }
 }

@@ -96,6 +96,8 @@ pub struct ControlStats {
     pub conflicts: u64,
     pub retries: u64,
     pub group_commits: u64,
+    /// Writes of `agentConnected` (and the agents' health) by the liveness loop.
+    pub agent_flips: u64,
 }
 
 impl ControlStats {
@@ -117,6 +119,7 @@ impl ControlStats {
             conflicts: n("conflicts"),
             retries: n("retries"),
             group_commits: n("groupCommits"),
+            agent_flips: n("agentFlips"),
         }
     }
 
@@ -131,6 +134,7 @@ impl ControlStats {
             conflicts: self.conflicts.saturating_sub(earlier.conflicts),
             retries: self.retries.saturating_sub(earlier.retries),
             group_commits: self.group_commits.saturating_sub(earlier.group_commits),
+            agent_flips: self.agent_flips.saturating_sub(earlier.agent_flips),
         }
     }
 }

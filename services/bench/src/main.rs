@@ -8,6 +8,7 @@ mod api;
 mod ceiling;
 mod criterion;
 mod failover;
+mod fleet;
 mod placement;
 mod processes;
 mod procfs;
@@ -95,6 +96,12 @@ pub struct Args {
     /// Seeded tasks for the R3 read measurement.
     #[arg(long)]
     pub r3_read_size: Option<usize>,
+    /// Hosts of the fleet of real shape (each its own connection and consumer).
+    #[arg(long)]
+    pub fleet_hosts: Option<usize>,
+    /// Skip the fleet of real shape.
+    #[arg(long)]
+    pub skip_fleet: bool,
     /// Only measure NATS failover on a 3-node cluster with three replicas: kill the node
     /// leading BERTH_STATE this many times (see `failover.rs`).
     #[arg(long)]

@@ -90,6 +90,19 @@ impl Nats {
             .context("connecting to nats-server")
     }
 
+    /// Kills node `node` and starts it again on its ports and store; returns once it
+    /// accepts clients. Blocking.
+    pub fn restart_node(&mut self, node: usize) {
+        match self {
+            Nats::Single(server) => server.restart(),
+            Nats::Cluster(cluster) => {
+                if let Some(server) = cluster.nodes.get_mut(node) {
+                    server.restart();
+                }
+            }
+        }
+    }
+
     /// Stops the server(s) off the async threads (dropping waits for the processes).
     pub async fn stop(self) {
         let _ = tokio::task::spawn_blocking(move || drop(self)).await;
@@ -209,63 +222,164 @@ impl AgentProcess {
         log: &Path,
         timeout: Duration,
     ) -> anyhow::Result<AgentProcess> {
-        let mut child = Command::new(bin)
-            .arg("--cluster")
-            .arg(cluster)
-            .arg("--nats")
-            .arg(nats.join(","))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().context("pid of berth-agent")?;
-        let stderr = child.stderr.take().context("stderr of berth-agent")?;
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
-        let mut log_file = tokio::fs::File::create(log)
-            .await
-            .with_context(|| format!("creating {}", log.display()))?;
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            let mut ready = Some(ready_tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = log_file.write_all(line.as_bytes()).await;
-                let _ = log_file.write_all(b"\n").await;
-                if let Some(arn) = line
-                    .split("berth-agent ready instance=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(arn.trim_matches('"').to_string());
-                    }
-                }
-            }
-        });
-        let instance_arn = match tokio::time::timeout(timeout, ready_rx).await {
-            Ok(Ok(arn)) => arn,
-            _ => {
-                let _ = child.start_kill();
-                bail!(
-                    "berth-agent was not ready within {timeout:?}; log tail:\n{}",
-                    tail(log, 30)
-                );
-            }
-        };
+        let marker = "berth-agent ready instance=";
+        let (child, pid, ready) = launch(bin, nats, cluster, data_dir, log, &[], marker)?;
+        let instance_arn = await_ready(child, pid, ready, log, timeout, |rest| {
+            rest.split_whitespace()
+                .next()
+                .map(|arn| arn.trim_matches('"').to_string())
+        })
+        .await?;
         Ok(AgentProcess {
-            child,
+            child: instance_arn.0,
             pid,
-            instance_arn,
+            instance_arn: instance_arn.1,
         })
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
         terminate(&mut self.child, self.pid, "berth-agent").await
+    }
+}
+
+/// What a [`FleetProcess`] runs.
+pub struct FleetSpec<'a> {
+    pub cluster: &'a str,
+    pub hosts: usize,
+    /// Each host keeps its identity in `host-<n>` under it.
+    pub data_dir: &'a Path,
+    /// More settings (`BERTH_SIM_*`, `BERTH_HEARTBEAT_INTERVAL`).
+    pub env: Vec<(&'a str, String)>,
+}
+
+/// `berth-agent --sim N --sim-shape real`: N hollow hosts of real shape in one process.
+pub struct FleetProcess {
+    child: Child,
+    pid: u32,
+    pub hosts: usize,
+    /// From starting the process to every host following its tasks.
+    pub registration: Duration,
+}
+
+impl FleetProcess {
+    /// Starts the fleet and waits for its "berth-agent ready sim=<N>" line.
+    pub async fn spawn(
+        bin: &Path,
+        nats: &[String],
+        fleet: &FleetSpec<'_>,
+        log: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<FleetProcess> {
+        // Thousands of hosts each logging their start would fill the log for nothing.
+        let mut settings = vec![
+            ("BERTH_SIM", fleet.hosts.to_string()),
+            ("BERTH_SIM_SHAPE", "real".to_string()),
+            ("RUST_LOG", "warn".to_string()),
+        ];
+        settings.extend(fleet.env.iter().cloned());
+        let started = Instant::now();
+        let marker = "berth-agent ready sim=";
+        let (child, pid, ready) = launch(
+            bin,
+            nats,
+            fleet.cluster,
+            fleet.data_dir,
+            log,
+            &settings,
+            marker,
+        )?;
+        let (child, _) = await_ready(child, pid, ready, log, timeout, |rest| {
+            Some(rest.to_string())
+        })
+        .await?;
+        Ok(FleetProcess {
+            child,
+            pid,
+            hosts: fleet.hosts,
+            registration: started.elapsed(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        terminate(&mut self.child, self.pid, "berth-agent --sim").await
+    }
+}
+
+/// Starts `berth-agent` with `env`, its stderr copied to `log`; the receiver gets what
+/// follows `marker` on the first line that starts with it (the ready line is printed,
+/// not logged).
+fn launch(
+    bin: &Path,
+    nats: &[String],
+    cluster: &str,
+    data_dir: &Path,
+    log: &Path,
+    env: &[(&str, String)],
+    marker: &'static str,
+) -> anyhow::Result<(Child, u32, tokio::sync::oneshot::Receiver<String>)> {
+    let mut child = Command::new(bin)
+        .arg("--cluster")
+        .arg(cluster)
+        .arg("--nats")
+        .arg(nats.join(","))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id().context("pid of berth-agent")?;
+    let stderr = child.stderr.take().context("stderr of berth-agent")?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
+    let log = log.to_path_buf();
+    tokio::spawn(async move {
+        let Ok(mut log_file) = tokio::fs::File::create(&log).await else {
+            return;
+        };
+        let mut lines = BufReader::new(stderr).lines();
+        let mut ready = Some(ready_tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log_file.write_all(line.as_bytes()).await;
+            let _ = log_file.write_all(b"\n").await;
+            if let Some(rest) = line.strip_prefix(marker) {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+            }
+        }
+    });
+    Ok((child, pid, ready_rx))
+}
+
+/// Waits for the ready line and reads it with `parse`; kills the process and fails with
+/// its log's tail if it does not come within `timeout`.
+async fn await_ready<T>(
+    mut child: Child,
+    pid: u32,
+    ready: tokio::sync::oneshot::Receiver<String>,
+    log: &Path,
+    timeout: Duration,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> anyhow::Result<(Child, T)> {
+    let line = tokio::time::timeout(timeout, ready).await;
+    match line.ok().and_then(Result::ok).and_then(|rest| parse(&rest)) {
+        Some(value) => Ok((child, value)),
+        None => {
+            let _ = child.start_kill();
+            bail!(
+                "berth-agent (pid {pid}) was not ready within {timeout:?}; log tail:\n{}",
+                tail(log, 30)
+            )
+        }
     }
 }
 

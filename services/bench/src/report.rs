@@ -350,6 +350,135 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
             times(s.latency.p99, serial_p99),
         );
     }
+    if let Some(f) = &phase.fleet {
+        fleet_rows(t, p, phase, f);
+    }
+}
+
+/// The shared-consumer placement run the fleet's is compared with: the default
+/// strategy on as many instances.
+fn shared_peer(phase: &Phase, hosts: usize) -> Option<&Placement> {
+    phase
+        .placements
+        .iter()
+        .find(|pl| pl.strategy.is_none() && pl.instances == hosts)
+}
+
+fn fleet_rows(t: &mut Table, p: &str, phase: &Phase, f: &crate::fleet::FleetRun) {
+    let n = size(f.hosts);
+    t.row(
+        p,
+        &format!("fleet of real shape: {n} agents registered and following their tasks"),
+        format!(
+            "{} ({} consumers on BERTH_STATE)",
+            human(f.registration),
+            thousands(f.consumers as u64)
+        ),
+        "—".into(),
+        "—".into(),
+    );
+    if let Some(idle) = &f.idle {
+        let cores =
+            |share: Option<f64>| share.map_or("—".into(), |s| format!("{:.1}%", s * 100.0));
+        t.row(
+            p,
+            &format!("  at rest, {n} agents: nats-server RSS / CPU (of one core)"),
+            format!(
+                "{} MiB / {} ({} connections); the agents' process {} MiB / {}",
+                idle.nats_rss_kib
+                    .map_or("—".into(), |k| thousands(k / 1024)),
+                cores(idle.nats_cpu_share()),
+                idle.connections.map_or("—".into(), thousands),
+                idle.fleet_rss_kib
+                    .map_or("—".into(), |k| thousands(k / 1024)),
+                cores(idle.fleet_cpu_share()),
+            ),
+            "—".into(),
+            "—".into(),
+        );
+        if let Some(per_host) = idle.messages_per_host_second(f.hosts) {
+            t.row(
+                p,
+                "  at rest: messages through nats-server per agent (heartbeats, consumer idle heartbeats)",
+                format!(
+                    "{per_host:.2}/s per agent ({} for the fleet)",
+                    rate(per_host * f.hosts as f64)
+                ),
+                "—".into(),
+                "—".into(),
+            );
+        }
+    }
+    if let Some(run) = &f.placement {
+        let peer = shared_peer(phase, f.hosts);
+        t.row(
+            p,
+            &format!("  placement throughput on {n} agents of real shape (RunTask count 10, {} in flight)", run.concurrency),
+            format!("{} ({} tasks in {})", rate(run.rate), thousands(run.placed), human(run.elapsed)),
+            peer.map_or("—".into(), |pl| format!("{} shared-consumer hosts", rate(pl.run.rate))),
+            peer.map_or("—".into(), |pl| percent(run.rate, pl.run.rate)),
+        );
+        t.row(
+            p,
+            "  CPU per 1,000 tasks placed, agents of real shape (shared-consumer hosts beside)",
+            cpu_per_1000(run),
+            peer.map_or("—".into(), |pl| cpu_per_1000(&pl.run)),
+            "—".into(),
+        );
+    }
+    for (hosts, start) in [(f.small_hosts, &f.start_small), (f.hosts, &f.start)] {
+        if let Some(s) = start {
+            t.row(
+                p,
+                &format!(
+                    "  task start on {} agents of real shape: RunTask to RUNNING, p50 / p99",
+                    size(hosts)
+                ),
+                format!(
+                    "{} / {} ({} of {} seen RUNNING, {} errors)",
+                    human(s.latency.p50),
+                    human(s.latency.p99),
+                    s.observed,
+                    s.requested,
+                    s.errors
+                ),
+                "—".into(),
+                "—".into(),
+            );
+        }
+    }
+    if let Some(storm) = &f.storm {
+        t.row(
+            p,
+            &format!("  reconnect storm: nats-server restarted under {n} agents, resync per agent from the kill, p50 / p99 / max"),
+            format!(
+                "{} / {} / {} ({} of {} resynced, {} within {}; server back after {})",
+                human(storm.resync.p50),
+                human(storm.resync.p99),
+                human(storm.resync.max),
+                thousands(storm.resynced as u64),
+                thousands(storm.hosts as u64),
+                thousands(storm.within_goal as u64),
+                human(crate::fleet::RESYNC_GOAL),
+                human(storm.restart)
+            ),
+            "—".into(),
+            "—".into(),
+        );
+        t.row(
+            p,
+            "  reconnect storm: API (DescribeClusters) during the resync, p50 / p99",
+            format!(
+                "{} / {} ({} calls, {} failed)",
+                human(storm.api.p50),
+                human(storm.api.p99),
+                storm.api_calls,
+                storm.api_errors
+            ),
+            "—".into(),
+            "—".into(),
+        );
+    }
 }
 
 /// "10k" or "10k, binpack(memory)": which placement run a row is about.
@@ -489,19 +618,12 @@ fn where_time_goes(out: &mut String, phase: &Phase, placement: &Placement) {
             stage(&stages.to_reply)
         );
     }
-    let per_1000 = |d: Duration| d.as_secs_f64() * 1000.0 * 1000.0 / run.placed.max(1) as f64;
-    let cpu_per_task: Vec<String> = run
-        .cpu
-        .by_process
-        .iter()
-        .map(|(name, used)| format!("{name} {:.0} ms", per_1000(*used)))
-        .collect();
     let _ = writeln!(
         out,
         "- CPU during the run (of {} cores): {}; CPU per 1,000 tasks placed: {}",
         num_cores(),
         cpu_split(&run.cpu),
-        cpu_per_task.join(", ")
+        cpu_per_1000(run)
     );
     match &run.profile {
         Some(profile) => profile_lines(out, profile),
@@ -509,6 +631,19 @@ fn where_time_goes(out: &mut String, phase: &Phase, placement: &Placement) {
             let _ = writeln!(out, "- no perf profile (perf unavailable or disabled)");
         }
     }
+}
+
+/// CPU of each process per 1,000 tasks placed: "berth-control 40 ms, nats-server 30 ms".
+fn cpu_per_1000(run: &crate::placement::PlacementRun) -> String {
+    run.cpu
+        .by_process
+        .iter()
+        .map(|(name, used)| {
+            let ms = used.as_secs_f64() * 1_000_000.0 / run.placed.max(1) as f64;
+            format!("{name} {ms:.0} ms")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn cpu_split(cpu: &crate::procfs::CpuUse) -> String {
@@ -706,6 +841,7 @@ fn goals(out: &mut String, results: &Results) {
             None,
         ),
     }
+    fleet_goals(&mut row, r1);
     let decisions: Vec<(String, Duration)> = results
         .criterion
         .iter()
@@ -727,6 +863,79 @@ fn goals(out: &mut String, results: &Results) {
             format!("{} per task", human(per_decision)),
             Some(per_decision <= Duration::from_micros(50)),
         );
+    }
+}
+
+fn fleet_goals(row: &mut impl FnMut(&str, &str, String, Option<bool>), r1: Option<&Phase>) {
+    let fleet = r1.and_then(|p| Some((p, p.fleet.as_ref()?)));
+    let placement =
+        fleet.and_then(|(phase, f)| Some((f, f.placement.as_ref()?, shared_peer(phase, f.hosts)?)));
+    match placement {
+        Some((f, run, peer)) => row(
+            &format!(
+                "placement throughput on {} agents of real shape",
+                size(f.hosts)
+            ),
+            ">= 80% of shared-consumer hosts, same run",
+            format!(
+                "{} = {} of {}",
+                rate(run.rate),
+                percent(run.rate, peer.run.rate),
+                rate(peer.run.rate)
+            ),
+            Some(run.rate >= 0.8 * peer.run.rate),
+        ),
+        None => row(
+            "placement throughput on agents of real shape",
+            ">= 80% of shared-consumer hosts, same run",
+            "—".into(),
+            None,
+        ),
+    }
+    match fleet.and_then(|(_, f)| Some((f, f.storm.as_ref()?))) {
+        Some((f, storm)) => row(
+            &format!("reconnect storm, {} agents", size(f.hosts)),
+            "every agent resynced within 30 s",
+            format!(
+                "{} of {} within 30 s; p99 {}, max {}",
+                thousands(storm.within_goal as u64),
+                thousands(storm.hosts as u64),
+                human(storm.resync.p99),
+                human(storm.resync.max)
+            ),
+            Some(storm.hosts > 0 && storm.within_goal == storm.hosts),
+        ),
+        None => row(
+            "reconnect storm",
+            "every agent resynced within 30 s",
+            "—".into(),
+            None,
+        ),
+    }
+    let starts = fleet.and_then(|(_, f)| Some((f, f.start.as_ref()?, f.start_small.as_ref()?)));
+    match starts {
+        Some((f, large, small)) => {
+            let ratio = large.latency.p99.as_secs_f64() / small.latency.p99.as_secs_f64().max(1e-9);
+            row(
+                &format!(
+                    "placement to RUNNING at {} agents of real shape",
+                    size(f.hosts)
+                ),
+                &format!("p99 <= 2x the p99 at {} agents", size(f.small_hosts)),
+                format!(
+                    "p99 {} = {ratio:.2}x {}",
+                    human(large.latency.p99),
+                    human(small.latency.p99)
+                ),
+                Some(large.observed > 0 && small.observed > 0 && ratio <= 2.0),
+            );
+        }
+        None => row(
+            "placement to RUNNING at 10k agents of real shape",
+            "p99 <= 2x the p99 at 100 agents",
+            "—".into(),
+            None,
+        ),
     }
 }
 

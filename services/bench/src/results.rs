@@ -71,6 +71,8 @@ pub struct Phase {
     pub reads: Vec<ReadRun>,
     pub recoveries: Vec<Recovery>,
     pub start: Option<StartRun>,
+    /// Hollow hosts of real shape (R1).
+    pub fleet: Option<crate::fleet::FleetRun>,
     pub audit: Option<AuditSummary>,
     /// Hollow instances the read cluster's sim runs.
     pub read_instances: usize,

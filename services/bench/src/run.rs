@@ -39,6 +39,17 @@ const PLACE_SMALL: &str = "place-small";
 /// write carries several placements.
 const PLACE_BINPACK: &str = "place-binpack";
 const PROC: &str = "proc";
+/// The fleet of real shape, and the small one its start latency is compared with.
+const FLEET: &str = "fleet";
+const FLEET_SMALL: &str = "fleet-small";
+/// Hollow tasks that never start (placement throughput on the fleet).
+const FLEET_PLACE_FAMILY: &str = "bench-fleet-place";
+/// Hollow tasks that start after 50 ms and end 200 ms later (start latency).
+const FLEET_START_FAMILY: &str = "bench-fleet-start";
+/// Heartbeat interval of the fleets (and of the control plane): the default.
+const FLEET_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long the fleet is watched at rest.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
 const PLACE_FAMILY: &str = "bench-place";
 const PROC_FAMILY: &str = "bench-proc";
 const CONTROL_START_TIMEOUT: Duration = Duration::from_secs(600);
@@ -66,6 +77,9 @@ pub struct Sizes {
     pub r3_instances: usize,
     pub r3_tasks: usize,
     pub r3_read_size: usize,
+    /// Hosts of the fleet of real shape, and of the small one it is compared with.
+    pub fleet_hosts: usize,
+    pub fleet_small_hosts: usize,
 }
 
 impl Sizes {
@@ -90,6 +104,8 @@ impl Sizes {
                 r3_instances: 200,
                 r3_tasks: 2_000,
                 r3_read_size: 10_000,
+                fleet_hosts: 200,
+                fleet_small_hosts: 20,
             }
         } else {
             Sizes {
@@ -113,6 +129,8 @@ impl Sizes {
                 r3_instances: 10_000,
                 r3_tasks: 50_000,
                 r3_read_size: 100_000,
+                fleet_hosts: 10_000,
+                fleet_small_hosts: 100,
             }
         };
         Sizes {
@@ -131,6 +149,11 @@ impl Sizes {
             r3_instances: args.r3_instances.unwrap_or(base.r3_instances),
             r3_tasks: args.r3_tasks.unwrap_or(base.r3_tasks),
             r3_read_size: args.r3_read_size.unwrap_or(base.r3_read_size),
+            // As many as the shared-consumer placement run it is compared with.
+            fleet_hosts: args
+                .fleet_hosts
+                .or(args.instances)
+                .unwrap_or(base.fleet_hosts),
             ..base
         }
     }
@@ -489,6 +512,37 @@ impl Env {
         Ok(recovery)
     }
 
+    /// Waits until the control plane has made `flips` more liveness writes than when
+    /// called, or `timeout` passed.
+    async fn wait_agent_flips(&self, flips: usize, timeout: Duration) {
+        let Ok(before) = self.api.control_stats().await else {
+            return;
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let made = self
+                .api
+                .control_stats()
+                .await
+                .map(|now| now.since(&before).agent_flips)
+                .unwrap_or(0);
+            if made >= flips as u64 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::warn!(flips, ?timeout, "fewer liveness writes than hosts stopped");
+    }
+
+    /// Consumers on `BERTH_STATE`.
+    async fn consumers_on_state(&self) -> usize {
+        let js = async_nats::jetstream::new(self.client.clone());
+        match js.get_stream(streams::STATE).await {
+            Ok(mut s) => s.info().await.map_or(0, |i| i.state.consumer_count),
+            Err(_) => 0,
+        }
+    }
+
     /// Waits until every command has been processed (the work-queue stream is empty).
     async fn quiesce(&self, timeout: Duration) -> anyhow::Result<()> {
         let js = async_nats::jetstream::new(self.client.clone());
@@ -557,7 +611,7 @@ async fn single_node(args: &Args, sizes: &Sizes, bins: &Bins, dir: &Path) -> Pha
         churn_per_second: sizes.churn_per_second,
         ..Default::default()
     };
-    let nats = match Nats::start(1).await {
+    let mut nats = match Nats::start(1).await {
         Ok(n) => n,
         Err(e) => {
             phase.errors.push(format!("{e:#}"));
@@ -566,7 +620,9 @@ async fn single_node(args: &Args, sizes: &Sizes, bins: &Bins, dir: &Path) -> Pha
     };
     match Env::connect(&nats, &bins.control, dir).await {
         Ok(mut env) => {
-            if let Err(e) = measure_single_node(&mut env, &mut phase, args, sizes, bins).await {
+            if let Err(e) =
+                measure_single_node(&mut env, &mut nats, &mut phase, args, sizes, bins).await
+            {
                 phase.errors.push(format!("{e:#}"));
             }
             env.finish(&mut phase).await;
@@ -579,6 +635,7 @@ async fn single_node(args: &Args, sizes: &Sizes, bins: &Bins, dir: &Path) -> Pha
 
 async fn measure_single_node(
     env: &mut Env,
+    nats: &mut Nats,
     phase: &mut Phase,
     args: &Args,
     sizes: &Sizes,
@@ -660,6 +717,129 @@ async fn measure_single_node(
     // Last: once their hollow hosts stop, the placement clusters' instances are flipped
     // to disconnected in a burst of writes that other measurements must not share.
     placements(env, phase, args, sizes).await?;
+    if !args.skip_fleet && sizes.fleet_hosts > 0 {
+        let mut fleet = crate::fleet::FleetRun::default();
+        let measured = fleet_phase(env, nats, &mut fleet, sizes, bins).await;
+        phase.fleet = Some(fleet);
+        measured?;
+    }
+    Ok(())
+}
+
+/// Fleets of real shape (see `fleet.rs`): a small one and a large one, the large one's
+/// registration, idle cost, start latency, placement throughput and a reconnect storm.
+/// What was measured stays in `run` when a later step fails.
+async fn fleet_phase(
+    env: &mut Env,
+    nats: &mut Nats,
+    run: &mut crate::fleet::FleetRun,
+    sizes: &Sizes,
+    bins: &Bins,
+) -> anyhow::Result<()> {
+    use crate::fleet;
+    use crate::processes::{FleetProcess, FleetSpec};
+    // The hollow hosts of the placement runs stopped beating: their instances are flipped
+    // to disconnected in a burst of writes, which must not fall inside this phase.
+    env.wait_agent_flips(
+        sizes.instances * 2 + sizes.instances_small,
+        FLEET_HEARTBEAT * 6,
+    )
+    .await;
+    for cluster in [FLEET, FLEET_SMALL] {
+        env.create_cluster(cluster).await?;
+    }
+    let label = |name: &str, value: &str| (name.to_string(), value.to_string());
+    let mut never = seed::definition(FLEET_PLACE_FAMILY, 16, 32, Vec::new());
+    never.container_definitions[0].docker_labels =
+        [label("berth.sim.start-delay-ms", "86400000")].into();
+    env.register(&never).await?;
+    let mut quick = seed::definition(FLEET_START_FAMILY, 1, 8, Vec::new());
+    quick.container_definitions[0].docker_labels = [
+        label("berth.sim.start-delay-ms", "50"),
+        label("berth.sim.run-ms", "200"),
+    ]
+    .into();
+    env.register(&quick).await?;
+    let start_timeout = Duration::from_secs(600);
+    let start_load = |cluster: &str| StartLoad {
+        cluster: cluster.into(),
+        family: FLEET_START_FAMILY.into(),
+        instance_arn: None,
+        tasks: sizes.start_tasks.min(300),
+        per_second: sizes.start_per_second,
+    };
+    let spawn = |cluster: &'static str, hosts: usize| {
+        let data = env.dir.join("fleet-data").join(cluster);
+        let log = env.dir.join(format!("berth-agent-{cluster}.log"));
+        let (agent, urls) = (bins.agent.clone(), env.urls.clone());
+        async move {
+            let spec = FleetSpec {
+                cluster,
+                hosts,
+                data_dir: &data,
+                env: vec![(
+                    "BERTH_HEARTBEAT_INTERVAL",
+                    FLEET_HEARTBEAT.as_secs_f64().to_string(),
+                )],
+            };
+            FleetProcess::spawn(&agent, &urls, &spec, &log, start_timeout).await
+        }
+    };
+
+    tracing::info!(hosts = sizes.fleet_small_hosts, "fleet: the small fleet");
+    let small = spawn(FLEET_SMALL, sizes.fleet_small_hosts).await?;
+    run.small_hosts = small.hosts;
+    run.start_small =
+        Some(runtime::measure(&env.api, &start_load(FLEET_SMALL), Duration::from_secs(120)).await?);
+
+    tracing::info!(hosts = sizes.fleet_hosts, "fleet: registration");
+    let large = spawn(FLEET, sizes.fleet_hosts).await?;
+    run.hosts = large.hosts;
+    run.registration = large.registration;
+    run.consumers = env.consumers_on_state().await;
+    let mut groups = env.cpu_groups();
+    groups.push(("fleet".into(), vec![large.pid(), small.pid()]));
+
+    tracing::info!("fleet: at rest");
+    // One heartbeat interval for what the start left in flight.
+    tokio::time::sleep(FLEET_HEARTBEAT).await;
+    run.idle = Some(
+        fleet::idle(
+            groups.clone(),
+            &env.monitor_ports,
+            &env.nats_pids,
+            large.pid(),
+            IDLE_WINDOW,
+        )
+        .await,
+    );
+
+    tracing::info!("fleet: task start");
+    run.start =
+        Some(runtime::measure(&env.api, &start_load(FLEET), Duration::from_secs(120)).await?);
+
+    tracing::info!(tasks = sizes.place_tasks, "fleet: placement throughput");
+    let load = Load {
+        cluster: FLEET.into(),
+        family: FLEET_PLACE_FAMILY.into(),
+        tasks: sizes.place_tasks,
+        concurrency: sizes.concurrency,
+        strategies: Vec::new(),
+        monitor_ports: env.monitor_ports.clone(),
+    };
+    let mut placed = placement::run(&env.api, &load, groups, None).await;
+    placed.instances = large.hosts;
+    placed.registration = large.registration;
+    run.placement = Some(placed);
+
+    tracing::info!("fleet: reconnect storm");
+    let watch = fleet::SyncWatch::start(&env.client, FLEET).await?;
+    run.storm = Some(fleet::storm(&env.api, &watch, large.hosts, || nats.restart_node(0)).await);
+    env.nats_pids = nats.pids();
+    drop(watch);
+
+    large.stop().await?;
+    small.stop().await?;
     Ok(())
 }
 
@@ -820,7 +1000,7 @@ async fn task_start(
     let load = StartLoad {
         cluster: PROC.into(),
         family: PROC_FAMILY.into(),
-        instance_arn: agent.instance_arn.clone(),
+        instance_arn: Some(agent.instance_arn.clone()),
         tasks: sizes.start_tasks,
         per_second: sizes.start_per_second,
     };

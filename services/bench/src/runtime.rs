@@ -1,7 +1,8 @@
-//! Task start latency with the process runtime: RunTask (count 1) at a steady rate on a
-//! cluster whose one host is a real `berth-agent`, each task a short-lived process, and
-//! the time from sending RunTask to the moment the task's record with lastStatus RUNNING
-//! reaches a follower of the host's task subjects in the journal.
+//! Task start latency: RunTask (count 1) at a steady rate on a cluster whose one host is a
+//! real `berth-agent` (each task a short-lived process), or whose hosts are a fleet of
+//! real shape (hollow tasks), and the time from sending RunTask to the moment the task's
+//! record with lastStatus RUNNING reaches a follower of the hosts' task subjects in the
+//! journal.
 
 use crate::api::Api;
 use crate::stats::{Percentiles, Samples};
@@ -22,7 +23,8 @@ use std::time::{Duration, Instant};
 pub struct StartLoad {
     pub cluster: String,
     pub family: String,
-    pub instance_arn: String,
+    /// The host to follow; none: every host of the cluster.
+    pub instance_arn: Option<String>,
     pub tasks: usize,
     /// RunTask requests per second.
     pub per_second: u32,
@@ -60,7 +62,11 @@ pub async fn measure(api: &Api, load: &StartLoad, timeout: Duration) -> anyhow::
         .get_stream(streams::STATE)
         .await
         .context("opening BERTH_STATE")?;
-    let instance_id = arn::container_instance_id(&load.instance_arn).1.to_string();
+    let instance_id = load
+        .instance_arn
+        .as_deref()
+        .map_or("*", |arn| arn::container_instance_id(arn).1)
+        .to_string();
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: subjects::tasks_of_instance(&load.cluster, &instance_id),

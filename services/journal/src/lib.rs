@@ -181,6 +181,13 @@ pub fn stream_config(spec: &StreamSpec) -> stream::Config {
         allow_direct: spec.allow_direct,
         num_replicas: spec.replicas,
         max_consumers: i32::try_from(spec.max_consumers).unwrap_or(i32::MAX),
+        republish: spec
+            .republish
+            .map(|(source, destination)| stream::Republish {
+                source: source.to_string(),
+                destination: destination.to_string(),
+                headers_only: false,
+            }),
         ..Default::default()
     }
 }

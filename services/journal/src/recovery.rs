@@ -255,6 +255,18 @@ impl LeaderSignals {
         }
     }
 
+    /// Watches `client`'s reconnections only, looking every `every`: for what a leader
+    /// election leaves intact (a core subscription), where a process holding thousands
+    /// of clients cannot afford a check every 50 ms for each.
+    pub async fn reconnections(client: &async_nats::Client, every: Duration) -> Self {
+        let mut signals = Self::watching(client, &[]).await;
+        if let Source::Watched { check, .. } = &mut signals.source {
+            *check = tokio::time::interval(every);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        signals
+    }
+
     async fn watching(client: &async_nats::Client, subjects: &[String]) -> Self {
         let statistics = client.statistics();
         let connects = statistics.connects.load(Ordering::Relaxed);

@@ -5,7 +5,10 @@
 //! heartbeats, the log service) is the real agent's: a hollow host differs from a real
 //! one only here, which is what makes it a fair stand-in at scale.
 //!
-//! State is in memory: an agent restarted with this runtime finds nothing to adopt.
+//! The timings come from the agent's `--sim-*` flags, or per container from the Docker
+//! labels `berth.sim.start-delay-ms`, `berth.sim.run-ms` and `berth.sim.exit-code` of its
+//! definition. State is in memory: an agent restarted with this runtime finds nothing to
+//! adopt.
 
 use super::{
     Adopted, ContainerRef, LogChunk, LogRange, Runtime, RuntimeError, Starting, Stopped, TaskInfo,
@@ -21,6 +24,13 @@ use tokio::sync::{watch, Notify};
 /// Exit code of a hollow container that was asked to stop (128 + SIGTERM).
 pub const STOPPED_EXIT_CODE: i32 = 143;
 
+/// Docker label of a container definition overriding the start delay (milliseconds).
+pub const START_DELAY_LABEL: &str = "berth.sim.start-delay-ms";
+/// Docker label overriding the run time (milliseconds).
+pub const RUN_TIME_LABEL: &str = "berth.sim.run-ms";
+/// Docker label overriding the exit code.
+pub const EXIT_CODE_LABEL: &str = "berth.sim.exit-code";
+
 /// How hollow containers behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Script {
@@ -30,6 +40,27 @@ pub struct Script {
     pub run_time: Duration,
     /// Exit code when the run time ends.
     pub exit_code: i32,
+}
+
+impl Script {
+    /// This script with what a container definition's Docker labels override
+    /// ([`START_DELAY_LABEL`], [`RUN_TIME_LABEL`], [`EXIT_CODE_LABEL`]): one fleet can run
+    /// tasks that start at once and tasks that never do. Unparsable values are ignored.
+    pub fn for_container(&self, definition: &ContainerDefinition) -> Script {
+        let label = |name: &str| definition.docker_labels.get(name).map(|v| v.trim());
+        let millis = |name: &str| {
+            label(name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+        };
+        Script {
+            start_delay: millis(START_DELAY_LABEL).unwrap_or(self.start_delay),
+            run_time: millis(RUN_TIME_LABEL).unwrap_or(self.run_time),
+            exit_code: label(EXIT_CODE_LABEL)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(self.exit_code),
+        }
+    }
 }
 
 /// One hollow container: how it ended, once it has, and the bell its stop rings.
@@ -106,7 +137,7 @@ impl Runtime for HollowRuntime {
         &self,
         container: &ContainerRef,
         _task: &Task,
-        _definition: &ContainerDefinition,
+        definition: &ContainerDefinition,
     ) -> Result<Starting, RuntimeError> {
         let (ended, _) = watch::channel(None);
         let hollow = Arc::new(Container {
@@ -115,7 +146,7 @@ impl Runtime for HollowRuntime {
         });
         self.containers.insert(container.clone(), hollow.clone());
         let id = format!("hollow-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        let script = self.script;
+        let script = self.script.for_container(definition);
         Ok(Box::pin(async move {
             tokio::select! {
                 _ = tokio::time::sleep(script.start_delay) => {}
@@ -238,6 +269,30 @@ mod tests {
         assert!(!rt.any_live("t1"));
         rt.release(&c);
         assert_eq!(rt.adopt(&c).await, Adopted::Absent);
+    }
+
+    #[test]
+    fn labels_override_the_script() {
+        let base = Script {
+            start_delay: Duration::from_millis(50),
+            run_time: Duration::from_secs(1),
+            exit_code: 0,
+        };
+        let mut definition = ContainerDefinition::default();
+        definition
+            .docker_labels
+            .insert(START_DELAY_LABEL.into(), "3600000".into());
+        definition
+            .docker_labels
+            .insert(EXIT_CODE_LABEL.into(), "7".into());
+        definition
+            .docker_labels
+            .insert(RUN_TIME_LABEL.into(), "soon".into());
+        let script = base.for_container(&definition);
+        assert_eq!(script.start_delay, Duration::from_secs(3600));
+        assert_eq!(script.run_time, Duration::from_secs(1));
+        assert_eq!(script.exit_code, 7);
+        assert_eq!(base.for_container(&ContainerDefinition::default()), base);
     }
 
     #[tokio::test(start_paused = true)]
