@@ -31,6 +31,8 @@ use berth_messages::subjects;
 use bytes::Bytes;
 use recovery::{retry, Patience};
 use serde::{de::DeserializeOwned, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long start-up calls (provisioning, the view's first consumer) keep trying: a fresh
@@ -209,20 +211,37 @@ fn server_addrs(servers: &[String]) -> Result<Vec<async_nats::ServerAddr>> {
 }
 
 fn client_options(config: &JournalConfig) -> async_nats::ConnectOptions {
+    // async-nats asks for the delay of the very first connection too (as attempt 1):
+    // jitter is for coming back after a loss, not for starting.
+    let connected_once = Arc::new(AtomicBool::new(false));
+    let seen = connected_once.clone();
     let jitter = config.reconnect_jitter;
     async_nats::ConnectOptions::new()
         .name(&config.name)
-        .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, jitter))
+        .reconnect_delay_callback(move |attempts| {
+            let jitter = if seen.load(Ordering::Relaxed) {
+                jitter
+            } else {
+                Duration::ZERO
+            };
+            reconnect_delay(attempts, jitter)
+        })
         .request_timeout(Some(config.request_timeout))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("disconnected from NATS; reconnecting")
+        .event_callback(move |event| {
+            let connected_once = connected_once.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        connected_once.store(true, Ordering::Relaxed);
+                        tracing::info!("connected to NATS")
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; reconnecting")
+                    }
+                    other => tracing::info!(event = %other, "NATS connection event"),
                 }
-                other => tracing::info!(event = %other, "NATS connection event"),
             }
         })
 }
