@@ -223,7 +223,8 @@ impl AgentProcess {
         timeout: Duration,
     ) -> anyhow::Result<AgentProcess> {
         let marker = "berth-agent ready instance=";
-        let (child, pid, ready) = launch(bin, nats, cluster, data_dir, log, &[], marker)?;
+        let (child, pid, ready) =
+            launch(Command::new(bin), nats, cluster, data_dir, log, &[], marker)?;
         let instance_arn = await_ready(child, pid, ready, log, timeout, |rest| {
             rest.split_whitespace()
                 .next()
@@ -279,8 +280,12 @@ impl FleetProcess {
         settings.extend(fleet.env.iter().cloned());
         let started = Instant::now();
         let marker = "berth-agent ready sim=";
+        // The hosts stand for machines of their own: at the lowest CPU priority, the
+        // fleet's own work takes what the control plane and nats-server leave.
+        let mut program = Command::new("nice");
+        program.args(["-n", "19"]).arg(bin);
         let (child, pid, ready) = launch(
-            bin,
+            program,
             nats,
             fleet.cluster,
             fleet.data_dir,
@@ -313,7 +318,7 @@ impl FleetProcess {
 /// follows `marker` on the first line that starts with it (the ready line is printed,
 /// not logged).
 fn launch(
-    bin: &Path,
+    mut program: Command,
     nats: &[String],
     cluster: &str,
     data_dir: &Path,
@@ -321,7 +326,7 @@ fn launch(
     env: &[(&str, String)],
     marker: &'static str,
 ) -> anyhow::Result<(Child, u32, tokio::sync::oneshot::Receiver<String>)> {
-    let mut child = Command::new(bin)
+    let mut child = program
         .arg("--cluster")
         .arg(cluster)
         .arg("--nats")
@@ -336,7 +341,7 @@ fn launch(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .context("starting berth-agent")?;
     let pid = child.id().context("pid of berth-agent")?;
     let stderr = child.stderr.take().context("stderr of berth-agent")?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
