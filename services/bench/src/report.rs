@@ -399,7 +399,7 @@ fn fleet_rows(t: &mut Table, p: &str, phase: &Phase, f: &crate::fleet::FleetRun)
         if let Some(per_host) = idle.messages_per_host_second(f.hosts) {
             t.row(
                 p,
-                "  at rest: messages through nats-server per agent (heartbeats, consumer idle heartbeats)",
+                "  at rest: messages through nats-server per agent (heartbeats and their deliveries)",
                 format!(
                     "{per_host:.2}/s per agent ({} for the fleet)",
                     rate(per_host * f.hosts as f64)
@@ -1009,6 +1009,65 @@ mod tests {
         );
         assert!(text.contains("Where the time goes: placement on 10k instances"));
         assert!(text.contains("2.00 messages"));
+    }
+
+    #[test]
+    fn a_fleet_is_judged_against_the_shared_run_of_its_size() {
+        let shared = crate::placement::PlacementRun {
+            placed: 1_000,
+            rate: 20_000.0,
+            ..Default::default()
+        };
+        let fleet_placement = crate::placement::PlacementRun {
+            placed: 1_000,
+            rate: 17_000.0,
+            ..Default::default()
+        };
+        let start = |p99_ms: u64| crate::runtime::StartRun {
+            observed: 300,
+            latency: Percentiles {
+                p99: Duration::from_millis(p99_ms),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let results = Results {
+            phases: vec![Phase {
+                label: "R1".into(),
+                replicas: 1,
+                placements: vec![Placement {
+                    instances: 10_000,
+                    strategy: None,
+                    run: shared,
+                }],
+                fleet: Some(crate::fleet::FleetRun {
+                    hosts: 10_000,
+                    placement: Some(fleet_placement),
+                    start: Some(start(90)),
+                    small_hosts: 100,
+                    start_small: Some(start(60)),
+                    storm: Some(crate::fleet::Storm {
+                        hosts: 10_000,
+                        resynced: 10_000,
+                        within_goal: 9_999,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                audit: Some(AuditSummary::default()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(&results);
+        assert!(text.contains("= 85.0% of 20,000/s | met |"), "{text}");
+        assert!(text.contains("9,999 of 10,000 within 30 s"), "{text}");
+        assert!(
+            text.contains("every agent resynced within 30 s | 9,999"),
+            "{text}"
+        );
+        assert_eq!(text.matches("| short |").count(), 1, "{text}");
+        assert!(text.contains("= 1.50x 60.00 ms | met |"), "{text}");
     }
 
     #[test]
