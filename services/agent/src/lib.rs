@@ -65,6 +65,7 @@ const CONSUMER_PATIENCE: berth_journal::recovery::Patience = berth_journal::reco
     attempt_timeout: Duration::from_secs(1),
     max_attempt_timeout: Duration::from_secs(5),
     give_up_after: Some(IMPAIRED_AFTER),
+    max_pause: berth_journal::recovery::MAX_PAUSE,
 };
 /// How long a snapshot may fail before the agent reports itself impaired.
 pub const IMPAIRED_AFTER: Duration = Duration::from_secs(15);

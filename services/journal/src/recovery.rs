@@ -25,7 +25,10 @@ pub const RECOVERY_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
 /// that is merely slow, such as a consumer over millions of subjects, still comes).
 const SHORT_ATTEMPTS: u32 = 3;
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
-const MAX_PAUSE: Duration = Duration::from_millis(500);
+pub const MAX_PAUSE: Duration = Duration::from_millis(500);
+/// Longest attempt and pause of [`Patience::resume`].
+const RESUME_MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+const RESUME_MAX_PAUSE: Duration = Duration::from_millis(100);
 /// How often the client's connection counter is looked at.
 const CONNECT_CHECK: Duration = Duration::from_millis(50);
 
@@ -38,6 +41,8 @@ pub struct Patience {
     pub max_attempt_timeout: Duration,
     /// Give up after this long; `None` retries for ever.
     pub give_up_after: Option<Duration>,
+    /// Pauses between attempts double from 50 ms up to this.
+    pub max_pause: Duration,
 }
 
 impl Patience {
@@ -50,6 +55,21 @@ impl Patience {
             attempt_timeout: RECOVERY_ATTEMPT_TIMEOUT,
             max_attempt_timeout: ATTEMPT_TIMEOUT,
             give_up_after: None,
+            max_pause: MAX_PAUSE,
+        }
+    }
+
+    /// Recovery of a consumer that resumes from a sequence (the view's live consumer):
+    /// its creation is cheap for the server, so every attempt stays short and follows
+    /// the last quickly. The consumer needs the meta leader, whose election no advisory
+    /// of the account announces: an attempt sent just before it is lost, and only the
+    /// next attempt, soon after, finds the leader.
+    pub const fn resume() -> Self {
+        Self {
+            attempt_timeout: RECOVERY_ATTEMPT_TIMEOUT,
+            max_attempt_timeout: RESUME_MAX_ATTEMPT_TIMEOUT,
+            give_up_after: None,
+            max_pause: RESUME_MAX_PAUSE,
         }
     }
 
@@ -60,6 +80,7 @@ impl Patience {
             attempt_timeout: ATTEMPT_TIMEOUT.min(slowest),
             max_attempt_timeout: slowest,
             give_up_after: Some(give_up_after),
+            max_pause: MAX_PAUSE,
         }
     }
 
@@ -91,7 +112,7 @@ pub enum RetryError<E: std::error::Error + 'static> {
 }
 
 /// Calls `call` until it succeeds: each attempt bounded by `patience`, every failure and
-/// timeout retried after a short pause (50 ms doubling to 500 ms), and an attempt under
+/// timeout retried after a short pause (50 ms doubling to `max_pause`), and an attempt under
 /// way abandoned for a new one when `signals` fire (a request sent before a leader was
 /// elected is never answered; one sent after usually is). After a signal the attempts
 /// start short again, as at the start of a recovery.
@@ -167,7 +188,7 @@ where
             }
             None => tokio::time::sleep(pause).await,
         }
-        pause = (pause * 2).min(MAX_PAUSE);
+        pause = (pause * 2).min(patience.max_pause.max(FIRST_PAUSE));
     }
 }
 
@@ -352,6 +373,39 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("refused")]
     struct Refused;
+
+    #[test]
+    fn a_resumed_consumer_keeps_its_attempts_and_pauses_short() {
+        let patience = Patience::resume();
+        let timeouts: Vec<u128> = (1..=8)
+            .map(|a| patience.timeout_of(a).as_millis())
+            .collect();
+        assert_eq!(timeouts, vec![250, 250, 250, 500, 500, 500, 500, 500]);
+        assert_eq!(patience.max_pause, Duration::from_millis(100));
+        assert_eq!(patience.give_up_after, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_stop_growing_at_the_patience_s_bound() {
+        let started = Instant::now();
+        let mut calls = 0u32;
+        let result: Result<(), _> = retry(
+            "refused",
+            Patience {
+                give_up_after: Some(Duration::from_secs(2)),
+                ..Patience::resume()
+            },
+            None,
+            || {
+                calls += 1;
+                async { Err::<(), _>(Refused) }
+            },
+        )
+        .await;
+        assert!(result.is_err());
+        // 50 ms, then 100 ms pauses: about 20 refusals in two seconds (500 ms pauses: 6).
+        assert!(calls >= 18, "{calls} calls in {:?}", started.elapsed());
+    }
 
     #[test]
     fn attempts_grow_after_the_short_ones_up_to_the_slowest() {

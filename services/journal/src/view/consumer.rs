@@ -254,14 +254,15 @@ async fn apply_loop(
         let policy = resume_policy(&inner);
         let catching_up = !inner.progress.borrow().ready;
         // A live view resumes from a sequence: cheap for the server, so every attempt is
-        // short. A catch-up consumer over a large stream may take longer to create.
+        // short (`Patience::resume`). A catch-up consumer over a large stream may take
+        // longer to create.
         let patience = if catching_up {
             Patience {
                 give_up_after: None,
                 ..start_patience
             }
         } else {
-            Patience::failover()
+            Patience::resume()
         };
         let created = retry("view consumer", patience, Some(&mut signals), || {
             consumer_feed(&stream, policy, catching_up)
