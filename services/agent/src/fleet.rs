@@ -1,7 +1,7 @@
 //! `berth-agent --sim N --sim-shape real`: N hollow hosts of real shape in one process.
 //! Each is a whole agent ([`crate::run_host`]) with the hollow runtime: its own NATS
-//! connection, its own ordered consumer on its task subjects, its own heartbeats, task
-//! actors, reports and log service. Only what runs the containers is hollow, so the load
+//! connection, its own subscription to its task records and snapshots of them, its own
+//! heartbeats, task actors, reports and log service. Only what runs the containers is hollow, so the load
 //! such a fleet puts on nats-server and the control plane is the load of N real agents.
 //!
 //! Hosts start at most [`STARTS_IN_FLIGHT`] at a time (connect, register, create the

@@ -48,8 +48,8 @@ use task::TaskActor;
 
 /// Longest wait between two attempts to reach the control plane or the journal.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Snapshots in flight at once in this process (a `--sim` fleet holds thousands of
-/// agents; a real agent takes one at a time anyway).
+/// Snapshot consumers being created at once in this process (a `--sim` fleet holds
+/// thousands of agents; a real agent creates one at a time anyway).
 static CONSUMER_CREATIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
 /// How often an agent looks whether its client reconnected.
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
@@ -98,12 +98,12 @@ pub(crate) struct Shared {
     versions: DashMap<String, u64>,
 }
 
-/// How the host's task consumer fares, as the heartbeats report it.
+/// How following the host's tasks fares, as the heartbeats report it.
 #[derive(Debug, Clone, Default)]
 struct Following {
-    /// Why the consumer cannot be created, after [`IMPAIRED_AFTER`] of trying.
+    /// Why no snapshot can be taken, after [`IMPAIRED_AFTER`] of trying.
     impaired: Option<String>,
-    /// When (epoch seconds) the consumer last delivered every task's last record.
+    /// When (epoch seconds) the latest snapshot was in.
     synced_at: Option<f64>,
 }
 
@@ -168,12 +168,13 @@ impl Shared {
 
     /// Hands on a task record of version `sequence` unless a newer one was.
     fn offer(self: &Arc<Self>, task_id: &str, sequence: u64, payload: &[u8]) {
-        {
-            let mut version = self.versions.entry(task_id.to_string()).or_insert(0);
-            if *version >= sequence {
-                return;
+        // The task id is copied only for a task seen for the first time.
+        match self.versions.get_mut(task_id) {
+            Some(version) if *version >= sequence => return,
+            Some(mut version) => *version = sequence,
+            None => {
+                self.versions.insert(task_id.to_string(), sequence);
             }
-            *version = sequence;
         }
         match codec::decode_record::<Task>(payload) {
             Ok(record) => self.deliver(task_id, record),
@@ -241,7 +242,7 @@ impl task::Agent for Shared {
 }
 
 /// Connects to NATS with Berth's client settings, on a cluster to the server that leads
-/// the state stream (where the agent's task consumer lives).
+/// the state stream (which republishes the host's task records and serves its snapshots).
 async fn connect(config: &AgentConfig) -> Result<async_nats::Client, AgentError> {
     berth_journal::connect_near(
         &berth_journal::JournalConfig {
