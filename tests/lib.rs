@@ -666,3 +666,25 @@ pub async fn wait_task(
     })
     .await
 }
+
+/// Hollow hosts (`berth-sim`) of `instances` 4 vCPU / 16 GiB instances in `cluster`
+/// whose tasks start after 50 ms and run for `run_time`.
+pub fn sim_config(
+    url: &str,
+    cluster: &str,
+    instances: usize,
+    run_time: Duration,
+) -> berth_sim::SimConfig {
+    berth_sim::SimConfig {
+        cluster: cluster.into(),
+        nats: vec![url.to_string()],
+        instances,
+        cpu: 4096,
+        memory: 16384,
+        start_delay: Duration::from_millis(50),
+        run_time,
+        exit_code: 0,
+        heartbeat_interval: HEARTBEAT,
+        data_dir: None,
+    }
+}

@@ -16,6 +16,9 @@ use futures::StreamExt;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+/// Hollow tasks run for half a second.
+const RUN_TIME: Duration = Duration::from_millis(500);
+
 const INSTANCES: usize = 2_000;
 const RUN_TASK_CALLS: usize = 2_000;
 const TASKS_PER_CALL: i64 = 10;
@@ -23,21 +26,6 @@ const TASKS: usize = RUN_TASK_CALLS * TASKS_PER_CALL as usize;
 const RUN_TASKS_IN_FLIGHT: usize = 32;
 /// Bound on the whole run of 20,000 tasks: generous for a loaded 2-core debug build.
 const SCALE_PATIENCE: Duration = Duration::from_secs(900);
-
-fn sim_config(url: &str, cluster: &str, instances: usize) -> SimConfig {
-    SimConfig {
-        cluster: cluster.into(),
-        nats: vec![url.to_string()],
-        instances,
-        cpu: 4096,
-        memory: 16384,
-        start_delay: Duration::from_millis(50),
-        run_time: Duration::from_millis(500),
-        exit_code: 0,
-        heartbeat_interval: HEARTBEAT,
-        data_dir: None,
-    }
-}
 
 async fn cluster_counts(api: &Api, cluster: &str) -> (i64, i64, i64) {
     let reply: DescribeClustersResponse = api
@@ -149,7 +137,7 @@ async fn sim_2000_instances_run_20000_tasks_to_completion() {
     let td = register_task_definition(&api, "hollow", 32, 128, None).await;
 
     let t0 = Instant::now();
-    let sim = berth_sim::start(sim_config(&berth.url(), "scale", INSTANCES))
+    let sim = berth_sim::start(sim_config(&berth.url(), "scale", INSTANCES, RUN_TIME))
         .await
         .expect("sim starts");
     let registered = t0.elapsed();
@@ -251,7 +239,7 @@ async fn hollow_lifecycle_exit_codes_stops_and_restart() {
     let dir = TempDir::new("lifecycle");
 
     // A cluster that does not exist is a clear registration failure.
-    let missing = berth_sim::start(sim_config(&berth.url(), "nope", 1))
+    let missing = berth_sim::start(sim_config(&berth.url(), "nope", 1, RUN_TIME))
         .await
         .err()
         .expect("unknown cluster refused");
@@ -270,7 +258,7 @@ async fn hollow_lifecycle_exit_codes_stops_and_restart() {
         exit_code: 3,
         run_time: Duration::from_millis(300),
         data_dir: Some(dir.0.clone()),
-        ..sim_config(&berth.url(), "small", 2)
+        ..sim_config(&berth.url(), "small", 2, RUN_TIME)
     };
     let first = berth_sim::start(config.clone()).await.expect("sim starts");
     let arns = first.instance_arns().to_vec();

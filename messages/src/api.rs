@@ -361,6 +361,10 @@ pub struct StopTaskRequest {
     pub task: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Berth's extension: the service scheduler stops its tasks with
+    /// `ServiceSchedulerInitiated`; without it the stop is `UserInitiated`, as in ECS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_code: Option<StopCode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

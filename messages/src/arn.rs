@@ -94,6 +94,12 @@ pub fn container_instance_id(id_or_arn: &str) -> (Option<&str>, &str) {
     scoped_id(id_or_arn, "container-instance")
 }
 
+/// (cluster from the ARN if any, name) from a service name or ARN (long format
+/// `service/<cluster>/<name>`, or the legacy `service/<name>`).
+pub fn service_name(name_or_arn: &str) -> (Option<&str>, &str) {
+    scoped_id(name_or_arn, "service")
+}
+
 /// (cluster from the ARN if any, id) from a task id or ARN.
 pub fn task_id(id_or_arn: &str) -> (Option<&str>, &str) {
     scoped_id(id_or_arn, "task")

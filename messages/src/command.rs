@@ -6,6 +6,9 @@
 use crate::api::*;
 use crate::codec::{self, Encoding};
 use crate::error::ApiError;
+use crate::service::{
+    CreateServiceRequest, DeleteServiceRequest, ServiceResponse, UpdateServiceRequest,
+};
 use serde::{Deserialize, Serialize};
 
 macro_rules! actions {
@@ -59,6 +62,11 @@ actions! {
     SubmitTaskStateChange => true,
     SubmitContainerStateChange => true,
     GetCommandOutcome => false,
+    CreateService => true,
+    UpdateService => true,
+    DeleteService => true,
+    DescribeServices => false,
+    ListServices => false,
 }
 
 impl std::fmt::Display for Action {
@@ -84,6 +92,9 @@ pub enum CommandRequest {
     StopTask(StopTaskRequest),
     SubmitTaskStateChange(SubmitTaskStateChangeRequest),
     SubmitContainerStateChange(SubmitContainerStateChangeRequest),
+    CreateService(CreateServiceRequest),
+    UpdateService(UpdateServiceRequest),
+    DeleteService(DeleteServiceRequest),
 }
 
 /// The default cluster of every action that takes an optional `cluster`.
@@ -112,6 +123,9 @@ impl CommandRequest {
             Action::StopTask => Self::StopTask(d(enc, body)?),
             Action::SubmitTaskStateChange => Self::SubmitTaskStateChange(d(enc, body)?),
             Action::SubmitContainerStateChange => Self::SubmitContainerStateChange(d(enc, body)?),
+            Action::CreateService => Self::CreateService(d(enc, body)?),
+            Action::UpdateService => Self::UpdateService(d(enc, body)?),
+            Action::DeleteService => Self::DeleteService(d(enc, body)?),
             other => {
                 return Err(ApiError::invalid(format!(
                     "{other} is not a command: it is served on the API only"
@@ -136,6 +150,9 @@ impl CommandRequest {
             Self::StopTask(r) => codec::encode(enc, r),
             Self::SubmitTaskStateChange(r) => codec::encode(enc, r),
             Self::SubmitContainerStateChange(r) => codec::encode(enc, r),
+            Self::CreateService(r) => codec::encode(enc, r),
+            Self::UpdateService(r) => codec::encode(enc, r),
+            Self::DeleteService(r) => codec::encode(enc, r),
         }
     }
 
@@ -155,6 +172,9 @@ impl CommandRequest {
             Self::StopTask(_) => Action::StopTask,
             Self::SubmitTaskStateChange(_) => Action::SubmitTaskStateChange,
             Self::SubmitContainerStateChange(_) => Action::SubmitContainerStateChange,
+            Self::CreateService(_) => Action::CreateService,
+            Self::UpdateService(_) => Action::UpdateService,
+            Self::DeleteService(_) => Action::DeleteService,
         }
     }
 
@@ -176,6 +196,9 @@ impl CommandRequest {
             Self::StopTask(r) => r.cluster.as_deref(),
             Self::SubmitTaskStateChange(r) => r.cluster.as_deref(),
             Self::SubmitContainerStateChange(r) => r.cluster.as_deref(),
+            Self::CreateService(r) => r.cluster.as_deref(),
+            Self::UpdateService(r) => r.cluster.as_deref(),
+            Self::DeleteService(r) => r.cluster.as_deref(),
         };
         crate::arn::cluster_name(given.unwrap_or(DEFAULT_CLUSTER)).to_string()
     }
@@ -192,6 +215,7 @@ pub enum CommandResponse {
     Tasks(TasksResponse),
     Task(TaskResponse),
     Acknowledgment(AcknowledgmentResponse),
+    Service(ServiceResponse),
 }
 
 impl CommandResponse {
@@ -206,6 +230,7 @@ impl CommandResponse {
             Self::Tasks(_) => "Tasks",
             Self::Task(_) => "Task",
             Self::Acknowledgment(_) => "Acknowledgment",
+            Self::Service(_) => "Service",
         }
     }
 
@@ -220,6 +245,7 @@ impl CommandResponse {
             Self::Tasks(r) => codec::encode_sized(enc, r, r.expected_size()),
             Self::Task(r) => codec::encode(enc, r),
             Self::Acknowledgment(r) => codec::encode(enc, r),
+            Self::Service(r) => codec::encode(enc, r),
         }
     }
 }

@@ -15,6 +15,7 @@ pub enum ErrorType {
     ClusterContainsServicesException,
     ClusterContainsTasksException,
     ServiceNotFoundException,
+    ServiceNotActiveException,
     TargetNotFoundException,
     AttributeLimitExceededException,
     LimitExceededException,
@@ -38,6 +39,7 @@ impl ErrorType {
             Self::ClusterContainsServicesException => "ClusterContainsServicesException",
             Self::ClusterContainsTasksException => "ClusterContainsTasksException",
             Self::ServiceNotFoundException => "ServiceNotFoundException",
+            Self::ServiceNotActiveException => "ServiceNotActiveException",
             Self::TargetNotFoundException => "TargetNotFoundException",
             Self::AttributeLimitExceededException => "AttributeLimitExceededException",
             Self::LimitExceededException => "LimitExceededException",
@@ -94,6 +96,18 @@ impl ApiError {
     }
     pub fn server(message: impl Into<String>) -> Self {
         Self::new(ErrorType::ServerException, message)
+    }
+    pub fn service_not_found(service: &str) -> Self {
+        Self::new(
+            ErrorType::ServiceNotFoundException,
+            format!("Service not found: {service}"),
+        )
+    }
+    pub fn service_not_active(service: &str) -> Self {
+        Self::new(
+            ErrorType::ServiceNotActiveException,
+            format!("Service was not ACTIVE: {service}"),
+        )
     }
     pub fn cluster_not_found(cluster: &str) -> Self {
         Self::new(

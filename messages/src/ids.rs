@@ -2,6 +2,11 @@
 //! is redelivered after a crash mints the same ids and its writes stay idempotent, and
 //! anyone holding a command id (the auditor) can tell which tasks it may have made.
 
+/// Prefix of the causes of writes the control plane makes on its own (liveness,
+/// reconciliation, the service scheduler's records): they are no API command and have
+/// no outcome.
+pub const INTERNAL_COMMAND_PREFIX: &str = "internal-";
+
 /// Most tasks one command launches: RunTask's `count` and StartTask's
 /// `containerInstances` are both limited to 10, as in ECS.
 pub const MAX_TASKS_PER_COMMAND: usize = 10;

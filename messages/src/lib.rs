@@ -14,6 +14,7 @@ pub mod headers;
 pub mod ids;
 pub mod model;
 pub mod retry;
+pub mod service;
 pub mod streams;
 pub mod subjects;
 pub mod validate;

@@ -11,12 +11,9 @@ use berth_messages::model::{
     TaskDefinitionFamily, TaskStatus,
 };
 use berth_messages::subjects::{self, StateKey};
-use serde::de::IgnoredAny;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-/// Command ids of writes the control plane makes on its own (liveness flips,
-/// reconciliation); they have no outcome.
-pub const INTERNAL_COMMAND_PREFIX: &str = "internal-";
+pub use berth_messages::ids::INTERNAL_COMMAND_PREFIX;
 
 type InstanceKey = (String, String);
 type TaskKey = (String, String, String);
@@ -112,8 +109,7 @@ impl Auditor {
             StateKey::Cluster { .. } => decodes::<Cluster>(payload),
             StateKey::TaskDefinition { .. } => decodes::<TaskDefinition>(payload),
             StateKey::TaskDefinitionFamily { .. } => decodes::<TaskDefinitionFamily>(payload),
-            // Services have no record type yet: require a named map at least.
-            StateKey::Service { .. } => decodes::<BTreeMap<String, IgnoredAny>>(payload),
+            StateKey::Service { .. } => decodes::<berth_messages::service::Service>(payload),
         };
         if let Err(e) = decoded {
             self.violate(

@@ -14,6 +14,7 @@ mod liveness;
 mod planners;
 mod reconcile;
 mod reservations;
+mod services;
 mod shared;
 mod validation;
 
@@ -63,6 +64,7 @@ pub async fn run(
     let liveness = tokio::spawn(liveness::run(shared.clone()));
     let reconciler = tokio::spawn(reconcile::run(shared.clone()));
     let janitor = tokio::spawn(janitor::run(shared.clone()));
+    let services = tokio::spawn(services::scheduler::run(shared.clone()));
     for name in shared.config.create_clusters.clone() {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -98,6 +100,7 @@ pub async fn run(
     liveness.abort();
     reconciler.abort();
     janitor.abort();
+    services.abort();
     if let Err(e) = shared.journal.client().flush().await {
         tracing::debug!(error = %e, "flush on shutdown failed");
     }

@@ -179,7 +179,11 @@ fn flip(shared: &Shared, flipping: &Arc<DashSet<InstanceKey>>, key: InstanceKey,
     let shared = shared.clone();
     let flipping = flipping.clone();
     tokio::spawn(async move {
-        let command_id = format!("internal-liveness-{}", crate::ids::fresh_command_id());
+        let command_id = format!(
+            "{}liveness-{}",
+            berth_messages::ids::INTERNAL_COMMAND_PREFIX,
+            crate::ids::fresh_command_id()
+        );
         let connected = change.connected();
         if let Flip::Heard {
             impaired: Some(reason),

@@ -30,7 +30,11 @@ pub async fn run(shared: Shared) {
 
 async fn execute(shared: &Shared, action: ReconcileAction) {
     let ReconcileAction::Release(stale) = action;
-    let command_id = format!("internal-reconcile-{}", crate::ids::fresh_command_id());
+    let command_id = format!(
+        "{}reconcile-{}",
+        berth_messages::ids::INTERNAL_COMMAND_PREFIX,
+        crate::ids::fresh_command_id()
+    );
     tracing::info!(
         cluster = %stale.cluster,
         instance = %stale.instance_id,

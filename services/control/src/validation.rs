@@ -6,7 +6,7 @@
 use berth_messages::api::*;
 use berth_messages::arn;
 use berth_messages::command::CommandRequest;
-use berth_messages::model::{health, HealthCheck, InstanceStatus, Resource};
+use berth_messages::model::{health, HealthCheck, InstanceStatus, Resource, StopCode};
 use berth_messages::validate as v;
 use berth_messages::ApiError;
 
@@ -95,7 +95,12 @@ pub fn request(req: &CommandRequest) -> Result<(), ApiError> {
             if let Some(reason) = &r.reason {
                 v::text("reason", reason, 255)?;
             }
-            Ok(())
+            match r.stop_code {
+                None | Some(StopCode::UserInitiated | StopCode::ServiceSchedulerInitiated) => Ok(()),
+                Some(other) => Err(ApiError::invalid(format!(
+                    "stopCode {other:?} is set by Berth itself; a StopTask may give UserInitiated or ServiceSchedulerInitiated"
+                ))),
+            }
         }
         CommandRequest::SubmitTaskStateChange(r) => {
             cluster(r.cluster.as_deref())?;
@@ -106,6 +111,12 @@ pub fn request(req: &CommandRequest) -> Result<(), ApiError> {
                 }
             }
             Ok(())
+        }
+        CommandRequest::CreateService(r) => crate::services::validate::create(r),
+        CommandRequest::UpdateService(r) => crate::services::validate::update(r),
+        CommandRequest::DeleteService(r) => {
+            cluster(r.cluster.as_deref())?;
+            crate::services::validate::service_ref(&r.service).map(|_| ())
         }
         CommandRequest::SubmitContainerStateChange(r) => {
             cluster(r.cluster.as_deref())?;

@@ -175,6 +175,7 @@ async fn stop(
                 cluster: Some(ctx.cluster.clone()),
                 task,
                 reason,
+                stop_code: None,
             },
         )
         .await

@@ -9,6 +9,10 @@ use berth_messages::api::*;
 use berth_messages::codec::Encoding;
 use berth_messages::command::{Action, DEFAULT_CLUSTER};
 use berth_messages::model::*;
+use berth_messages::service::{
+    DescribeServicesRequest, DescribeServicesResponse, ListServicesRequest, ListServicesResponse,
+    ServiceStatus,
+};
 use berth_messages::{arn, validate, ApiError};
 use std::sync::Arc;
 
@@ -40,6 +44,10 @@ pub async fn read(
         }
         Action::DescribeTasks => encode(enc, &describe_tasks(shared, decode(enc, body)?).await?),
         Action::ListTasks => encode(enc, &list_tasks(shared, decode(enc, body)?).await?),
+        Action::DescribeServices => {
+            encode(enc, &describe_services(shared, decode(enc, body)?).await?)
+        }
+        Action::ListServices => encode(enc, &list_services(shared, decode(enc, body)?).await?),
         Action::GetCommandOutcome => {
             let r: GetCommandOutcomeRequest = decode(enc, body)?;
             validate::command_id("commandId", &r.command_id)?;
@@ -438,9 +446,8 @@ async fn list_tasks(shared: &Shared, r: ListTasksRequest) -> Result<ListTasksRes
     let limit = validate::max_results(r.max_results)?;
     let after = key_of(r.next_token.as_deref())?;
     let empty = ListTasksResponse::default();
-    // desiredStatus is never PENDING, and Berth has no services or Fargate yet.
+    // desiredStatus is never PENDING, and Berth runs no Fargate tasks.
     if r.desired_status == Some(DesiredStatusFilter::Pending)
-        || r.service_name.is_some()
         || r.launch_type
             .as_deref()
             .is_some_and(|l| l != "EC2" && l != "EXTERNAL")
@@ -453,6 +460,13 @@ async fn list_tasks(shared: &Shared, r: ListTasksRequest) -> Result<ListTasksRes
     if let Some(s) = &r.started_by {
         validate::text("startedBy", s, 128)?;
     }
+    let group = match &r.service_name {
+        Some(name) => {
+            let (_, name) = crate::services::validate::service_ref(name)?;
+            Some(berth_messages::service::group_of(name))
+        }
+        None => None,
+    };
     let instance_id = match &r.container_instance {
         Some(reference) => {
             crate::validation::instance_ref(reference)?;
@@ -468,7 +482,7 @@ async fn list_tasks(shared: &Shared, r: ListTasksRequest) -> Result<ListTasksRes
             Some(DesiredStatusFilter::Stopped) => TaskStatus::Stopped,
             _ => TaskStatus::Running,
         }),
-        group: None,
+        group,
     };
     let page = shared
         .view
@@ -480,5 +494,75 @@ async fn list_tasks(shared: &Shared, r: ListTasksRequest) -> Result<ListTasksRes
             .map(|t| t.task.value.task_arn.clone())
             .collect(),
         next_token: token_of(page.next),
+    })
+}
+
+async fn describe_services(
+    shared: &Shared,
+    r: DescribeServicesRequest,
+) -> Result<DescribeServicesResponse, ApiError> {
+    let cluster = require_cluster(shared, r.cluster.as_deref()).await?;
+    validate::batch("services", r.services.len(), 10)?;
+    let tags = r.include.iter().any(|i| i == "TAGS");
+    let mut out = DescribeServicesResponse::default();
+    for reference in &r.services {
+        let (in_arn, name) = crate::services::validate::service_ref(reference)?;
+        let found = in_arn
+            .is_none_or(|c| c == cluster)
+            .then(|| shared.view.service(&cluster, name))
+            .flatten();
+        match found {
+            Some(s) => out.services.push(crate::services::present::presented(
+                shared, &cluster, &s, tags,
+            )),
+            None => out.failures.push(Failure::new(
+                shared.arns.service(&cluster, name),
+                reason::MISSING,
+            )),
+        }
+    }
+    Ok(out)
+}
+
+async fn list_services(
+    shared: &Shared,
+    r: ListServicesRequest,
+) -> Result<ListServicesResponse, ApiError> {
+    let cluster = require_cluster(shared, r.cluster.as_deref()).await?;
+    // ECS's default page of ListServices is 10.
+    let limit = match r.max_results {
+        None => 10,
+        given => validate::max_results(given)?,
+    };
+    let after = key_of(r.next_token.as_deref())?;
+    if r.launch_type
+        .as_deref()
+        .is_some_and(|l| l != "EC2" && l != "EXTERNAL")
+    {
+        return Ok(ListServicesResponse::default());
+    }
+    let (items, next) = filtered_page(
+        limit,
+        after,
+        |a, l| {
+            let items = shared.view.services_after(&cluster, a, l);
+            let next = (items.len() == l)
+                .then(|| items.last().map(|s| s.value.service_name.clone()))
+                .flatten();
+            Page { items, next }
+        },
+        |s| {
+            s.value.status != ServiceStatus::Inactive
+                && r.scheduling_strategy
+                    .is_none_or(|want| want == s.value.scheduling_strategy)
+                && r.launch_type
+                    .as_deref()
+                    .is_none_or(|l| l == s.value.launch_type)
+        },
+        |s| s.value.service_name.clone(),
+    );
+    Ok(ListServicesResponse {
+        service_arns: items.iter().map(|s| s.value.service_arn.clone()).collect(),
+        next_token: token_of(next),
     })
 }

@@ -17,11 +17,18 @@ pub fn with_counters(shared: &Shared, mut cluster: Cluster) -> Cluster {
     cluster.registered_container_instances_count = Some(counts.registered_instances);
     cluster.running_tasks_count = Some(counts.running_tasks);
     cluster.pending_tasks_count = Some(counts.pending_tasks);
-    cluster.active_services_count = Some(0);
+    cluster.active_services_count = Some(
+        shared
+            .view
+            .services(&cluster.cluster_name)
+            .iter()
+            .filter(|s| s.value.status == berth_messages::service::ServiceStatus::Active)
+            .count() as i64,
+    );
     cluster
 }
 
-fn updated<T>(
+pub(super) fn updated<T>(
     r: Result<Option<berth_journal::Versioned<T>>, UpdateError<ApiError>>,
 ) -> ExecResult<Option<berth_journal::Versioned<T>>> {
     match r {

@@ -16,6 +16,7 @@ mod instance;
 
 pub use cluster::with_counters as cluster_with_counters;
 pub use instance::presented as instance_presented;
+pub mod service;
 mod task;
 mod taskdef;
 
@@ -477,6 +478,9 @@ pub async fn execute(
         CommandRequest::SubmitContainerStateChange(r) => {
             Box::pin(task::submit_container_state(shared, delivery, r)).await
         }
+        CommandRequest::CreateService(r) => Box::pin(service::create(shared, delivery, r)).await,
+        CommandRequest::UpdateService(r) => Box::pin(service::update(shared, delivery, r)).await,
+        CommandRequest::DeleteService(r) => Box::pin(service::delete(shared, delivery, r)).await,
     }
 }
 

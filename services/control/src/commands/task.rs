@@ -651,11 +651,12 @@ pub async fn stop(
         .reason
         .clone()
         .unwrap_or_else(|| "Task stopped by user".into());
+    let stop_code = r.stop_code.unwrap_or(StopCode::UserInitiated);
     let change = Box::new(move |t: &mut Task| {
         let now = berth_messages::now_epoch_seconds();
         if t.desired_status != TaskStatus::Stopped {
             t.desired_status = TaskStatus::Stopped;
-            t.stop_code.get_or_insert(StopCode::UserInitiated);
+            t.stop_code.get_or_insert(stop_code);
             t.stopped_reason.get_or_insert_with(|| reason.clone());
             t.stopping_at.get_or_insert(now);
         }

@@ -8,3 +8,4 @@
 pub mod janitor;
 pub mod liveness;
 pub mod reconcile;
+pub mod service;

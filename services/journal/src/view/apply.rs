@@ -10,6 +10,7 @@ use berth_messages::codec;
 use berth_messages::model::{
     Cluster, ContainerInstance, InstanceStatus, TaskDefinition, TaskDefinitionFamily,
 };
+use berth_messages::service::Service;
 use berth_messages::subjects::{self, StateKey};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -105,12 +106,14 @@ impl Inner {
             };
             let scope = self.scope_or_create(cluster);
             let mut data = write(&scope.data);
+            self.service_task_changed(cluster, task.group);
             let mut added = usize::from(data.apply_task(cluster, task_id, task));
             while let Some((_, Some((next_cluster, _, _)))) = items.peek() {
                 if *next_cluster != cluster {
                     break;
                 }
                 if let Some((_, Some((_, task_id, task)))) = items.next() {
+                    self.service_task_changed(cluster, task.group);
                     added += usize::from(data.apply_task(cluster, task_id, task));
                 }
             }
@@ -167,8 +170,10 @@ impl Inner {
                     self.apply_family(family, record, sequence);
                 }
             }
-            StateKey::Service { .. } => {
-                tracing::trace!(subject, sequence, "view does not index services");
+            StateKey::Service { cluster, service } => {
+                if let Some(record) = decode::<Service>(subject, payload, sequence) {
+                    self.apply_service(cluster, service, record, sequence);
+                }
             }
         }
     }
@@ -215,7 +220,13 @@ impl Inner {
         data.registered += registered;
         data.pool.upsert(id, record.clone());
         let old = data.instances.insert(id.to_string(), record.clone());
-        data.track_allocations(id, old.as_deref().map(|o| &o.value), &record.value, version);
+        let old = old.as_deref().map(|o| &o.value);
+        data.track_allocations(id, old, &record.value, version);
+        let matters = super::services::instance_matters(old, &record.value);
+        drop(data);
+        if matters {
+            self.service_instances_changed(cluster);
+        }
     }
 }
 

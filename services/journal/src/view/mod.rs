@@ -27,7 +27,9 @@
 //! - `scope`: each cluster's tasks, instances, indexes, counters and stale allocations;
 //! - `paging`: listings by resume key and filtered, chunked task scans;
 //! - `definitions`: task definitions and families, their reads and listings;
-//! - `pool`: what the cluster's placement pool sees of instances and tasks.
+//! - `pool`: what the cluster's placement pool sees of instances and tasks;
+//! - `services`: service records, the tasks of each deployment, and the changes the
+//!   service scheduler waits on.
 
 mod apply;
 mod consumer;
@@ -35,6 +37,7 @@ mod definitions;
 mod paging;
 mod pool;
 mod scope;
+mod services;
 mod task;
 #[cfg(test)]
 mod testing;
@@ -43,6 +46,7 @@ pub use definitions::FamilyStatusFilter;
 pub use paging::{ExpiredTask, Page, TaskFilter};
 pub use pool::PlacementEntry;
 pub use scope::{ClusterCounts, StaleAllocation};
+pub use services::ServiceChanges;
 pub use task::TaskEntry;
 
 use crate::compact::Interner;
@@ -103,6 +107,7 @@ struct Inner {
     /// them: it takes the record instead of decoding the message.
     written_instances: Mutex<BTreeMap<u64, Arc<Versioned<ContainerInstance>>>>,
     landings: Arc<Landings>,
+    services: services::ServiceState,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {

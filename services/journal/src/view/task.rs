@@ -265,20 +265,31 @@ impl View {
         let Some(scope) = self.inner.scope(cluster) else {
             return Vec::new();
         };
-        let raws: Vec<RawTask> = {
+        let raws = {
             let data = read(&scope.data);
             data.on_instance
                 .get(instance_id)
-                .map(|on| {
-                    on.ids
-                        .iter()
-                        .filter_map(|id| data.tasks.get(id).map(|t| data.raw(t)))
-                        .collect()
-                })
+                .map(|on| data.raws(&on.ids))
                 .unwrap_or_default()
         };
+        self.inner.decode_tasks(cluster, raws)
+    }
+}
+
+impl ScopeData {
+    /// The tasks of a set, copied out to be decoded outside the lock.
+    pub(super) fn raws(&self, ids: &super::scope::IdSet) -> Vec<RawTask> {
+        ids.iter()
+            .filter_map(|id| self.tasks.get(id).map(|t| self.raw(t)))
+            .collect()
+    }
+}
+
+impl Inner {
+    /// Decodes tasks copied out of the view, skipping (and logging) what is not a task.
+    pub(super) fn decode_tasks(&self, cluster: &str, raws: Vec<RawTask>) -> Vec<Arc<TaskEntry>> {
         raws.into_iter()
-            .filter_map(|raw| self.inner.decode_task(cluster, raw))
+            .filter_map(|raw| self.decode_task(cluster, raw))
             .collect()
     }
 }
