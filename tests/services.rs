@@ -416,3 +416,50 @@ async fn a_service_keeps_its_tasks_and_rolls_within_bounds() {
     wait_steady(api, "keep", "app", 1).await;
     assert_audit_clean(&berth.url()).await;
 }
+
+/// Services deploying at once under two replica processes, one of them SIGKILLed in the
+/// middle of the deployments and started again: every service converges, and the
+/// auditor (which replays every step against the bounds) is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_deploy_many_services_within_bounds() {
+    const SERVICES: usize = 20;
+    let mut berth = TwoReplicas::start().await;
+    let api = berth.api.clone();
+    let api = &api;
+    create_cluster(api, "many").await;
+    let _sim = berth_sim::start(sim_config(&berth.url(), "many", 20, RUN_TIME))
+        .await
+        .expect("sim starts");
+    register_task_definition(api, "many", 64, 64, None).await;
+    let names: Vec<String> = (0..SERVICES).map(|i| format!("s{i}")).collect();
+    for name in &names {
+        api.call_json(
+            "CreateService",
+            json!({"cluster": "many", "serviceName": name, "taskDefinition": "many:1",
+                   "desiredCount": 4,
+                   "deploymentConfiguration": {"minimumHealthyPercent": 50, "maximumPercent": 150}}),
+        )
+        .await
+        .expect("CreateService");
+    }
+    for name in &names {
+        wait_steady(api, "many", name, 4).await;
+    }
+    let td2 = register_task_definition(api, "many", 32, 32, None).await;
+    for name in &names {
+        api.call_json(
+            "UpdateService",
+            json!({"cluster": "many", "service": name, "taskDefinition": td2}),
+        )
+        .await
+        .expect("UpdateService");
+    }
+    // One replica dies in the middle of the deployments and comes back.
+    berth.replicas[0].kill();
+    berth.replicas[0] = ControlProcess::start(&berth.url());
+    for name in &names {
+        let s = wait_steady(api, "many", name, 4).await;
+        assert_eq!(s["deployments"][0]["taskDefinition"], td2.as_str());
+    }
+    assert_audit_clean(&berth.url()).await;
+}

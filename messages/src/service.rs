@@ -423,6 +423,38 @@ pub fn deployment_id(service_arn: &str, counter: u64) -> String {
     format!("ecs-svc/{:019}", n % 10_000_000_000_000_000_000)
 }
 
+/// The id of a scheduler step taken on `version` of the service `arn`: the same decision
+/// on the same version gets the same id on every replica.
+pub fn step_id(service_arn: &str, version: u64) -> String {
+    format!(
+        "{STEP_PREFIX}{}",
+        crate::ids::derived(service_arn, &format!("step-{version}"))
+    )
+}
+
+/// Prefix of step ids (and of the ids of their commands).
+pub const STEP_PREFIX: &str = "svc-";
+
+/// The RunTask command of a step's `launch`-th launch, `chunk`-th batch of tasks.
+pub fn launch_command_id(step_id: &str, launch: usize, chunk: usize) -> String {
+    format!("{step_id}-l{launch}-{chunk}")
+}
+
+/// The StopTask command of a step's `index`-th stop.
+pub fn stop_command_id(step_id: &str, index: usize) -> String {
+    format!("{step_id}-s{index}")
+}
+
+/// The step a command of the service scheduler belongs to.
+pub fn step_of_command(command_id: &str) -> Option<&str> {
+    if !command_id.starts_with(STEP_PREFIX) {
+        return None;
+    }
+    command_id
+        .get(..STEP_PREFIX.len() + 32)
+        .filter(|step| command_id.len() > step.len())
+}
+
 // ---- API bodies ----
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -611,6 +643,22 @@ mod tests {
         assert!(a.starts_with("ecs-svc/"));
         assert_eq!(a.len(), "ecs-svc/".len() + 19);
         assert!(a["ecs-svc/".len()..].chars().all(|c| c.is_ascii_digit()));
+    }
+
+    #[test]
+    fn step_commands_name_their_step() {
+        let step = step_id("arn:aws:ecs:r:1:service/c/web", 4);
+        assert_eq!(
+            step_of_command(&launch_command_id(&step, 0, 3)),
+            Some(step.as_str())
+        );
+        assert_eq!(
+            step_of_command(&stop_command_id(&step, 12)),
+            Some(step.as_str())
+        );
+        assert_eq!(step_of_command(&step), None);
+        assert_eq!(step_of_command("rt-0123"), None);
+        assert_ne!(step, step_id("arn:aws:ecs:r:1:service/c/web", 5));
     }
 
     #[test]

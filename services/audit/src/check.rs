@@ -62,6 +62,7 @@ pub struct Auditor {
     /// TaskPlacedTwice findings already reported, so a later version showing the same
     /// pair again does not repeat them.
     placed_twice_reported: HashSet<(ClusterTask, String, String)>,
+    services: crate::services::ServiceAudit,
     violations: Vec<Violation>,
 }
 
@@ -104,12 +105,26 @@ impl Auditor {
                 instance_id,
                 task_id,
             } => codec::decode_record::<Task>(payload).map(|record| {
+                for (invariant, detail) in self
+                    .services
+                    .observe_task(cluster, task_id, command_id, &record)
+                {
+                    self.violate(sequence, subject, invariant, detail);
+                }
                 self.observe_task(sequence, subject, cluster, instance_id, task_id, record)
             }),
             StateKey::Cluster { .. } => decodes::<Cluster>(payload),
             StateKey::TaskDefinition { .. } => decodes::<TaskDefinition>(payload),
             StateKey::TaskDefinitionFamily { .. } => decodes::<TaskDefinitionFamily>(payload),
-            StateKey::Service { .. } => decodes::<berth_messages::service::Service>(payload),
+            StateKey::Service { cluster, service } => {
+                codec::decode_record::<berth_messages::service::Service>(payload).map(|record| {
+                    for (invariant, detail) in
+                        self.services.observe_service(cluster, service, &record)
+                    {
+                        self.violate(sequence, subject, invariant, detail);
+                    }
+                })
+            }
         };
         if let Err(e) = decoded {
             self.violate(

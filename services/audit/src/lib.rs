@@ -10,6 +10,7 @@
 
 mod check;
 mod report;
+mod services;
 
 pub use check::{Auditor, INTERNAL_COMMAND_PREFIX};
 pub use report::{AuditReport, Invariant, Violation};

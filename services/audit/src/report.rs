@@ -27,10 +27,16 @@ pub enum Invariant {
     /// A command's effect landed under a claim a later delivery had already fenced off:
     /// two executors of one command both placed a task.
     StaleClaim,
+    /// A task launched for a service took its non-stopped tasks above `maximumPercent`
+    /// of the desired count its step was taken for.
+    ServiceAboveMaximum,
+    /// A step of the service scheduler stopped healthy tasks below
+    /// `minimumHealthyPercent`.
+    ServiceBelowHealthyFloor,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 9] = [
+    pub const ALL: [Invariant; 11] = [
         Self::OverCommit,
         Self::PortHeldTwice,
         Self::TaskPlacedTwice,
@@ -40,6 +46,8 @@ impl Invariant {
         Self::MissingOutcome,
         Self::UndecodableRecord,
         Self::StaleClaim,
+        Self::ServiceAboveMaximum,
+        Self::ServiceBelowHealthyFloor,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +61,8 @@ impl Invariant {
             Self::MissingOutcome => "MissingOutcome",
             Self::UndecodableRecord => "UndecodableRecord",
             Self::StaleClaim => "StaleClaim",
+            Self::ServiceAboveMaximum => "ServiceAboveMaximum",
+            Self::ServiceBelowHealthyFloor => "ServiceBelowHealthyFloor",
         }
     }
 }

@@ -83,15 +83,6 @@ pub fn throttle_delay(start_failures: i64) -> f64 {
     (THROTTLE_BASE * f64::from(1u32 << doublings)).min(THROTTLE_MAX)
 }
 
-/// The step id of a decision taken on `version` of the service `arn`: the same decision
-/// on the same version gets the same id on every replica.
-pub fn step_id(arn: &str, version: u64) -> String {
-    format!(
-        "svc-{}",
-        berth_messages::ids::derived(arn, &format!("step-{version}"))
-    )
-}
-
 struct Events<'a> {
     service: &'a mut Service,
     base: String,

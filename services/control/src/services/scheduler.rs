@@ -141,7 +141,7 @@ async fn pass(shared: &Shared, mine: &DashMap<String, ()>, cluster: &str, name: 
     let cause = format!(
         "{}{}",
         ids::INTERNAL_COMMAND_PREFIX,
-        crate::planners::service::step_id(&next.service_arn, record.version)
+        step_id(&next.service_arn, record.version)
     );
     match shared
         .journal
@@ -287,7 +287,7 @@ async fn effects(
                 ..Default::default()
             };
             if let Ok(body) = codec::encode(Encoding::MsgPack, &request) {
-                calls.push((Action::RunTask, format!("{}-l{l}-{chunk}", step.id), body));
+                calls.push((Action::RunTask, launch_command_id(&step.id, l, chunk), body));
             }
             chunk += 1;
         }
@@ -300,7 +300,7 @@ async fn effects(
             stop_code: Some(StopCode::ServiceSchedulerInitiated),
         };
         if let Ok(body) = codec::encode(Encoding::MsgPack, &request) {
-            calls.push((Action::StopTask, format!("{}-s{i}", step.id), body));
+            calls.push((Action::StopTask, stop_command_id(&step.id, i), body));
         }
     }
     let outcomes: Vec<Effect> = futures::stream::iter(calls)
