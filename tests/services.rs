@@ -463,3 +463,87 @@ async fn two_replicas_deploy_many_services_within_bounds() {
     }
     assert_audit_clean(&berth.url()).await;
 }
+
+/// A service's tasks leave a DRAINING instance (replacements first, within the bounds)
+/// and a host whose agent stays away past `--host-lost-after` (its tasks are marked
+/// STOPPED with ECS-style wording, and replaced elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_moves_off_drained_and_lost_hosts() {
+    let berth = Berth::start_with(|url| berth_control::ControlConfig {
+        host_lost_after: 2.0,
+        ..control_config(url)
+    })
+    .await;
+    let api = &berth.api;
+    create_cluster(api, "move").await;
+    let first = berth_sim::start(sim_config(&berth.url(), "move", 2, RUN_TIME))
+        .await
+        .expect("first hosts start");
+    register_task_definition(api, "mover", 128, 128, None).await;
+    api.call_json(
+        "CreateService",
+        json!({"cluster": "move", "serviceName": "mover", "taskDefinition": "mover", "desiredCount": 2}),
+    )
+    .await
+    .expect("CreateService");
+    wait_steady(api, "move", "mover", 2).await;
+
+    // Drain one host: its task moves to the other.
+    let drained = first.instance_arns()[0].clone();
+    api.call_json(
+        "UpdateContainerInstancesState",
+        json!({"cluster": "move", "containerInstances": [drained], "status": "DRAINING"}),
+    )
+    .await
+    .expect("drain");
+    let moved = wait_for("the drained host empty", PATIENCE, || async {
+        let tasks = service_tasks(api, "move", "mover").await;
+        let live: Vec<&Value> = tasks.iter().filter(|t| t["lastStatus"] != "STOPPED").collect();
+        (live.len() == 2
+            && live.iter().all(|t| t["lastStatus"] == "RUNNING" && t["containerInstanceArn"] != drained.as_str()))
+            .then_some(tasks)
+    })
+    .await;
+    assert!(moved.iter().all(|t| t["desiredStatus"] == "RUNNING"));
+
+    // Lose every first host; new ones take the tasks.
+    let second = berth_sim::start(sim_config(&berth.url(), "move", 2, RUN_TIME))
+        .await
+        .expect("second hosts start");
+    first.stop().await;
+    let lost = wait_for("the tasks moved to the new hosts", PATIENCE, || async {
+        let tasks = service_tasks(api, "move", "mover").await;
+        let on_new = tasks
+            .iter()
+            .filter(|t| {
+                t["lastStatus"] == "RUNNING"
+                    && second
+                        .instance_arns()
+                        .iter()
+                        .any(|a| t["containerInstanceArn"] == a.as_str())
+            })
+            .count();
+        (on_new == 2).then_some(())
+    })
+    .await;
+    let _ = lost;
+    let stopped = api
+        .call_json(
+            "ListTasks",
+            json!({"cluster": "move", "serviceName": "mover", "desiredStatus": "STOPPED"}),
+        )
+        .await
+        .expect("ListTasks STOPPED");
+    let arns = stopped["taskArns"].as_array().cloned().unwrap_or_default();
+    let described = api
+        .call_json("DescribeTasks", json!({"cluster": "move", "tasks": arns}))
+        .await
+        .expect("DescribeTasks");
+    assert!(described["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .any(|t| t["stoppedReason"] == "Host lost: agent disconnected"));
+    wait_steady(api, "move", "mover", 2).await;
+    assert_audit_clean(&berth.url()).await;
+}

@@ -65,6 +65,16 @@ pub struct ControlConfig {
         value_parser = positive_seconds
     )]
     pub command_ack_wait: f64,
+    /// Seconds an agent may stay disconnected before its host counts as lost: its tasks
+    /// are then marked STOPPED ("Host lost: agent disconnected") and services replace
+    /// them; an agent that comes back stops them, as their desired status says.
+    #[arg(
+        long = "host-lost-after",
+        env = "BERTH_HOST_LOST_AFTER",
+        default_value_t = 300.0,
+        value_parser = positive_seconds
+    )]
+    pub host_lost_after: f64,
     /// Clusters to create at start-up if they do not exist (comma separated).
     #[arg(
         long = "create-cluster",
@@ -112,6 +122,7 @@ impl Default for ControlConfig {
             stopped_task_retention: 3600.0,
             reconcile_interval: 10.0,
             command_ack_wait: 5.0,
+            host_lost_after: 300.0,
             log: berth_telemetry::LogArgs::default(),
             command_hold: None,
         }
@@ -138,6 +149,10 @@ impl ControlConfig {
             region: self.region.clone(),
             account: self.account_id.clone(),
         }
+    }
+
+    pub fn host_lost_after(&self) -> Duration {
+        Duration::from_secs_f64(self.host_lost_after)
     }
 
     pub fn heartbeat(&self) -> Duration {

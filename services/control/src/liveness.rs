@@ -28,7 +28,11 @@ type InstanceKey = (String, String);
 pub async fn run(shared: Shared) -> Result<(), async_nats::Error> {
     let beats: Arc<DashMap<InstanceKey, Instant>> = Arc::new(DashMap::new());
     let flipping: Arc<DashSet<InstanceKey>> = Arc::new(DashSet::new());
-    let planner = LivenessPlanner::new(shared.config.heartbeat(), Instant::now());
+    let planner = LivenessPlanner::with_host_lost_after(
+        shared.config.heartbeat(),
+        shared.config.host_lost_after(),
+        Instant::now(),
+    );
     let mut sub = shared
         .journal
         .client()
@@ -121,6 +125,10 @@ fn execute(shared: &Shared, flipping: &Arc<DashSet<InstanceKey>>, action: Livene
             cluster,
             instance_id,
         } => flip(shared, flipping, (cluster, instance_id), Flip::Disconnected),
+        LivenessAction::HostLost {
+            cluster,
+            instance_id,
+        } => lose_host(shared, flipping, (cluster, instance_id)),
         LivenessAction::MarkConnected {
             cluster,
             instance_id,
@@ -132,6 +140,65 @@ fn execute(shared: &Shared, flipping: &Arc<DashSet<InstanceKey>>, action: Livene
             Flip::Heard { impaired },
         ),
     }
+}
+
+/// Why the tasks of a lost host stopped.
+pub const HOST_LOST_REASON: &str = "Host lost: agent disconnected";
+
+/// Marks every task of the host that is not STOPPED yet STOPPED, unless this replica is
+/// already at it. Their allocations are released by reconciliation, as for any STOPPED
+/// task; an agent that comes back sees them STOPPED and stops what it still runs.
+fn lose_host(shared: &Shared, busy: &Arc<DashSet<InstanceKey>>, key: InstanceKey) {
+    let live: Vec<String> = shared
+        .view
+        .tasks_on_instance(&key.0, &key.1)
+        .iter()
+        .filter(|t| t.task.value.last_status != berth_messages::model::TaskStatus::Stopped)
+        .map(|t| {
+            berth_messages::arn::task_id(&t.task.value.task_arn)
+                .1
+                .to_string()
+        })
+        .collect();
+    if live.is_empty() || !busy.insert(key.clone()) {
+        return;
+    }
+    let shared = shared.clone();
+    let busy = busy.clone();
+    tokio::spawn(async move {
+        tracing::warn!(cluster = %key.0, instance = %key.1, tasks = live.len(), "host lost: marking its tasks STOPPED");
+        let command_id = format!(
+            "{}host-lost-{}",
+            berth_messages::ids::INTERNAL_COMMAND_PREFIX,
+            crate::ids::fresh_command_id()
+        );
+        for task_id in live {
+            let change = Box::new(|t: &mut berth_messages::model::Task| {
+                use berth_messages::model::TaskStatus;
+                if t.last_status == TaskStatus::Stopped {
+                    return Ok(());
+                }
+                let now = berth_messages::now_epoch_seconds();
+                t.desired_status = TaskStatus::Stopped;
+                t.last_status = TaskStatus::Stopped;
+                t.stopped_reason = Some(HOST_LOST_REASON.into());
+                t.stopping_at.get_or_insert(now);
+                t.execution_stopped_at.get_or_insert(now);
+                t.stopped_at = Some(now);
+                for c in &mut t.containers {
+                    c.last_status = "STOPPED".into();
+                }
+                Ok(())
+            });
+            let op = crate::actors::task::TaskOpKind::Update(change);
+            if let Err(e) =
+                crate::actors::task::TaskOp::run(&shared, &key.0, &task_id, &command_id, op).await
+            {
+                tracing::warn!(task = %task_id, error = %e, "cannot mark a task of a lost host STOPPED");
+            }
+        }
+        busy.remove(&key);
+    });
 }
 
 /// What a flip writes.

@@ -80,6 +80,12 @@ pub enum LivenessAction {
         cluster: String,
         instance_id: String,
     },
+    /// Mark the tasks of a host whose agent has been silent past the host-lost limit
+    /// STOPPED.
+    HostLost {
+        cluster: String,
+        instance_id: String,
+    },
     /// Write `agentConnected = true` and the health the beat reports: a disconnected
     /// instance's agent spoke, or its agent became impaired or recovered.
     MarkConnected {
@@ -94,6 +100,7 @@ pub enum LivenessAction {
 #[derive(Debug, Clone)]
 pub struct LivenessPlanner {
     interval: Duration,
+    lost_after: Duration,
     started: Instant,
     last_check: Instant,
     grace_until: Instant,
@@ -101,9 +108,20 @@ pub struct LivenessPlanner {
 
 impl LivenessPlanner {
     /// A planner for agents beating every `interval`, on a replica started at `started`.
+    #[cfg(test)]
     pub fn new(interval: Duration, started: Instant) -> Self {
+        Self::with_host_lost_after(interval, Duration::from_secs(300), started)
+    }
+
+    /// A planner that also declares hosts lost after `lost_after` of silence.
+    pub fn with_host_lost_after(
+        interval: Duration,
+        lost_after: Duration,
+        started: Instant,
+    ) -> Self {
         Self {
             interval,
+            lost_after,
             started,
             last_check: started,
             grace_until: started,
@@ -136,7 +154,17 @@ impl LivenessPlanner {
         // Silence before the latest grace period began does not count.
         let counted_from = self.grace_until.checked_sub(limit).unwrap_or(self.started);
         for instance in instances {
-            if !instance.agent_connected || instance.status == InstanceStatus::Inactive {
+            if instance.status == InstanceStatus::Inactive {
+                continue;
+            }
+            if !instance.agent_connected {
+                let last = instance.last_beat.unwrap_or(self.started).max(counted_from);
+                if now.instant.saturating_duration_since(last) > self.lost_after {
+                    actions.push(LivenessAction::HostLost {
+                        cluster: instance.cluster.clone(),
+                        instance_id: instance.instance_id.clone(),
+                    });
+                }
                 continue;
             }
             if now.epoch_seconds - instance.registered_at < limit.as_secs_f64() {
@@ -269,6 +297,28 @@ mod tests {
         let stale = instance("stale", clock.beat(secs(10.0)));
         let fresh = instance("fresh", clock.beat(secs(20.0)));
         assert_disconnected_at(&clock, &[stale, fresh], 25.0, 25.5, &["stale"]);
+    }
+
+    #[test]
+    fn a_host_silent_past_the_lost_limit_is_lost() {
+        let clock = Clock::new();
+        let mut planner =
+            LivenessPlanner::with_host_lost_after(INTERVAL, secs(60.0), clock.started);
+        let mut gone = instance("gone", clock.beat(secs(10.0)));
+        gone.agent_connected = false;
+        let mut back = instance("back", clock.beat(secs(65.0)));
+        back.agent_connected = false;
+        let observed = [gone, back];
+        let early = check_until(&mut planner, &clock, &observed, 0.0, 70.0);
+        assert!(early.is_empty(), "{early:?}");
+        let lost = planner.plan(&observed, clock.at(secs(70.5)));
+        assert_eq!(
+            lost,
+            vec![LivenessAction::HostLost {
+                cluster: "default".into(),
+                instance_id: "gone".into()
+            }]
+        );
     }
 
     #[test]
