@@ -511,7 +511,7 @@ async fn a_service_moves_off_drained_and_lost_hosts() {
         .await
         .expect("second hosts start");
     first.stop().await;
-    let lost = wait_for("the tasks moved to the new hosts", PATIENCE, || async {
+    wait_for("the tasks moved to the new hosts", PATIENCE, || async {
         let tasks = service_tasks(api, "move", "mover").await;
         let on_new = tasks
             .iter()
@@ -526,7 +526,6 @@ async fn a_service_moves_off_drained_and_lost_hosts() {
         (on_new == 2).then_some(())
     })
     .await;
-    let _ = lost;
     let stopped = api
         .call_json(
             "ListTasks",
