@@ -498,10 +498,15 @@ async fn a_service_moves_off_drained_and_lost_hosts() {
     .expect("drain");
     let moved = wait_for("the drained host empty", PATIENCE, || async {
         let tasks = service_tasks(api, "move", "mover").await;
-        let live: Vec<&Value> = tasks.iter().filter(|t| t["lastStatus"] != "STOPPED").collect();
+        let live: Vec<&Value> = tasks
+            .iter()
+            .filter(|t| t["lastStatus"] != "STOPPED")
+            .collect();
         (live.len() == 2
-            && live.iter().all(|t| t["lastStatus"] == "RUNNING" && t["containerInstanceArn"] != drained.as_str()))
-            .then_some(tasks)
+            && live.iter().all(|t| {
+                t["lastStatus"] == "RUNNING" && t["containerInstanceArn"] != drained.as_str()
+            }))
+        .then_some(tasks)
     })
     .await;
     assert!(moved.iter().all(|t| t["desiredStatus"] == "RUNNING"));
@@ -544,5 +549,76 @@ async fn a_service_moves_off_drained_and_lost_hosts() {
         .iter()
         .any(|t| t["stoppedReason"] == "Host lost: agent disconnected"));
     wait_steady(api, "move", "mover", 2).await;
+    assert_audit_clean(&berth.url()).await;
+}
+
+/// A DAEMON service runs one task on every ACTIVE instance: a host that joins gets one, a
+/// DRAINING host's is stopped and not replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_follows_its_instances() {
+    let berth = Berth::start().await;
+    let api = &berth.api;
+    create_cluster(api, "dmn").await;
+    let first = berth_sim::start(sim_config(&berth.url(), "dmn", 3, RUN_TIME))
+        .await
+        .expect("hosts start");
+    register_task_definition(api, "agentd", 64, 64, None).await;
+    let created = api
+        .call_json(
+            "CreateService",
+            json!({"cluster": "dmn", "serviceName": "agentd", "taskDefinition": "agentd",
+                   "schedulingStrategy": "DAEMON"}),
+        )
+        .await
+        .expect("CreateService DAEMON");
+    assert_eq!(created["service"]["schedulingStrategy"], "DAEMON");
+    assert_eq!(
+        created["service"]["deploymentConfiguration"]["maximumPercent"],
+        100
+    );
+    assert_eq!(
+        created["service"]["deploymentConfiguration"]["minimumHealthyPercent"],
+        0
+    );
+    let one_per_instance = |expected: usize| async move {
+        let tasks = service_tasks(api, "dmn", "agentd").await;
+        let running: Vec<&Value> = tasks
+            .iter()
+            .filter(|t| t["lastStatus"] == "RUNNING")
+            .collect();
+        let hosts: std::collections::HashSet<&str> = running
+            .iter()
+            .filter_map(|t| t["containerInstanceArn"].as_str())
+            .collect();
+        (running.len() == expected && hosts.len() == expected).then_some(hosts.len())
+    };
+    wait_for("a task on each of 3 hosts", PATIENCE, || {
+        one_per_instance(3)
+    })
+    .await;
+    wait_steady(api, "dmn", "agentd", 3).await;
+    let _second = berth_sim::start(sim_config(&berth.url(), "dmn", 1, RUN_TIME))
+        .await
+        .expect("a fourth host starts");
+    wait_for("a task on the new host", PATIENCE, || one_per_instance(4)).await;
+    api.call_json(
+        "UpdateContainerInstancesState",
+        json!({"cluster": "dmn", "containerInstances": [first.instance_arns()[0]], "status": "DRAINING"}),
+    )
+    .await
+    .expect("drain");
+    wait_for("the drained host's task gone", PATIENCE, || {
+        one_per_instance(3)
+    })
+    .await;
+    let s = wait_steady(api, "dmn", "agentd", 3).await;
+    assert_eq!(s["desiredCount"], 3);
+    let (kind, _) = error_of(
+        api,
+        "UpdateService",
+        json!({"cluster": "dmn", "service": "agentd", "desiredCount": 5}),
+    )
+    .await;
+    assert_eq!(kind, "InvalidParameterException");
     assert_audit_clean(&berth.url()).await;
 }

@@ -64,6 +64,9 @@ pub struct Snapshot {
     pub tasks: Vec<TaskFacts>,
     /// The instances of those tasks; a missing one is gone.
     pub instances: HashMap<String, InstanceFacts>,
+    /// DAEMON: the instances that should run one task each (ACTIVE, agent connected,
+    /// satisfying the constraints), by id.
+    pub eligible: Vec<String>,
     pub now: f64,
 }
 
@@ -117,29 +120,173 @@ fn uuid_like(base: &str, n: usize) -> String {
     )
 }
 
+/// What one strategy decided for a step.
+struct Decision {
+    launches: Vec<StepLaunch>,
+    stops: Vec<StepStop>,
+    /// Tasks to launch were held back by the bounds (not by a throttle or a failure).
+    blocked: bool,
+    /// Every task the service needs is in place and healthy, and no other is left.
+    complete: bool,
+    /// The desired count the strategy sets (DAEMON: one per eligible instance).
+    desired: Option<i64>,
+}
+
 /// The next record of the service, `None` when nothing is to change.
 pub fn plan(snap: &Snapshot) -> Option<Service> {
     let original = &snap.service;
     if original.step.is_some() || original.status == ServiceStatus::Inactive {
         return None;
     }
-    if original.scheduling_strategy == SchedulingStrategy::Daemon {
-        return None;
-    }
     let mut s = original.clone();
     let now = snap.now;
     let subject = s.event_subject();
+    let base = format!("{}/{}", s.service_arn, snap.version);
     let mut events = Events {
-        base: format!("{}/{}", s.service_arn, snap.version),
+        base: base.clone(),
         service: &mut s,
         now,
         made: 0,
     };
-
     count_failures(&mut events, &snap.tasks);
     trip_breaker(&mut events);
+    let mut health_failures: Vec<(String, String)> = Vec::new();
+    let decision = match events.service.scheduling_strategy {
+        SchedulingStrategy::Replica => replica(events.service, snap, &mut health_failures),
+        SchedulingStrategy::Daemon => daemon(events.service, snap, &mut health_failures),
+    };
+    for (deployment, task) in health_failures {
+        if let Some(d) = events
+            .service
+            .deployments
+            .iter_mut()
+            .find(|d| d.id == deployment)
+        {
+            if !d.failed_task_ids.contains(&task) && d.failed_task_ids.len() < MAX_COUNTED_FAILURES
+            {
+                d.failed_task_ids.push(task);
+                d.failed_tasks += 1;
+            }
+        }
+    }
+    if let Some(desired) = decision.desired {
+        events.service.desired_count = desired;
+        if let Some(p) = events.service.primary_mut() {
+            p.desired_count = desired;
+        }
+    }
+    if decision.blocked {
+        events.say(format!(
+            "{subject} was unable to stop or start tasks during a deployment because of the service deployment configuration. Update the minimumHealthyPercent or maximumPercent value and try again."
+        ));
+    }
 
+    // Deployments whose tasks are all gone become INACTIVE; a primary with every task
+    // in place and healthy, and nothing else left, has COMPLETED.
+    let live_of = |id: &str| {
+        snap.tasks
+            .iter()
+            .filter(|t| t.is_live() && t.deployment_id == id)
+            .count()
+    };
+    let settled = decision.launches.is_empty() && decision.stops.is_empty();
+    events
+        .service
+        .deployments
+        .retain(|d| d.status == DeploymentStatus::Primary || live_of(&d.id) > 0);
+    let others_gone = events
+        .service
+        .deployments
+        .iter()
+        .all(|d| d.status == DeploymentStatus::Primary);
+    let steady = settled && others_gone && decision.complete;
+    if steady {
+        let primary_td = events.service.primary().map(|p| p.task_definition.clone());
+        if let Some(p) = events.service.primary_mut() {
+            if p.rollout_state == RolloutState::InProgress {
+                p.rollout_state = RolloutState::Completed;
+                p.rollout_state_reason = Some(format!("ECS deployment {} completed.", p.id));
+                p.updated_at = now;
+                p.start_failures = 0;
+                p.throttled_until = None;
+                let id = p.id.clone();
+                events.service.stable_task_definition = primary_td;
+                events.say(format!("{subject} ({id}) deployment completed."));
+            }
+        }
+        let repeat = events
+            .service
+            .steady_since
+            .is_none_or(|since| now - since >= STEADY_REPEAT);
+        if repeat && events.service.status == ServiceStatus::Active {
+            events.service.steady_since = Some(now);
+            events.say(format!("{subject} has reached a steady state."));
+        }
+    } else if !settled {
+        events.service.steady_since = None;
+    }
     let s = events.service;
+    let live = snap.tasks.iter().filter(|t| t.is_live()).count();
+    if s.status == ServiceStatus::Draining && live == 0 && settled {
+        s.status = ServiceStatus::Inactive;
+        s.deployments.clear();
+    }
+    if !settled {
+        s.retry_launch_at = None;
+        s.step = Some(ServiceStep {
+            id: step_id(&s.service_arn, snap.version),
+            started_at: now,
+            launches: decision.launches,
+            stops: decision.stops,
+        });
+    }
+    (s != original).then(|| s.clone())
+}
+
+/// UNHEALTHY tasks past the grace period: stopped (and replaced), each a failure of its
+/// deployment (pushed to `failures`).
+fn unhealthy_stops<'a>(
+    s: &Service,
+    snap: &'a Snapshot,
+    failures: &mut Vec<(String, String)>,
+) -> (Vec<StepStop>, HashSet<&'a str>) {
+    let grace = s.health_check_grace_period_seconds.unwrap_or(0) as f64;
+    let mut stops = Vec::new();
+    let mut stopped = HashSet::new();
+    for t in snap.tasks.iter().filter(|t| t.is_active()) {
+        let unhealthy = t.health.as_deref() == Some(health::UNHEALTHY)
+            && t.started_at.is_none_or(|at| snap.now - at >= grace);
+        if unhealthy {
+            stops.push(StepStop {
+                task_id: t.task_id.clone(),
+                reason: "Task failed container health checks".into(),
+            });
+            stopped.insert(t.task_id.as_str());
+            failures.push((t.deployment_id.clone(), t.task_id.clone()));
+        }
+    }
+    (stops, stopped)
+}
+
+/// Whether the primary may launch now (not FAILED, not throttled, not waiting to retry
+/// a placement).
+fn launch_held(s: &Service, now: f64) -> bool {
+    s.primary().is_none_or(|p| {
+        p.rollout_state == RolloutState::Failed
+            || p.throttled_until.is_some_and(|until| until > now)
+    }) || s.retry_launch_at.is_some_and(|at| at > now)
+}
+
+fn scaling_reason(s: &Service) -> String {
+    format!(
+        "Scaling activity initiated by (deployment {})",
+        s.primary().map(|p| p.id.as_str()).unwrap_or_default()
+    )
+}
+
+/// REPLICA: keep the desired count of the primary's tasks within the bounds.
+fn replica(s: &Service, snap: &Snapshot, failures: &mut Vec<(String, String)>) -> Decision {
+    let now = snap.now;
     let desired = if s.status == ServiceStatus::Draining {
         0
     } else {
@@ -153,39 +300,13 @@ pub fn plan(snap: &Snapshot) -> Option<Service> {
     } else {
         s.bounds()
     };
-    let grace = s.health_check_grace_period_seconds.unwrap_or(0) as f64;
-    let primary = s.primary().cloned();
+    let primary = s.primary();
     let instance_active = |id: &str| snap.instances.get(id).is_some_and(|i| i.active);
-
     let live = snap.tasks.iter().filter(|t| t.is_live()).count() as i64;
-    let mut stops: Vec<StepStop> = Vec::new();
-    let mut stopped: HashSet<&str> = HashSet::new();
-    // UNHEALTHY past the grace period: stopped and replaced; a failure of its deployment.
-    let mut health_failures: Vec<(String, String)> = Vec::new();
-    for t in snap.tasks.iter().filter(|t| t.is_active()) {
-        let unhealthy = t.health.as_deref() == Some(health::UNHEALTHY)
-            && t.started_at.is_none_or(|at| now - at >= grace);
-        if unhealthy {
-            stops.push(StepStop {
-                task_id: t.task_id.clone(),
-                reason: "Task failed container health checks".into(),
-            });
-            stopped.insert(&t.task_id);
-            health_failures.push((t.deployment_id.clone(), t.task_id.clone()));
-        }
-    }
-    for (deployment, task) in health_failures {
-        if let Some(d) = s.deployments.iter_mut().find(|d| d.id == deployment) {
-            if !d.failed_task_ids.contains(&task) && d.failed_task_ids.len() < MAX_COUNTED_FAILURES
-            {
-                d.failed_task_ids.push(task);
-                d.failed_tasks += 1;
-            }
-        }
-    }
+    let (mut stops, stopped) = unhealthy_stops(s, snap, failures);
 
     // Tasks to keep (the primary's, on usable instances) and tasks to retire.
-    let primary_id = primary.as_ref().map(|p| p.id.as_str()).unwrap_or_default();
+    let primary_id = primary.map(|p| p.id.as_str()).unwrap_or_default();
     let per_instance = {
         let mut m: HashMap<&str, i64> = HashMap::new();
         for t in snap.tasks.iter().filter(|t| t.is_active()) {
@@ -221,14 +342,10 @@ pub fn plan(snap: &Snapshot) -> Option<Service> {
         retire.extend(keep.drain(..excess));
     }
 
-    // Launches.
-    let launch_held = primary.as_ref().is_none_or(|p| {
-        p.rollout_state == RolloutState::Failed
-            || p.throttled_until.is_some_and(|until| until > now)
-    }) || s.retry_launch_at.is_some_and(|at| at > now);
+    let held = launch_held(s, now);
     let want = (desired - keep.len() as i64).max(0);
     let room = (bounds.ceiling - live).max(0);
-    let launch = if launch_held { 0 } else { want.min(room) };
+    let launch = if held { 0 } else { want.min(room) };
 
     // Stops of retired tasks: those not healthy at once, healthy ones down to the floor.
     let healthy = snap
@@ -238,7 +355,7 @@ pub fn plan(snap: &Snapshot) -> Option<Service> {
         .count() as i64;
     let mut allowed = healthy - bounds.floor;
     retire.sort_by(order);
-    let reason = format!("Scaling activity initiated by (deployment {})", primary_id);
+    let reason = scaling_reason(s);
     let mut retired_blocked = 0;
     for t in &retire {
         if t.is_healthy() {
@@ -253,93 +370,99 @@ pub fn plan(snap: &Snapshot) -> Option<Service> {
             reason: reason.clone(),
         });
     }
-
-    let mut events = Events {
-        base: format!("{}/{}", s.service_arn, snap.version),
-        service: s,
-        now,
-        made: 100,
+    let launches = match (primary, launch > 0) {
+        (Some(p), true) => vec![StepLaunch {
+            deployment_id: p.id.clone(),
+            task_definition: p.task_definition.clone(),
+            count: launch,
+            container_instances: Vec::new(),
+        }],
+        _ => Vec::new(),
     };
-    if launch == 0 && stops.is_empty() && (want > 0 && !launch_held || retired_blocked > 0) {
-        events.say(format!(
-            "{subject} was unable to stop or start tasks during a deployment because of the service deployment configuration. Update the minimumHealthyPercent or maximumPercent value and try again."
-        ));
+    let blocked = launch == 0 && stops.is_empty() && ((want > 0 && !held) || retired_blocked > 0);
+    let complete =
+        keep.len() as i64 == desired && keep.iter().all(|t| t.is_healthy()) && live == desired;
+    Decision {
+        launches,
+        stops,
+        blocked,
+        complete,
+        desired: None,
     }
-    let s = events.service;
+}
 
-    // Deployments whose tasks are all gone become INACTIVE; a primary with every task
-    // in place and healthy, and nothing else left, has COMPLETED.
-    let live_of = |id: &str| {
-        snap.tasks
-            .iter()
-            .filter(|t| t.is_live() && t.deployment_id == id)
-            .count()
+/// DAEMON: one task of the primary on every eligible instance (ACTIVE, connected,
+/// satisfying the constraints); a task elsewhere, an extra one on an instance, or one of
+/// an older deployment is stopped (DAEMON's defaults: minimum 0%, maximum 100%, so a
+/// new deployment stops the old task of an instance before it starts the new one).
+fn daemon(s: &Service, snap: &Snapshot, failures: &mut Vec<(String, String)>) -> Decision {
+    let draining = s.status == ServiceStatus::Draining;
+    let eligible: HashSet<&str> = if draining {
+        HashSet::new()
+    } else {
+        snap.eligible.iter().map(String::as_str).collect()
     };
-    let settled = launch == 0 && stops.is_empty();
-    s.deployments
-        .retain(|d| d.status == DeploymentStatus::Primary || live_of(&d.id) > 0);
-    let others_gone = s
-        .deployments
-        .iter()
-        .all(|d| d.status == DeploymentStatus::Primary);
-    let all_healthy = keep.len() as i64 == desired && keep.iter().all(|t| t.is_healthy());
-    let steady = settled && others_gone && all_healthy && live == desired;
-    let mut events = Events {
-        base: format!("{}/{}", s.service_arn, snap.version),
-        service: s,
-        now,
-        made: 200,
-    };
-    if steady {
-        let primary_td = events.service.primary().map(|p| p.task_definition.clone());
-        if let Some(p) = events.service.primary_mut() {
-            if p.rollout_state == RolloutState::InProgress {
-                p.rollout_state = RolloutState::Completed;
-                p.rollout_state_reason = Some(format!("ECS deployment {} completed.", p.id));
-                p.updated_at = now;
-                p.start_failures = 0;
-                p.throttled_until = None;
-                let id = p.id.clone();
-                events.service.stable_task_definition = primary_td;
-                events.say(format!("{subject} ({id}) deployment completed."));
-            }
+    let (mut stops, stopped) = unhealthy_stops(s, snap, failures);
+    let primary = s.primary();
+    let primary_id = primary.map(|p| p.id.as_str()).unwrap_or_default();
+    let reason = scaling_reason(s);
+    let mut occupied: HashSet<&str> = HashSet::new();
+    let mut in_place = 0;
+    let mut healthy_in_place = 0;
+    let mut active: Vec<&TaskFacts> = snap.tasks.iter().filter(|t| t.is_active()).collect();
+    // The primary's tasks first, so that they are the ones an instance keeps.
+    active.sort_by_key(|t| (t.deployment_id != primary_id, t.task_id.clone()));
+    for t in active {
+        if stopped.contains(t.task_id.as_str()) {
+            continue;
         }
-        let repeat = events
-            .service
-            .steady_since
-            .is_none_or(|since| now - since >= STEADY_REPEAT);
-        if repeat && events.service.status == ServiceStatus::Active {
-            events.service.steady_since = Some(now);
-            events.say(format!("{subject} has reached a steady state."));
-        }
-    } else if !settled {
-        events.service.steady_since = None;
-    }
-    let s = events.service;
-    if s.status == ServiceStatus::Draining && live == 0 && settled {
-        s.status = ServiceStatus::Inactive;
-        s.deployments.clear();
-    }
-
-    if launch > 0 || !stops.is_empty() {
-        let mut launches = Vec::new();
-        if let (Some(p), true) = (&primary, launch > 0) {
-            launches.push(StepLaunch {
-                deployment_id: p.id.clone(),
-                task_definition: p.task_definition.clone(),
-                count: launch,
-                container_instances: Vec::new(),
+        let keep = t.deployment_id == primary_id
+            && eligible.contains(t.instance_id.as_str())
+            && !occupied.contains(t.instance_id.as_str());
+        if keep {
+            occupied.insert(&t.instance_id);
+            in_place += 1;
+            healthy_in_place += usize::from(t.is_healthy());
+        } else {
+            stops.push(StepStop {
+                task_id: t.task_id.clone(),
+                reason: reason.clone(),
             });
         }
-        s.retry_launch_at = None;
-        s.step = Some(ServiceStep {
-            id: step_id(&s.service_arn, snap.version),
-            started_at: now,
-            launches,
-            stops,
-        });
     }
-    (s != original).then(|| s.clone())
+    // An instance takes the new task once nothing of the service is left on it.
+    let busy: HashSet<&str> = snap
+        .tasks
+        .iter()
+        .filter(|t| t.is_live())
+        .map(|t| t.instance_id.as_str())
+        .collect();
+    let mut targets: Vec<String> = eligible
+        .iter()
+        .filter(|id| !busy.contains(*id))
+        .map(|id| id.to_string())
+        .collect();
+    targets.sort();
+    if launch_held(s, snap.now) {
+        targets.clear();
+    }
+    let launches = match (primary, targets.is_empty()) {
+        (Some(p), false) => vec![StepLaunch {
+            deployment_id: p.id.clone(),
+            task_definition: p.task_definition.clone(),
+            count: targets.len() as i64,
+            container_instances: targets,
+        }],
+        _ => Vec::new(),
+    };
+    let live = snap.tasks.iter().filter(|t| t.is_live()).count();
+    Decision {
+        launches,
+        stops,
+        blocked: false,
+        complete: in_place == eligible.len() && healthy_in_place == in_place && live == in_place,
+        desired: (!draining).then_some(eligible.len() as i64),
+    }
 }
 
 /// Counts each newly stopped failed task of a live deployment once; those that never
@@ -464,6 +587,7 @@ mod tests {
             version: 7,
             tasks,
             instances,
+            eligible: Vec::new(),
             now: 100.0,
         }
     }
@@ -687,6 +811,57 @@ mod tests {
         assert_eq!(step(&next).stops.len(), 1);
         let next = plan(&snapshot(s, vec![])).unwrap();
         assert_eq!(next.status, ServiceStatus::Inactive);
+    }
+
+    #[test]
+    fn a_daemon_runs_one_task_per_eligible_instance() {
+        let mut s = service(0, 100, 0);
+        s.scheduling_strategy = SchedulingStrategy::Daemon;
+        s.deployment_configuration = DeploymentConfiguration::default();
+        let d = primary_id(&s);
+        let mut snap = snapshot(
+            s.clone(),
+            vec![
+                running("a", &d, "i1"),
+                running("extra", &d, "i1"),
+                running("drained", &d, "i3"),
+            ],
+        );
+        snap.eligible = vec!["i1".into(), "i2".into()];
+        let next = plan(&snap).unwrap();
+        assert_eq!(next.desired_count, 2);
+        let launch = &step(&next).launches[0];
+        assert_eq!(launch.container_instances, vec!["i2".to_string()]);
+        let mut stops: Vec<&str> = step(&next)
+            .stops
+            .iter()
+            .map(|s| s.task_id.as_str())
+            .collect();
+        stops.sort();
+        assert_eq!(stops, vec!["drained", "extra"]);
+        // In place on both: complete and steady.
+        let mut steady = snapshot(s, vec![running("a", &d, "i1"), running("b", &d, "i2")]);
+        steady.eligible = vec!["i1".into(), "i2".into()];
+        let next = plan(&steady).unwrap();
+        assert!(next.step.is_none());
+        assert_eq!(
+            next.primary().unwrap().rollout_state,
+            RolloutState::Completed
+        );
+    }
+
+    #[test]
+    fn a_daemon_deployment_replaces_the_old_task_of_each_instance() {
+        let mut s = service(0, 100, 0);
+        s.scheduling_strategy = SchedulingStrategy::Daemon;
+        let old = primary_id(&s);
+        s.start_deployment("td:2", 1.0);
+        let mut snap = snapshot(s, vec![running("o1", &old, "i1")]);
+        snap.eligible = vec!["i1".into()];
+        let next = plan(&snap).unwrap();
+        // The old task goes first; the new one starts once the instance is free.
+        assert_eq!(step(&next).stops[0].task_id, "o1");
+        assert!(step(&next).launches.is_empty());
     }
 
     #[test]

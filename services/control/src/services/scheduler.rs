@@ -20,7 +20,7 @@ use crate::api::submit::submit;
 use crate::planners::service::{plan, InstanceFacts, Snapshot, TaskFacts};
 use crate::shared::Shared;
 use berth_journal::Versioned;
-use berth_messages::api::{RunTaskRequest, StopTaskRequest, TasksResponse};
+use berth_messages::api::{RunTaskRequest, StartTaskRequest, StopTaskRequest, TasksResponse};
 use berth_messages::codec::{self, Encoding};
 use berth_messages::command::Action;
 use berth_messages::model::{InstanceStatus, PlacementStrategy, StopCode};
@@ -190,13 +190,59 @@ fn snapshot(shared: &Shared, cluster: &str, record: &Versioned<Service>, now: f6
             });
         }
     }
+    let eligible = match record.value.scheduling_strategy {
+        SchedulingStrategy::Daemon => daemon_instances(shared, cluster, &record.value),
+        SchedulingStrategy::Replica => Vec::new(),
+    };
     Snapshot {
         service: record.value.clone(),
         version: record.version,
         tasks,
         instances,
+        eligible,
         now,
     }
+}
+
+/// The instances a DAEMON service runs on: ACTIVE, agent connected, satisfying the
+/// service's and its task definition's memberOf constraints.
+fn daemon_instances(shared: &Shared, cluster: &str, service: &Service) -> Vec<String> {
+    let definition_constraints = service
+        .primary()
+        .and_then(|p| berth_messages::arn::task_definition_ref(&p.task_definition))
+        .and_then(|r| shared.view.task_definition(&r.family, r.revision?))
+        .map(|td| td.value.placement_constraints.clone())
+        .unwrap_or_default();
+    let all: Vec<_> = service
+        .placement_constraints
+        .iter()
+        .chain(&definition_constraints)
+        .cloned()
+        .collect();
+    let Ok(constraints) = berth_placement::constraints_from(&all) else {
+        return Vec::new();
+    };
+    let groups = std::collections::BTreeMap::new();
+    shared
+        .view
+        .instances(cluster)
+        .iter()
+        .filter(|i| i.value.status == InstanceStatus::Active && i.value.agent_connected)
+        .filter(|i| {
+            let candidate = berth_placement::Candidate::from_record(&i.value, &groups);
+            constraints.iter().all(|c| match c {
+                berth_placement::Constraint::MemberOf(expr) => {
+                    berth_placement::evaluate(expr, &candidate)
+                }
+                berth_placement::Constraint::DistinctInstance => true,
+            })
+        })
+        .map(|i| {
+            arn::container_instance_id(&i.value.container_instance_arn)
+                .1
+                .to_string()
+        })
+        .collect()
 }
 
 /// What the commands of a step did.
@@ -265,6 +311,30 @@ async fn effects(
     };
     let mut calls: Vec<(Action, String, Vec<u8>)> = Vec::new();
     for (l, launch) in step.launches.iter().enumerate() {
+        if !launch.container_instances.is_empty() {
+            for (chunk, instances) in launch
+                .container_instances
+                .chunks(ids::MAX_TASKS_PER_COMMAND)
+                .enumerate()
+            {
+                let request = StartTaskRequest {
+                    cluster: Some(cluster.to_string()),
+                    task_definition: launch.task_definition.clone(),
+                    container_instances: instances.to_vec(),
+                    started_by: Some(launch.deployment_id.clone()),
+                    group: Some(group.clone()),
+                    ..Default::default()
+                };
+                if let Ok(body) = codec::encode(Encoding::MsgPack, &request) {
+                    calls.push((
+                        Action::StartTask,
+                        launch_command_id(&step.id, l, chunk),
+                        body,
+                    ));
+                }
+            }
+            continue;
+        }
         let mut left = launch.count;
         let mut chunk = 0;
         while left > 0 {
