@@ -2,18 +2,14 @@
 //! replica, and the agent as a process (configured through its env twins) running tasks
 //! as host processes.
 
+use berth_e2e::AgentProcess as Agent;
 use berth_e2e::*;
 use berth_messages::{headers, subjects};
 use berth_testkit::wait_for;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// Heartbeat interval of the test agents (the same as the test replicas').
-const AGENT_HEARTBEAT: &str = "0.5";
 
 /// A scratch directory; on drop, kills any container still running under it, then
 /// removes it.
@@ -97,113 +93,6 @@ fn container_states(data_dir: &Path) -> Vec<(PathBuf, PathBuf)> {
 fn read_state(path: &Path) -> Option<(i64, i64)> {
     let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     Some((v["shimPid"].as_i64()?, v["pid"].as_i64()?))
-}
-
-/// A `berth-agent` process; its stderr is forwarded to the test's and kept.
-struct Agent {
-    child: Child,
-    output: Arc<Mutex<String>>,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Agent {
-    fn start(url: &str, cluster: &str, data_dir: &Path, extra: &[(&str, &str)]) -> Agent {
-        let bin = berth_testkit::workspace_bin("berth-agent", "berth-agent");
-        let mut command = Command::new(bin);
-        command
-            .env("BERTH_NATS_URL", url)
-            .env("BERTH_CLUSTER", cluster)
-            .env("BERTH_DATA_DIR", data_dir)
-            .env("BERTH_HEARTBEAT_INTERVAL", AGENT_HEARTBEAT)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in extra {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("berth-agent starts");
-        let stderr = child.stderr.take().expect("agent stderr");
-        let output = Arc::new(Mutex::new(String::new()));
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        let kept = output.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[agent] {line}");
-                if let Ok(mut all) = kept.lock() {
-                    all.push_str(&line);
-                    all.push('\n');
-                }
-                let _ = tx.send(line);
-            }
-        });
-        Agent {
-            child,
-            output,
-            lines,
-            reader: Some(reader),
-        }
-    }
-
-    /// Waits for the ready line; returns the container instance ARN.
-    async fn ready(&mut self) -> String {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                if let Some(arn) = line.strip_prefix("berth-agent ready instance=") {
-                    return arn.trim().to_string();
-                }
-            }
-            panic!("berth-agent ended before it was ready:\n{}", self.output());
-        };
-        tokio::time::timeout(PATIENCE, wait)
-            .await
-            .expect("berth-agent ready in time")
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().map(|o| o.clone()).unwrap_or_default()
-    }
-
-    /// Waits for the process to exit by itself, and for the last of its output.
-    async fn exited(&mut self) -> ExitStatus {
-        let child = &mut self.child;
-        let status = wait_for("berth-agent to exit", PATIENCE, || {
-            let status = child.try_wait().expect("try_wait");
-            async move { status }
-        })
-        .await;
-        if let Some(reader) = self.reader.take() {
-            tokio::task::spawn_blocking(move || reader.join())
-                .await
-                .expect("join")
-                .expect("stderr reader");
-        }
-        status
-    }
-
-    /// SIGTERM, then waits for the exit.
-    async fn terminate(&mut self) -> ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.exited().await
-    }
-
-    /// SIGKILL: no cleanup at all.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 async fn register_td(api: &Api, body: Value) -> String {

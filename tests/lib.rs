@@ -16,7 +16,10 @@ use berth_messages::command::Action;
 use berth_messages::{headers, subjects, ApiError};
 use berth_testkit::{wait_for, NatsServer};
 use serde::{de::DeserializeOwned, Serialize};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use berth_testkit;
@@ -686,5 +689,122 @@ pub fn sim_config(
         exit_code: 0,
         heartbeat_interval: HEARTBEAT,
         data_dir: None,
+    }
+}
+
+/// A `berth-agent` process (configured through its env twins, `extra` added); its stderr
+/// is forwarded to the test's and kept.
+pub struct AgentProcess {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    /// Its stderr, line by line, as it comes.
+    pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AgentProcess {
+    pub fn start(
+        url: &str,
+        cluster: &str,
+        data_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> AgentProcess {
+        let bin = berth_testkit::workspace_bin("berth-agent", "berth-agent");
+        let mut command = Command::new(bin);
+        command
+            .env("BERTH_NATS_URL", url)
+            .env("BERTH_CLUSTER", cluster)
+            .env("BERTH_DATA_DIR", data_dir)
+            .env(
+                "BERTH_HEARTBEAT_INTERVAL",
+                HEARTBEAT.as_secs_f64().to_string(),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("berth-agent starts");
+        let stderr = child.stderr.take().expect("agent stderr");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let kept = output.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                if let Ok(mut all) = kept.lock() {
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+                let _ = tx.send(line);
+            }
+        });
+        AgentProcess {
+            child,
+            output,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits for the ready line; returns the container instance ARN.
+    pub async fn ready(&mut self) -> String {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                if let Some(arn) = line.strip_prefix("berth-agent ready instance=") {
+                    return arn.trim().to_string();
+                }
+            }
+            panic!("berth-agent ended before it was ready:\n{}", self.output());
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .expect("berth-agent ready in time")
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself, and for the last of its output.
+    pub async fn exited(&mut self) -> ExitStatus {
+        let child = &mut self.child;
+        let status = wait_for("berth-agent to exit", PATIENCE, || {
+            let status = child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await;
+        if let Some(reader) = self.reader.take() {
+            tokio::task::spawn_blocking(move || reader.join())
+                .await
+                .expect("join")
+                .expect("stderr reader");
+        }
+        status
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.exited().await
+    }
+
+    /// SIGKILL: no cleanup at all.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -330,12 +330,16 @@ impl Service {
     }
 
     /// Starts a new PRIMARY deployment of `task_definition`; the previous PRIMARY becomes
-    /// ACTIVE (until its tasks are gone) and INACTIVE ones are dropped. Returns its id.
+    /// ACTIVE (until its tasks are gone) and INACTIVE ones are dropped; a previous PRIMARY
+    /// that COMPLETED is what a circuit breaker rolls back to. Returns its id.
     pub fn start_deployment(&mut self, task_definition: &str, now: f64) -> String {
         self.deployments_made += 1;
         let id = deployment_id(&self.service_arn, self.deployments_made);
         for d in &mut self.deployments {
             if d.status == DeploymentStatus::Primary {
+                if d.rollout_state == RolloutState::Completed {
+                    self.stable_task_definition = Some(d.task_definition.clone());
+                }
                 d.status = DeploymentStatus::Active;
                 d.updated_at = now;
             }

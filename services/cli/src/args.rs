@@ -1,7 +1,8 @@
 //! The command line of `berth`: global flags with `BERTH_*` environment twins and one
 //! subcommand per ECS resource, plus `berth dev`.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use berth_messages::model::{PlacementConstraint, PlacementStrategy};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Default NATS URL of the global `--nats`.
@@ -15,7 +16,11 @@ pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
     after_help = "Start a local Berth with `berth dev` (or `scripts/dev` in the repository), then \
                   register a task definition and run it:\n  \
                   berth task-definitions register examples/hello.json\n  \
-                  berth tasks run hello --wait STOPPED"
+                  berth tasks run hello --wait STOPPED\n\
+                  Keep tasks running as a service, rolled out and scaled by Berth:\n  \
+                  berth task-definitions register examples/ticker.json\n  \
+                  berth services create ticks --task-definition ticker --desired-count 2 --wait stable\n  \
+                  berth services scale ticks 3 --wait stable"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -71,6 +76,9 @@ pub enum Command {
     /// Tasks: run, start, stop, list, describe, logs, wait.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Services: create, update, scale, delete, list, describe, events, deployments.
+    #[command(subcommand)]
+    Services(ServicesCommand),
     /// Run a whole local Berth: nats-server, berth-control and one berth-agent.
     Dev(DevArgs),
 }
@@ -267,6 +275,184 @@ pub enum TasksCommand {
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
     },
+}
+
+/// What `--wait` waits for on a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServiceWait {
+    /// One deployment, COMPLETED, with every desired task RUNNING and none pending.
+    Stable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchedulingStrategyArg {
+    /// Keep the desired count of tasks running across the cluster.
+    Replica,
+    /// One task on each active container instance (no desired count).
+    Daemon,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServicesCommand {
+    /// Create a service: Berth keeps its desired count of tasks running, replacing those
+    /// that stop, and rolls out new task definitions within the deployment bounds.
+    Create(Box<CreateServiceArgs>),
+    /// Change a service: a new task definition (or --force-new-deployment) starts a
+    /// rolling deployment; a desired count scales it.
+    #[command(group(
+        ArgGroup::new("change")
+            .args(["task_definition", "desired_count", "force_new_deployment",
+                   "min_healthy_percent", "max_percent"])
+            .required(true)
+            .multiple(true)
+    ))]
+    Update {
+        /// Service name or ARN.
+        name: String,
+        /// Roll out this task definition: family, family:revision or ARN.
+        #[arg(long, value_name = "TD")]
+        task_definition: Option<String>,
+        /// New number of tasks to keep running.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+        desired_count: Option<i64>,
+        /// Start a new deployment even if the task definition is the same (replaces
+        /// every task).
+        #[arg(long)]
+        force_new_deployment: bool,
+        /// Lowest share of the desired count kept RUNNING during a deployment (0-100).
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(i64).range(0..=100))]
+        min_healthy_percent: Option<i64>,
+        /// Highest share of the desired count running during a deployment (100 or more).
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(i64).range(100..))]
+        max_percent: Option<i64>,
+        /// Wait until the service is stable, showing the rollout's progress.
+        #[arg(long, value_enum, ignore_case = true)]
+        wait: Option<ServiceWait>,
+        /// Give up waiting after this many seconds (default 600).
+        #[arg(long, value_name = "SECS", requires = "wait")]
+        timeout: Option<f64>,
+    },
+    /// Set a service's desired count (UpdateService with only desiredCount).
+    Scale {
+        /// Service name or ARN.
+        name: String,
+        /// Number of tasks to keep running.
+        #[arg(value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+        count: i64,
+        /// Wait until the service is stable, showing the progress.
+        #[arg(long, value_enum, ignore_case = true)]
+        wait: Option<ServiceWait>,
+        /// Give up waiting after this many seconds (default 600).
+        #[arg(long, value_name = "SECS", requires = "wait")]
+        timeout: Option<f64>,
+    },
+    /// Delete a service: it becomes DRAINING, its tasks are stopped, then INACTIVE.
+    Delete {
+        /// Service name or ARN.
+        name: String,
+        /// Delete it even though it is scaled above 0 (stops its tasks).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the cluster's services (every page).
+    List {
+        /// Only services of this scheduling strategy.
+        #[arg(long, value_enum, ignore_case = true)]
+        scheduling_strategy: Option<SchedulingStrategyArg>,
+    },
+    /// Describe services: status, counts, task definition and rollout state; with
+    /// --output json, the DescribeServices response.
+    Describe {
+        /// Service names or ARNs.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// A service's events, newest first; with --output json, the DescribeServices
+    /// response (events cut to --limit).
+    Events {
+        /// Service name or ARN.
+        name: String,
+        /// Show only the newest N events.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+    },
+    /// A service's deployments and their progress; with --output json, the
+    /// DescribeServices response.
+    Deployments {
+        /// Service name or ARN.
+        name: String,
+    },
+}
+
+/// Flags of `berth services create`.
+#[derive(Debug, Clone, Args)]
+pub struct CreateServiceArgs {
+    /// Service name, unique in the cluster (optional with --cli-input-json when the file
+    /// names it; given, it wins over the file's serviceName).
+    #[arg(required_unless_present = "cli_input_json")]
+    pub name: Option<String>,
+    /// Task definition to run: family, family:revision or ARN.
+    #[arg(long, value_name = "TD", required_unless_present = "cli_input_json")]
+    pub task_definition: Option<String>,
+    /// Number of tasks to keep running (REPLICA services).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(i64).range(0..),
+        required_unless_present_any = ["cli_input_json", "scheduling_strategy"]
+    )]
+    pub desired_count: Option<i64>,
+    /// Lowest share of the desired count kept RUNNING during a deployment (0-100;
+    /// default 100).
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(i64).range(0..=100))]
+    pub min_healthy_percent: Option<i64>,
+    /// Highest share of the desired count running during a deployment (100 or more;
+    /// default 200).
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(i64).range(100..))]
+    pub max_percent: Option<i64>,
+    /// Fail a deployment whose tasks keep failing to start.
+    #[arg(long)]
+    pub circuit_breaker: bool,
+    /// With --circuit-breaker: roll a failed deployment back to the last completed one.
+    #[arg(long, requires = "circuit_breaker")]
+    pub rollback: bool,
+    /// REPLICA (default) keeps the desired count; DAEMON runs one task per instance.
+    #[arg(long, value_enum, ignore_case = true)]
+    pub scheduling_strategy: Option<SchedulingStrategyArg>,
+    /// Run tasks only where this holds: 'memberOf:EXPR' (the ECS cluster query
+    /// language) or 'distinctInstance'. Repeatable.
+    #[arg(
+        long = "placement-constraint",
+        value_name = "memberOf:EXPR",
+        value_parser = crate::placement::parse_constraint
+    )]
+    pub placement_constraints: Vec<PlacementConstraint>,
+    /// How to pick instances: 'spread:FIELD' (instanceId, host, attribute:NAME),
+    /// 'binpack:cpu', 'binpack:memory' or 'random'. Repeatable, applied in order.
+    #[arg(
+        long = "placement-strategy",
+        value_name = "TYPE[:FIELD]",
+        value_parser = crate::placement::parse_strategy
+    )]
+    pub placement_strategies: Vec<PlacementStrategy>,
+    /// Seconds after a task starts during which failing health checks are ignored.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(i64).range(0..=i64::from(i32::MAX))
+    )]
+    pub health_check_grace_period: Option<i64>,
+    /// Read the request from a JSON file: the ECS CreateService body, as `aws ecs
+    /// create-service --cli-input-json` takes it. Its cluster wins over --cluster; flags
+    /// given on the command line win over its other fields.
+    #[arg(long, value_name = "FILE")]
+    pub cli_input_json: Option<PathBuf>,
+    /// Wait until the service is stable, showing the rollout's progress.
+    #[arg(long, value_enum, ignore_case = true)]
+    pub wait: Option<ServiceWait>,
+    /// Give up waiting after this many seconds (default 600).
+    #[arg(long, value_name = "SECS", requires = "wait")]
+    pub timeout: Option<f64>,
 }
 
 /// Flags of `berth dev`.

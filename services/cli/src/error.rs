@@ -116,6 +116,24 @@ fn hint(e: &ApiError) -> Option<String> {
         | ErrorType::ClusterContainsTasksException => Some(format!(
             "{msg}\nhint: `berth instances list` and `berth tasks list` show what is left"
         )),
+        ErrorType::ClusterContainsServicesException => Some(format!(
+            "{msg}\nhint: `berth services list` shows them; `berth services delete <name> \
+             --force` deletes one"
+        )),
+        ErrorType::ServiceNotFoundException => {
+            let name = msg.strip_prefix("Service not found: ").unwrap_or(msg);
+            Some(format!(
+                "service {name} not found: `berth services list` shows the cluster's services \
+                 (or pick another cluster with --cluster / BERTH_CLUSTER)"
+            ))
+        }
+        ErrorType::ServiceNotActiveException => {
+            let name = msg.strip_prefix("Service was not ACTIVE: ").unwrap_or(msg);
+            Some(format!(
+                "service {name} is not ACTIVE: it was deleted (`berth services describe {name}` \
+                 shows its status); create it again with `berth services create {name} ...`"
+            ))
+        }
         _ => None,
     }
 }
@@ -179,6 +197,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("berth task-definitions register"), "{text}");
+    }
+
+    #[test]
+    fn missing_service_names_the_fix() {
+        let e = CliError::Api(ApiError::service_not_found("web"));
+        let text = e.to_string();
+        assert!(text.starts_with("service web not found: "), "{text}");
+        assert!(text.contains("berth services list"), "{text}");
+        let e = CliError::Api(ApiError::service_not_active("web"));
+        assert!(
+            e.to_string().starts_with("service web is not ACTIVE"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -229,7 +229,7 @@ fn check_fields(
 }
 
 /// The line of the first `"key":` in the text (1-based); 1 when not found.
-fn line_of_key(text: &str, key: &str) -> usize {
+pub(crate) fn line_of_key(text: &str, key: &str) -> usize {
     let quoted = format!("\"{key}\"");
     let mut from = 0;
     while let Some(found) = text[from..].find(&quoted) {
@@ -244,7 +244,7 @@ fn line_of_key(text: &str, key: &str) -> usize {
 }
 
 /// The known name closest to `key`: same letters ignoring case, or at most two edits.
-fn closest<'a>(key: &str, known: impl Iterator<Item = &'a &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(key: &str, known: impl Iterator<Item = &'a &'a str>) -> Option<&'a str> {
     let lower = key.to_ascii_lowercase();
     known
         .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), *k))
@@ -269,7 +269,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// serde_json's message without its " at line L column C" suffix.
-fn without_position(e: &serde_json::Error) -> String {
+pub(crate) fn without_position(e: &serde_json::Error) -> String {
     let text = e.to_string();
     match text.rsplit_once(" at line ") {
         Some((message, _)) => message.to_string(),
@@ -278,7 +278,7 @@ fn without_position(e: &serde_json::Error) -> String {
 }
 
 /// Serde's type names in words.
-fn friendlier(message: &str) -> String {
+pub(crate) fn friendlier(message: &str) -> String {
     message
         .replace("expected i64", "expected an integer")
         .replace("expected i32", "expected an integer")
@@ -287,7 +287,7 @@ fn friendlier(message: &str) -> String {
         .replace("expected a boolean", "expected true or false")
 }
 
-fn kind_of(v: &Value) -> &'static str {
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

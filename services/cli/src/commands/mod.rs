@@ -5,6 +5,8 @@
 pub mod clusters;
 pub mod instances;
 pub mod logs;
+pub mod service_wait;
+pub mod services;
 pub mod taskdefs;
 pub mod tasks;
 pub mod wait;
@@ -61,6 +63,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> Result<(), CliError> 
         Command::Instances(c) => instances::run(&ctx, c).await,
         Command::TaskDefinitions(c) => taskdefs::run(&ctx, c).await,
         Command::Tasks(c) => tasks::run(&ctx, c).await,
+        Command::Services(c) => services::run(&ctx, c).await,
         Command::Dev(_) => Err(CliError::other("`berth dev` does not call the API")),
     }
 }

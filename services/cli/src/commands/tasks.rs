@@ -117,10 +117,13 @@ pub async fn run(ctx: &Context, command: TasksCommand) -> Result<(), CliError> {
     }
 }
 
-fn seconds(timeout: Option<f64>) -> Result<Option<Duration>, CliError> {
+/// A `--timeout` in seconds, which must be positive.
+pub(crate) fn seconds(timeout: Option<f64>) -> Result<Option<Duration>, CliError> {
     match timeout {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) if s.is_finite() && s > 0.0 => Duration::try_from_secs_f64(s)
+            .map(Some)
+            .map_err(|_| CliError::input(format!("--timeout {s}: too many seconds"))),
         Some(s) => Err(CliError::input(format!(
             "--timeout {s}: give a positive number of seconds"
         ))),

@@ -78,6 +78,10 @@ pub const THROTTLE_AFTER: i64 = 3;
 pub const THROTTLE_BASE: f64 = 5.0;
 /// Longest throttle delay in seconds (ECS: up to 15 minutes).
 pub const THROTTLE_MAX: f64 = 900.0;
+/// Seconds after its completion during which a deployment's circuit breaker still
+/// counts failures, and after which its task definition is the one a later breaker rolls
+/// back to.
+pub const BREAKER_WATCH: f64 = 10.0;
 /// ECS repeats the steady-state event at most this often, in seconds.
 pub const STEADY_REPEAT: f64 = 6.0 * 3600.0;
 
@@ -210,9 +214,16 @@ pub fn plan(snap: &Snapshot) -> Option<Service> {
                 p.start_failures = 0;
                 p.throttled_until = None;
                 let id = p.id.clone();
-                events.service.stable_task_definition = primary_td;
                 events.say(format!("{subject} ({id}) deployment completed."));
             }
+        }
+        // Past the breaker's watch, the completed deployment is the one to roll back to.
+        let watched = events
+            .service
+            .primary()
+            .is_some_and(|p| breaker_armed(p, now));
+        if !watched && events.service.stable_task_definition != primary_td {
+            events.service.stable_task_definition = primary_td;
         }
         let repeat = events
             .service
@@ -502,6 +513,17 @@ fn count_failures(events: &mut Events<'_>, tasks: &[TaskFacts]) {
     }
 }
 
+/// Whether the circuit breaker watches a deployment: until it COMPLETED, and for
+/// [`BREAKER_WATCH`] seconds after (a deployment completes as soon as its tasks are
+/// healthy, with no fixed wait, so tasks that crash right after starting still count).
+fn breaker_armed(d: &Deployment, now: f64) -> bool {
+    match d.rollout_state {
+        RolloutState::InProgress => true,
+        RolloutState::Completed => now - d.updated_at < BREAKER_WATCH,
+        RolloutState::Failed => false,
+    }
+}
+
 /// Trips the circuit breaker of an IN_PROGRESS primary that failed too often, and rolls
 /// back to the last COMPLETED task definition when asked to.
 fn trip_breaker(events: &mut Events<'_>) {
@@ -515,7 +537,7 @@ fn trip_breaker(events: &mut Events<'_>) {
     }
     let threshold = circuit_breaker_threshold(s.desired_count);
     let Some(p) = s.primary_mut() else { return };
-    if p.rollout_state != RolloutState::InProgress || p.failed_tasks < threshold {
+    if !breaker_armed(p, now) || p.failed_tasks < threshold {
         return;
     }
     p.rollout_state = RolloutState::Failed;
@@ -650,12 +672,14 @@ mod tests {
             "(service web) has reached a steady state."
         );
         assert!(next.events[1].message.ends_with("deployment completed."));
-        assert_eq!(next.stable_task_definition.as_deref(), Some("td:1"));
+        // Rolled back to only once the breaker's watch is over.
+        assert_eq!(next.stable_task_definition, None);
         // Nothing to do on the next look, until six hours pass.
         let mut again = snapshot(next.clone(), tasks);
         assert!(plan(&again).is_none());
         again.now += STEADY_REPEAT;
         let repeated = plan(&again).unwrap();
+        assert_eq!(repeated.stable_task_definition.as_deref(), Some("td:1"));
         assert_eq!(repeated.events.len(), next.events.len());
         assert_eq!(repeated.events[0].created_at, again.now);
     }
@@ -773,6 +797,37 @@ mod tests {
         assert!(next.events.iter().any(|e| e
             .message
             .ends_with("deployment failed: tasks failed to start.")));
+    }
+
+    #[test]
+    fn the_breaker_watches_a_completed_deployment_for_a_while() {
+        let mut s = service(2, 200, 100);
+        s.stable_task_definition = Some("td:1".into());
+        s.start_deployment("td:2", 1.0);
+        let d = primary_id(&s);
+        if let Some(p) = s.primary_mut() {
+            p.rollout_state = RolloutState::Completed;
+            p.updated_at = 95.0;
+        }
+        let crashed: Vec<TaskFacts> = (0..10)
+            .map(|i| TaskFacts {
+                task_id: format!("c{i}"),
+                instance_id: "i1".into(),
+                deployment_id: d.clone(),
+                last: TaskStatus::Stopped,
+                desired: TaskStatus::Stopped,
+                started_at: Some(96.0),
+                stop_code: Some(StopCode::EssentialContainerExited),
+                ..Default::default()
+            })
+            .collect();
+        let next = plan(&snapshot(s.clone(), crashed.clone())).unwrap();
+        assert_eq!(next.primary().unwrap().task_definition, "td:1");
+        // Past the watch, the same failures trip nothing.
+        let mut late = snapshot(s, crashed);
+        late.now = 95.0 + BREAKER_WATCH;
+        let next = plan(&late).unwrap();
+        assert_eq!(next.primary().unwrap().task_definition, "td:2");
     }
 
     #[test]
