@@ -7,89 +7,9 @@ use berth_e2e::berth_testkit::{free_port, wait_for, workspace_bin, NatsServer};
 use berth_e2e::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-/// What a `berth` invocation did.
-struct Run {
-    args: Vec<String>,
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> Run {
-        assert!(
-            self.success,
-            "berth {:?} failed:\nstdout:\n{}\nstderr:\n{}",
-            self.args, self.stdout, self.stderr
-        );
-        self
-    }
-
-    /// Fails with an error message on stderr, never a panic.
-    fn fails(self) -> Run {
-        assert!(
-            !self.success,
-            "berth {:?} should fail:\nstdout:\n{}\nstderr:\n{}",
-            self.args, self.stdout, self.stderr
-        );
-        assert!(
-            self.stderr.contains("error: ") && !self.stderr.contains("panicked"),
-            "berth {:?}: {}",
-            self.args,
-            self.stderr
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "berth {:?} did not print JSON ({e}):\n{}\nstderr:\n{}",
-                self.args, self.stdout, self.stderr
-            )
-        })
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn berth_command(url: &str) -> Command {
-    let mut command = Command::new(workspace_bin("berth-cli", "berth"));
-    command
-        .current_dir(repo_root())
-        .env("BERTH_NATS_URL", url)
-        .env_remove("BERTH_CLUSTER")
-        .env_remove("BERTH_OUTPUT")
-        .stdin(Stdio::null());
-    command
-}
-
-/// Runs `berth <args>` against `url` from the repository root.
-async fn berth(url: &str, args: &[&str]) -> Run {
-    let url = url.to_string();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let output = berth_command(&url)
-            .args(&args)
-            .output()
-            .expect("berth runs");
-        Run {
-            args,
-            success: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    })
-    .await
-    .expect("berth invocation thread")
-}
 
 /// A `berth-agent` process (process runtime) on its own data directory.
 struct Agent {
@@ -206,8 +126,8 @@ async fn berth_with_agent(cluster: &str) -> (Berth, Agent) {
     (berth, agent)
 }
 
-async fn berth_ok(server: &Berth, args: &[&str]) -> Run {
-    berth(&server.url(), args).await.ok()
+async fn berth_ok(server: &Berth, args: &[&str]) -> CliRun {
+    run_berth(&server.url(), args).await.ok()
 }
 
 fn arns(v: &Value, field: &str) -> Vec<String> {
@@ -224,20 +144,20 @@ async fn clusters_through_the_cli() {
     let b = Berth::start().await;
     let url = b.url();
 
-    let created = berth(&url, &["clusters", "create", "c1", "--output", "json"])
+    let created = run_berth(&url, &["clusters", "create", "c1", "--output", "json"])
         .await
         .ok()
         .json();
     assert_eq!(created["cluster"]["clusterName"], "c1");
     assert_eq!(created["cluster"]["status"], "ACTIVE");
-    let table = berth(&url, &["clusters", "create", "c2"]).await.ok();
+    let table = run_berth(&url, &["clusters", "create", "c2"]).await.ok();
     assert!(
         table.stdout.starts_with("cluster c2 is ACTIVE"),
         "{}",
         table.stdout
     );
 
-    let listed = berth(&url, &["clusters", "list", "--output", "json"])
+    let listed = run_berth(&url, &["clusters", "list", "--output", "json"])
         .await
         .ok()
         .json();
@@ -250,7 +170,7 @@ async fn clusters_through_the_cli() {
         listed.iter().any(|a| a.ends_with(":cluster/c2")),
         "{listed:?}"
     );
-    let table = berth(&url, &["clusters", "list"]).await.ok().stdout;
+    let table = run_berth(&url, &["clusters", "list"]).await.ok().stdout;
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("NAME"), "{table}");
     assert!(
@@ -261,7 +181,7 @@ async fn clusters_through_the_cli() {
     );
 
     // --cluster (and its env twin) picks the cluster of describe without names.
-    let described = berth(
+    let described = run_berth(
         &url,
         &[
             "--cluster",
@@ -278,15 +198,7 @@ async fn clusters_through_the_cli() {
     assert_eq!(described["clusters"][0]["clusterName"], "c1");
     assert_eq!(described["failures"].as_array().map(Vec::len), Some(0));
 
-    let missing = berth(&url, &["clusters", "describe", "nope"]).await.fails();
-    assert!(
-        missing
-            .stderr
-            .contains("cluster nope not found: create it with `berth clusters create nope`"),
-        "{}",
-        missing.stderr
-    );
-    let missing = berth(&url, &["--cluster", "nope", "tasks", "list"])
+    let missing = run_berth(&url, &["clusters", "describe", "nope"])
         .await
         .fails();
     assert!(
@@ -296,30 +208,40 @@ async fn clusters_through_the_cli() {
         "{}",
         missing.stderr
     );
-    let bad_name = berth(&url, &["--cluster", "a.b", "tasks", "list"])
+    let missing = run_berth(&url, &["--cluster", "nope", "tasks", "list"])
+        .await
+        .fails();
+    assert!(
+        missing
+            .stderr
+            .contains("cluster nope not found: create it with `berth clusters create nope`"),
+        "{}",
+        missing.stderr
+    );
+    let bad_name = run_berth(&url, &["--cluster", "a.b", "tasks", "list"])
         .await
         .fails();
     assert!(bad_name.stderr.contains("--cluster"), "{}", bad_name.stderr);
 
-    let deleted = berth(&url, &["clusters", "delete", "c2", "--output", "json"])
+    let deleted = run_berth(&url, &["clusters", "delete", "c2", "--output", "json"])
         .await
         .ok()
         .json();
     assert_eq!(deleted["cluster"]["status"], "INACTIVE");
-    let listed = berth(&url, &["clusters", "list", "--output", "json"])
+    let listed = run_berth(&url, &["clusters", "list", "--output", "json"])
         .await
         .ok()
         .json();
     assert!(!arns(&listed, "clusterArns")
         .iter()
         .any(|a| a.ends_with(":cluster/c2")));
-    berth(&url, &["clusters", "delete", "c2"]).await.fails();
+    run_berth(&url, &["clusters", "delete", "c2"]).await.fails();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_server_or_api_is_explained() {
     let nowhere = format!("nats://127.0.0.1:{}", free_port());
-    let run = berth(&nowhere, &["clusters", "list"]).await.fails();
+    let run = run_berth(&nowhere, &["clusters", "list"]).await.fails();
     assert!(
         run.stderr
             .contains(&format!("cannot connect to NATS at {nowhere}")),
@@ -333,7 +255,7 @@ async fn a_missing_server_or_api_is_explained() {
     );
 
     let nats = NatsServer::start();
-    let run = berth(&nats.url(), &["tasks", "list"]).await.fails();
+    let run = run_berth(&nats.url(), &["tasks", "list"]).await.fails();
     assert!(
         run.stderr.contains(&format!(
             "no Berth API answers on {}: is `berth dev` running?",
@@ -343,7 +265,7 @@ async fn a_missing_server_or_api_is_explained() {
         run.stderr
     );
 
-    let run = berth(&nats.url(), &["--output", "yaml", "clusters", "list"]).await;
+    let run = run_berth(&nats.url(), &["--output", "yaml", "clusters", "list"]).await;
     assert!(!run.success);
     assert!(
         run.stderr.contains("possible values: table, json"),
@@ -358,7 +280,7 @@ async fn task_definitions_through_the_cli() {
     let url = b.url();
     let files = TempDir::new("taskdefs");
 
-    let registered = berth(
+    let registered = run_berth(
         &url,
         &[
             "task-definitions",
@@ -375,7 +297,7 @@ async fn task_definitions_through_the_cli() {
     assert_eq!(td["family"], "hello");
     assert_eq!(td["revision"], 1);
     assert_eq!(td["containerDefinitions"][0]["memory"], 64);
-    let again = berth(
+    let again = run_berth(
         &url,
         &["task-definitions", "register", "examples/hello.json"],
     )
@@ -387,7 +309,7 @@ async fn task_definitions_through_the_cli() {
         again.stdout
     );
 
-    let listed = berth(
+    let listed = run_berth(
         &url,
         &[
             "task-definitions",
@@ -408,7 +330,7 @@ async fn task_definitions_through_the_cli() {
         "{listed:?}"
     );
 
-    let described = berth(
+    let described = run_berth(
         &url,
         &["task-definitions", "describe", "hello", "--output", "json"],
     )
@@ -416,14 +338,14 @@ async fn task_definitions_through_the_cli() {
     .ok()
     .json();
     assert_eq!(described["taskDefinition"]["revision"], 2);
-    let table = berth(&url, &["task-definitions", "describe", "hello:1"])
+    let table = run_berth(&url, &["task-definitions", "describe", "hello:1"])
         .await
         .ok()
         .stdout;
     assert!(table.contains("task-definition/hello:1"), "{table}");
     assert!(table.contains("echo hello from berth"), "{table}");
 
-    let gone = berth(
+    let gone = run_berth(
         &url,
         &[
             "task-definitions",
@@ -437,7 +359,7 @@ async fn task_definitions_through_the_cli() {
     .ok()
     .json();
     assert_eq!(gone["taskDefinition"]["status"], "INACTIVE");
-    let inactive = berth(
+    let inactive = run_berth(
         &url,
         &[
             "task-definitions",
@@ -454,7 +376,7 @@ async fn task_definitions_through_the_cli() {
     assert_eq!(arns(&inactive, "taskDefinitionArns").len(), 1);
 
     // Bad input: each message names the file, the place and the fix.
-    let no_revision = berth(&url, &["task-definitions", "deregister", "hello"])
+    let no_revision = run_berth(&url, &["task-definitions", "deregister", "hello"])
         .await
         .fails();
     assert!(
@@ -462,7 +384,7 @@ async fn task_definitions_through_the_cli() {
         "{}",
         no_revision.stderr
     );
-    let unknown = berth(&url, &["task-definitions", "describe", "nope"])
+    let unknown = run_berth(&url, &["task-definitions", "describe", "nope"])
         .await
         .fails();
     assert!(
@@ -476,7 +398,7 @@ async fn task_definitions_through_the_cli() {
         "syntax.json",
         "{\n  \"family\": \"x\",\n  \"containerDefinitions\": [\n}\n",
     );
-    let run = berth(&url, &["task-definitions", "register", &syntax])
+    let run = run_berth(&url, &["task-definitions", "register", &syntax])
         .await
         .fails();
     assert!(
@@ -489,7 +411,7 @@ async fn task_definitions_through_the_cli() {
         "typo.json",
         "{\"family\": \"x\",\n \"containerDefinitions\": [\n  {\"name\": \"a\", \"memory\": 8, \"comand\": [\"true\"]}]}",
     );
-    let run = berth(&url, &["task-definitions", "register", &typo])
+    let run = run_berth(&url, &["task-definitions", "register", &typo])
         .await
         .fails();
     assert!(
@@ -503,7 +425,7 @@ async fn task_definitions_through_the_cli() {
         "type.json",
         "{\"family\": \"x\",\n \"containerDefinitions\": [\n  {\"name\": \"a\", \"memory\": \"lots\"}]}",
     );
-    let run = berth(&url, &["task-definitions", "register", &wrong_type])
+    let run = run_berth(&url, &["task-definitions", "register", &wrong_type])
         .await
         .fails();
     assert!(
@@ -516,7 +438,7 @@ async fn task_definitions_through_the_cli() {
         "refused.json",
         "{\"family\": \"bad.family\", \"containerDefinitions\": [{\"name\": \"a\", \"memory\": 8}]}",
     );
-    let run = berth(&url, &["task-definitions", "register", &refused])
+    let run = run_berth(&url, &["task-definitions", "register", &refused])
         .await
         .fails();
     assert!(
@@ -525,7 +447,7 @@ async fn task_definitions_through_the_cli() {
         "{}",
         run.stderr
     );
-    let missing = berth(&url, &["task-definitions", "register", "no/such/file.json"])
+    let missing = run_berth(&url, &["task-definitions", "register", "no/such/file.json"])
         .await
         .fails();
     assert!(
@@ -536,7 +458,7 @@ async fn task_definitions_through_the_cli() {
         missing.stderr
     );
     // Nothing was written by the refused files.
-    let all = berth(&url, &["task-definitions", "list", "--output", "json"])
+    let all = run_berth(&url, &["task-definitions", "list", "--output", "json"])
         .await
         .ok()
         .json();
@@ -552,7 +474,7 @@ async fn instances_through_the_cli_with_a_real_agent() {
     let with =
         |args: &[&'static str]| -> Vec<&'static str> { c.iter().chain(args).copied().collect() };
 
-    let listed = berth(&url, &with(&["instances", "list", "--output", "json"]))
+    let listed = run_berth(&url, &with(&["instances", "list", "--output", "json"]))
         .await
         .ok()
         .json();
@@ -560,7 +482,10 @@ async fn instances_through_the_cli_with_a_real_agent() {
         arns(&listed, "containerInstanceArns"),
         vec![agent.arn.clone()]
     );
-    let table = berth(&url, &with(&["instances", "list"])).await.ok().stdout;
+    let table = run_berth(&url, &with(&["instances", "list"]))
+        .await
+        .ok()
+        .stdout;
     let row = table
         .lines()
         .find(|l| l.starts_with(&id))
@@ -571,18 +496,18 @@ async fn instances_through_the_cli_with_a_real_agent() {
     let id_arg: &str = &id;
     args.push(id_arg);
     args.extend(["--output", "json"]);
-    let described = berth(&url, &args).await.ok().json();
+    let described = run_berth(&url, &args).await.ok().json();
     let ci = &described["containerInstances"][0];
     assert_eq!(ci["agentConnected"], true);
     assert_eq!(ci["status"], "ACTIVE");
-    let table = berth(&url, &["--cluster", "c1", "instances", "describe", id_arg])
+    let table = run_berth(&url, &["--cluster", "c1", "instances", "describe", id_arg])
         .await
         .ok()
         .stdout;
     assert!(table.contains("agent:      connected"), "{table}");
     assert!(table.contains("ecs.os-type="), "{table}");
 
-    let put = berth(
+    let put = run_berth(
         &url,
         &[
             "--cluster",
@@ -609,7 +534,7 @@ async fn instances_through_the_cli_with_a_real_agent() {
         "{put}"
     );
     assert!(attributes.iter().any(|a| a["name"] == "gpu"), "{put}");
-    let deleted = berth(
+    let deleted = run_berth(
         &url,
         &[
             "--cluster",
@@ -634,7 +559,7 @@ async fn instances_through_the_cli_with_a_real_agent() {
             .any(|a| a["name"] == "stack"),
         "{deleted}"
     );
-    let bad = berth(
+    let bad = run_berth(
         &url,
         &[
             "--cluster",
@@ -651,7 +576,7 @@ async fn instances_through_the_cli_with_a_real_agent() {
     assert!(bad.stderr.contains("expected NAME=VALUE"), "{}", bad.stderr);
 
     // Draining: the instance takes no new task; active again, it does.
-    let drained = berth(
+    let drained = run_berth(
         &url,
         &[
             "--cluster",
@@ -667,7 +592,7 @@ async fn instances_through_the_cli_with_a_real_agent() {
     .ok()
     .json();
     assert_eq!(drained["containerInstances"][0]["status"], "DRAINING");
-    let draining = berth(
+    let draining = run_berth(
         &url,
         &with(&[
             "instances",
@@ -685,14 +610,16 @@ async fn instances_through_the_cli_with_a_real_agent() {
         arns(&draining, "containerInstanceArns"),
         vec![agent.arn.clone()]
     );
-    berth(
+    run_berth(
         &url,
         &["task-definitions", "register", "examples/hello.json"],
     )
     .await
     .ok();
-    berth(&url, &with(&["tasks", "run", "hello"])).await.fails();
-    let active = berth(&url, &["--cluster", "c1", "instances", "activate", id_arg])
+    run_berth(&url, &with(&["tasks", "run", "hello"]))
+        .await
+        .fails();
+    let active = run_berth(&url, &["--cluster", "c1", "instances", "activate", id_arg])
         .await
         .ok();
     assert!(
@@ -700,7 +627,7 @@ async fn instances_through_the_cli_with_a_real_agent() {
         "{}",
         active.stdout
     );
-    let ran = berth(
+    let ran = run_berth(
         &url,
         &with(&[
             "tasks", "run", "hello", "--wait", "STOPPED", "--output", "json",
@@ -711,7 +638,7 @@ async fn instances_through_the_cli_with_a_real_agent() {
     .json();
     assert_eq!(ran["tasks"][0]["lastStatus"], "STOPPED", "{ran}");
 
-    let missing = berth(&url, &with(&["instances", "describe", "nope"]))
+    let missing = run_berth(&url, &with(&["instances", "describe", "nope"]))
         .await
         .fails();
     assert!(missing.stderr.contains("nope"), "{}", missing.stderr);
@@ -734,7 +661,7 @@ async fn tasks_through_the_cli_with_a_real_agent() {
         let url = url.clone();
         async move {
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            berth(&url, &refs).await
+            run_berth(&url, &refs).await
         }
     };
 

@@ -4,108 +4,22 @@
 //! deployments shown, another one created from an ECS CreateService JSON file, and both
 //! deleted (`--force` needed while scaled above 0); the audit ends clean.
 
-use berth_e2e::berth_testkit::{wait_for, workspace_bin};
+use berth_e2e::berth_testkit::wait_for;
 use berth_e2e::*;
 use serde_json::{json, Value};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Hollow tasks run for ten minutes: longer than the test.
 const RUN_TIME: Duration = Duration::from_secs(600);
 
-/// What a `berth` invocation did.
-struct Run {
-    args: Vec<String>,
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> Run {
-        assert!(
-            self.success,
-            "berth {:?} failed:\nstdout:\n{}\nstderr:\n{}",
-            self.args, self.stdout, self.stderr
-        );
-        self
-    }
-
-    /// Fails with an error message on stderr, never a panic.
-    fn fails(self) -> Run {
-        assert!(
-            !self.success,
-            "berth {:?} should fail:\nstdout:\n{}\nstderr:\n{}",
-            self.args, self.stdout, self.stderr
-        );
-        assert!(
-            self.stderr.contains("error: ") && !self.stderr.contains("panicked"),
-            "berth {:?}: {}",
-            self.args,
-            self.stderr
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "berth {:?} did not print JSON ({e}):\n{}\nstderr:\n{}",
-                self.args, self.stdout, self.stderr
-            )
-        })
-    }
-}
-
-/// Runs `berth --cluster <cluster> <args>` against `url` from the repository root.
-async fn berth(url: &str, cluster: Option<&str>, args: &[&str]) -> Run {
-    let url = url.to_string();
-    let mut all: Vec<String> = Vec::new();
+/// Runs `berth [--cluster <cluster>] <args>` against `url`.
+async fn berth(url: &str, cluster: Option<&str>, args: &[&str]) -> CliRun {
+    let mut all: Vec<&str> = Vec::new();
     if let Some(c) = cluster {
-        all.extend(["--cluster".to_string(), c.to_string()]);
+        all.extend(["--cluster", c]);
     }
-    all.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || {
-        let output = Command::new(workspace_bin("berth-cli", "berth"))
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .env("BERTH_NATS_URL", &url)
-            .env_remove("BERTH_CLUSTER")
-            .env_remove("BERTH_OUTPUT")
-            .stdin(Stdio::null())
-            .args(&all)
-            .output()
-            .expect("berth runs");
-        Run {
-            args: all,
-            success: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    })
-    .await
-    .expect("berth invocation thread")
-}
-
-/// The service's tasks that are meant to run (ListTasks by service, then DescribeTasks).
-async fn service_tasks(api: &Api, cluster: &str, service: &str) -> Vec<Value> {
-    let listed = api
-        .call_json(
-            "ListTasks",
-            json!({"cluster": cluster, "serviceName": service}),
-        )
-        .await
-        .expect("ListTasks");
-    let arns = listed["taskArns"].as_array().cloned().unwrap_or_default();
-    if arns.is_empty() {
-        return Vec::new();
-    }
-    api.call_json("DescribeTasks", json!({"cluster": cluster, "tasks": arns}))
-        .await
-        .expect("DescribeTasks")["tasks"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    all.extend(args);
+    run_berth(url, &all).await
 }
 
 fn running(tasks: &[Value]) -> usize {

@@ -808,3 +808,144 @@ impl Drop for AgentProcess {
         self.kill();
     }
 }
+
+/// One service as DescribeServices shows it, tags included (JSON).
+pub async fn describe_service(api: &Api, cluster: &str, service: &str) -> serde_json::Value {
+    let reply = api
+        .call_json(
+            "DescribeServices",
+            serde_json::json!({"cluster": cluster, "services": [service], "include": ["TAGS"]}),
+        )
+        .await
+        .expect("DescribeServices");
+    reply["services"][0].clone()
+}
+
+/// Waits until the service has one deployment, COMPLETED, with `running` tasks RUNNING
+/// and none pending.
+pub async fn wait_service_steady(
+    api: &Api,
+    cluster: &str,
+    service: &str,
+    running: i64,
+) -> serde_json::Value {
+    wait_for(
+        &format!("service {service} steady at {running}"),
+        PATIENCE,
+        || async move {
+            let s = describe_service(api, cluster, service).await;
+            let deployments = s["deployments"].as_array()?;
+            let steady = s["runningCount"] == running
+                && s["pendingCount"] == 0
+                && deployments.len() == 1
+                && deployments[0]["rolloutState"] == "COMPLETED";
+            steady.then_some(s)
+        },
+    )
+    .await
+}
+
+/// The service's tasks that are meant to run (ListTasks by service, then DescribeTasks).
+pub async fn service_tasks(api: &Api, cluster: &str, service: &str) -> Vec<serde_json::Value> {
+    let listed = api
+        .call_json(
+            "ListTasks",
+            serde_json::json!({"cluster": cluster, "serviceName": service}),
+        )
+        .await
+        .expect("ListTasks");
+    let arns = listed["taskArns"].as_array().cloned().unwrap_or_default();
+    if arns.is_empty() {
+        return Vec::new();
+    }
+    api.call_json(
+        "DescribeTasks",
+        serde_json::json!({"cluster": cluster, "tasks": arns}),
+    )
+    .await
+    .expect("DescribeTasks")["tasks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// What a `berth` invocation did.
+pub struct CliRun {
+    pub args: Vec<String>,
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    pub fn ok(self) -> CliRun {
+        assert!(
+            self.success,
+            "berth {:?} failed:\nstdout:\n{}\nstderr:\n{}",
+            self.args, self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Fails with an error message on stderr, never a panic.
+    pub fn fails(self) -> CliRun {
+        assert!(
+            !self.success,
+            "berth {:?} should fail:\nstdout:\n{}\nstderr:\n{}",
+            self.args, self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains("error: ") && !self.stderr.contains("panicked"),
+            "berth {:?}: {}",
+            self.args,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "berth {:?} did not print JSON ({e}):\n{}\nstderr:\n{}",
+                self.args, self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `berth` CLI binary, run from the repository root against `url`.
+pub fn berth_command(url: &str) -> Command {
+    let mut command = Command::new(berth_testkit::workspace_bin("berth-cli", "berth"));
+    command
+        .current_dir(repo_root())
+        .env("BERTH_NATS_URL", url)
+        .env_remove("BERTH_CLUSTER")
+        .env_remove("BERTH_OUTPUT")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `berth <args>` against `url` from the repository root.
+pub async fn run_berth(url: &str, args: &[&str]) -> CliRun {
+    let url = url.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = berth_command(&url)
+            .args(&args)
+            .output()
+            .expect("berth runs");
+        CliRun {
+            args,
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    })
+    .await
+    .expect("berth invocation thread")
+}

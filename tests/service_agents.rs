@@ -7,16 +7,6 @@ use berth_e2e::*;
 use berth_testkit::wait_for;
 use serde_json::{json, Value};
 
-async fn describe(api: &Api, cluster: &str, service: &str) -> Value {
-    api.call_json(
-        "DescribeServices",
-        json!({"cluster": cluster, "services": [service]}),
-    )
-    .await
-    .expect("DescribeServices")["services"][0]
-        .clone()
-}
-
 fn messages(service: &Value) -> Vec<String> {
     service["events"]
         .as_array()
@@ -29,31 +19,12 @@ fn messages(service: &Value) -> Vec<String> {
 }
 
 async fn running_tasks(api: &Api, cluster: &str, service: &str) -> Vec<String> {
-    let listed = api
-        .call_json(
-            "ListTasks",
-            json!({"cluster": cluster, "serviceName": service}),
-        )
+    service_tasks(api, cluster, service)
         .await
-        .expect("ListTasks");
-    let arns = listed["taskArns"].as_array().cloned().unwrap_or_default();
-    if arns.is_empty() {
-        return Vec::new();
-    }
-    let described = api
-        .call_json("DescribeTasks", json!({"cluster": cluster, "tasks": arns}))
-        .await
-        .expect("DescribeTasks");
-    described["tasks"]
-        .as_array()
-        .map(|tasks| {
-            tasks
-                .iter()
-                .filter(|t| t["lastStatus"] == "RUNNING")
-                .filter_map(|t| t["taskArn"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+        .iter()
+        .filter(|t| t["lastStatus"] == "RUNNING")
+        .filter_map(|t| t["taskArn"].as_str().map(String::from))
+        .collect()
 }
 
 /// The pids of processes whose command line holds `needle`.
@@ -122,7 +93,7 @@ async fn process_agent_service_replaces_killed_tasks_and_throttles() {
         (replaced && pids_of("sleep 6061").len() == 2).then_some(())
     })
     .await;
-    let s = describe(api, "proc", "sleeper").await;
+    let s = describe_service(api, "proc", "sleeper").await;
     assert_eq!(s["deployments"][0]["failedTasks"], 1, "{s}");
 
     // Tasks whose command cannot start: relaunched with a growing delay, and said so.
@@ -142,7 +113,7 @@ async fn process_agent_service_replaces_killed_tasks_and_throttles() {
     .await
     .expect("CreateService");
     let throttled = wait_for("the throttle event", PATIENCE, || async {
-        let s = describe(api, "proc", "broken").await;
+        let s = describe_service(api, "proc", "broken").await;
         messages(&s)
             .iter()
             .any(|m| m == "(service broken) is unable to consistently start tasks successfully. For more information, see the Troubleshooting section of the Amazon ECS Developer Guide.")
@@ -180,8 +151,8 @@ async fn process_agent_service_replaces_killed_tasks_and_throttles() {
     .await
     .expect("DeleteService");
     wait_for("the services INACTIVE", PATIENCE, || async {
-        let a = describe(api, "proc", "sleeper").await;
-        let b = describe(api, "proc", "broken").await;
+        let a = describe_service(api, "proc", "sleeper").await;
+        let b = describe_service(api, "proc", "broken").await;
         (a["status"] == "INACTIVE" && b["status"] == "INACTIVE").then_some(())
     })
     .await;
@@ -220,7 +191,7 @@ async fn the_circuit_breaker_trips_and_rolls_back() {
     .await
     .expect("CreateService");
     wait_for("the first deployment COMPLETED", PATIENCE, || async {
-        let s = describe(api, "cb", "web").await;
+        let s = describe_service(api, "cb", "web").await;
         (s["deployments"][0]["rolloutState"] == "COMPLETED" && s["runningCount"] == 2).then_some(())
     })
     .await;
@@ -246,7 +217,7 @@ async fn the_circuit_breaker_trips_and_rolls_back() {
     let rolled_back = wait_for("the rollback completed", PATIENCE, || {
         let (good, bad) = (good.clone(), bad.clone());
         async move {
-            let s = describe(api, "cb", "web").await;
+            let s = describe_service(api, "cb", "web").await;
             let events = messages(&s);
             let failed = events
                 .iter()

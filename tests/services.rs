@@ -11,55 +11,6 @@ use std::time::Duration;
 /// Hollow tasks run for ten minutes: longer than any test.
 const RUN_TIME: Duration = Duration::from_secs(600);
 
-async fn describe(api: &Api, cluster: &str, service: &str) -> Value {
-    let reply = api
-        .call_json(
-            "DescribeServices",
-            json!({"cluster": cluster, "services": [service], "include": ["TAGS"]}),
-        )
-        .await
-        .expect("DescribeServices");
-    reply["services"][0].clone()
-}
-
-/// Waits until the service's primary deployment COMPLETED with `running` tasks.
-async fn wait_steady(api: &Api, cluster: &str, service: &str, running: i64) -> Value {
-    wait_for(
-        &format!("service {service} steady at {running}"),
-        PATIENCE,
-        || async move {
-            let s = describe(api, cluster, service).await;
-            let deployments = s["deployments"].as_array()?;
-            let steady = s["runningCount"] == running
-                && s["pendingCount"] == 0
-                && deployments.len() == 1
-                && deployments[0]["rolloutState"] == "COMPLETED";
-            steady.then_some(s)
-        },
-    )
-    .await
-}
-
-async fn service_tasks(api: &Api, cluster: &str, service: &str) -> Vec<Value> {
-    let listed = api
-        .call_json(
-            "ListTasks",
-            json!({"cluster": cluster, "serviceName": service}),
-        )
-        .await
-        .expect("ListTasks");
-    let arns = listed["taskArns"].as_array().cloned().unwrap_or_default();
-    if arns.is_empty() {
-        return Vec::new();
-    }
-    api.call_json("DescribeTasks", json!({"cluster": cluster, "tasks": arns}))
-        .await
-        .expect("DescribeTasks")["tasks"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 async fn error_of(api: &Api, action: &str, body: Value) -> (String, String) {
     let e = api
         .call_json(action, body)
@@ -115,7 +66,7 @@ async fn service_actions_have_ecs_shapes_and_errors() {
         assert!(s.get(internal).is_none(), "{internal} is internal");
     }
 
-    let s = wait_steady(api, "svc", "web", 3).await;
+    let s = wait_service_steady(api, "svc", "web", 3).await;
     let messages: Vec<&str> = s["events"]
         .as_array()
         .expect("events")
@@ -166,7 +117,7 @@ async fn service_actions_have_ecs_shapes_and_errors() {
     assert_eq!(message, "Creation of service was not idempotent.");
 
     // Bad input: an ECS error each, nothing written.
-    let before = describe(api, "svc", "web").await;
+    let before = describe_service(api, "svc", "web").await;
     let bad = [
         (
             json!({"cluster": "svc", "serviceName": "a", "taskDefinition": "web", "desiredCount": -1}),
@@ -228,7 +179,7 @@ async fn service_actions_have_ecs_shapes_and_errors() {
     )
     .await;
     assert_eq!(kind, "InvalidParameterException");
-    let after = describe(api, "svc", "web").await;
+    let after = describe_service(api, "svc", "web").await;
     assert_eq!(before["desiredCount"], after["desiredCount"]);
     let listed = api
         .call_json("ListServices", json!({"cluster": "svc"}))
@@ -295,7 +246,7 @@ async fn a_service_keeps_its_tasks_and_rolls_within_bounds() {
     )
     .await
     .expect("CreateService");
-    wait_steady(api, "keep", "app", 3).await;
+    wait_service_steady(api, "keep", "app", 3).await;
 
     // A task stopped by a user is replaced.
     let tasks = service_tasks(api, "keep", "app").await;
@@ -312,7 +263,7 @@ async fn a_service_keeps_its_tasks_and_rolls_within_bounds() {
         (running == 3 && now.iter().all(|t| t["taskArn"] != victim.as_str())).then_some(())
     })
     .await;
-    let s = describe(api, "keep", "app").await;
+    let s = describe_service(api, "keep", "app").await;
     assert_eq!(
         s["deployments"][0]["failedTasks"], 0,
         "a user's stop is no failure"
@@ -325,14 +276,14 @@ async fn a_service_keeps_its_tasks_and_rolls_within_bounds() {
     )
     .await
     .expect("scale out");
-    wait_steady(api, "keep", "app", 6).await;
+    wait_service_steady(api, "keep", "app", 6).await;
     api.call_json(
         "UpdateService",
         json!({"cluster": "keep", "service": "app", "desiredCount": 2}),
     )
     .await
     .expect("scale in");
-    wait_steady(api, "keep", "app", 2).await;
+    wait_service_steady(api, "keep", "app", 2).await;
 
     // A rolling deployment (min 100, max 150 of 2: start one, then stop one) never has
     // fewer than 2 RUNNING nor more than 3 tasks.
@@ -360,7 +311,7 @@ async fn a_service_keeps_its_tasks_and_rolls_within_bounds() {
             s.0 = s.0.min(running);
             s.1 = s.1.max(live);
         }
-        let s = describe(api, "keep", "app").await;
+        let s = describe_service(api, "keep", "app").await;
         let deployments = s["deployments"].as_array()?.clone();
         (deployments.len() == 1
             && deployments[0]["rolloutState"] == "COMPLETED"
@@ -395,7 +346,7 @@ async fn a_service_keeps_its_tasks_and_rolls_within_bounds() {
         .expect("DeleteService");
     assert_eq!(deleted["service"]["status"], "DRAINING");
     wait_for("the service INACTIVE", PATIENCE, || async {
-        (describe(api, "keep", "app").await["status"] == "INACTIVE").then_some(())
+        (describe_service(api, "keep", "app").await["status"] == "INACTIVE").then_some(())
     })
     .await;
     assert!(service_tasks(api, "keep", "app").await.is_empty());
@@ -413,7 +364,7 @@ async fn a_service_keeps_its_tasks_and_rolls_within_bounds() {
     )
     .await
     .expect("CreateService again");
-    wait_steady(api, "keep", "app", 1).await;
+    wait_service_steady(api, "keep", "app", 1).await;
     assert_audit_clean(&berth.url()).await;
 }
 
@@ -443,7 +394,7 @@ async fn two_replicas_deploy_many_services_within_bounds() {
         .expect("CreateService");
     }
     for name in &names {
-        wait_steady(api, "many", name, 4).await;
+        wait_service_steady(api, "many", name, 4).await;
     }
     let td2 = register_task_definition(api, "many", 32, 32, None).await;
     for name in &names {
@@ -458,7 +409,7 @@ async fn two_replicas_deploy_many_services_within_bounds() {
     berth.replicas[0].kill();
     berth.replicas[0] = ControlProcess::start(&berth.url());
     for name in &names {
-        let s = wait_steady(api, "many", name, 4).await;
+        let s = wait_service_steady(api, "many", name, 4).await;
         assert_eq!(s["deployments"][0]["taskDefinition"], td2.as_str());
     }
     assert_audit_clean(&berth.url()).await;
@@ -486,7 +437,7 @@ async fn a_service_moves_off_drained_and_lost_hosts() {
     )
     .await
     .expect("CreateService");
-    wait_steady(api, "move", "mover", 2).await;
+    wait_service_steady(api, "move", "mover", 2).await;
 
     // Drain one host: its task moves to the other.
     let drained = first.instance_arns()[0].clone();
@@ -548,7 +499,7 @@ async fn a_service_moves_off_drained_and_lost_hosts() {
         .expect("tasks")
         .iter()
         .any(|t| t["stoppedReason"] == "Host lost: agent disconnected"));
-    wait_steady(api, "move", "mover", 2).await;
+    wait_service_steady(api, "move", "mover", 2).await;
     assert_audit_clean(&berth.url()).await;
 }
 
@@ -596,7 +547,7 @@ async fn a_daemon_follows_its_instances() {
         one_per_instance(3)
     })
     .await;
-    wait_steady(api, "dmn", "agentd", 3).await;
+    wait_service_steady(api, "dmn", "agentd", 3).await;
     let _second = berth_sim::start(sim_config(&berth.url(), "dmn", 1, RUN_TIME))
         .await
         .expect("a fourth host starts");
@@ -611,7 +562,7 @@ async fn a_daemon_follows_its_instances() {
         one_per_instance(3)
     })
     .await;
-    let s = wait_steady(api, "dmn", "agentd", 3).await;
+    let s = wait_service_steady(api, "dmn", "agentd", 3).await;
     assert_eq!(s["desiredCount"], 3);
     let (kind, _) = error_of(
         api,

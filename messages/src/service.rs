@@ -170,6 +170,11 @@ pub struct ServiceEvent {
 pub struct ServiceStep {
     pub id: String,
     pub started_at: f64,
+    /// The most non-stopped tasks the service may have while the step runs: the
+    /// maximumPercent bound of the desired count it was planned for (the auditor's bound
+    /// for the tasks it launches, whatever the desired count becomes meanwhile).
+    #[serde(default)]
+    pub ceiling: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub launches: Vec<StepLaunch>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -34,8 +34,8 @@ pub(crate) struct ServiceAudit {
     deployments: HashMap<(String, String), ServiceKey>,
     /// Steps seen, with the maximum of non-stopped tasks in force for them.
     steps: HashMap<String, i64>,
-    /// The step each service record carried last.
-    current_step: HashMap<ServiceKey, String>,
+    /// The step the last record seen of each service carried (`None`: none).
+    current_step: HashMap<ServiceKey, Option<String>>,
     tasks: HashMap<(String, String), TaskFact>,
     counts: HashMap<ServiceKey, Counts>,
 }
@@ -71,14 +71,25 @@ impl ServiceAudit {
             self.deployments
                 .insert((cluster.to_string(), d.id.clone()), key.clone());
         }
+        // Once a record of a service has been seen, every later one is (a subject keeps
+        // its newest records): a step first seen after that was made by that record.
+        let previous = self
+            .current_step
+            .insert(key.clone(), record.step.as_ref().map(|s| s.id.clone()));
         let Some(step) = &record.step else {
-            self.current_step.remove(&key);
             return Vec::new();
         };
-        if self.current_step.get(&key) == Some(&step.id) {
+        let made_here = match &previous {
+            Some(Some(id)) if *id == step.id => return Vec::new(),
+            Some(_) => true,
+            None => false,
+        };
+        if !made_here {
+            // The record that made it is gone from the journal's history: its own
+            // bound stands.
+            self.steps.insert(step.id.clone(), step.ceiling);
             return Vec::new();
         }
-        self.current_step.insert(key.clone(), step.id.clone());
         let b = bounds(record);
         self.steps.insert(step.id.clone(), b.ceiling);
         let counts = self.counts.get(&key).copied().unwrap_or_default();
@@ -156,17 +167,17 @@ impl ServiceAudit {
         if !(created && live) {
             return Vec::new();
         }
-        let Some(ceiling) = command_id
+        let Some((step, ceiling)) = command_id
             .and_then(step_of_command)
-            .and_then(|step| self.steps.get(step))
+            .and_then(|step| self.steps.get(step).map(|c| (step, *c)))
         else {
             return Vec::new();
         };
-        if now.live > *ceiling {
+        if now.live > ceiling {
             return vec![(
                 Invariant::ServiceAboveMaximum,
                 format!(
-                    "task {task_id} takes service {} to {} non-stopped task(s): above the maximum of {ceiling}",
+                    "task {task_id} of step {step} takes service {} to {} non-stopped task(s): above the maximum of {ceiling}",
                     service.1, now.live
                 ),
             )];
@@ -222,6 +233,7 @@ mod tests {
             }),
         );
         let d = s.primary().unwrap().id.clone();
+        assert!(a.observe_service("c", "web", &service(2, None)).is_empty());
         // desired 2, max 150: at most 3; the step itself asks for 4.
         let found = a.observe_service("c", "web", &s);
         assert_eq!(found[0].0, Invariant::ServiceAboveMaximum);
@@ -239,6 +251,34 @@ mod tests {
         assert!(a
             .observe_task("c", "x", Some(&cmd), &task("other", TaskStatus::Pending))
             .is_empty());
+    }
+
+    #[test]
+    fn a_step_whose_first_record_is_gone_keeps_its_own_bound() {
+        let mut a = ServiceAudit::default();
+        let step = step_id("arn", 3);
+        // First seen in a DRAINING record (desired 0): the step's own ceiling counts.
+        let mut s = service(
+            0,
+            Some(ServiceStep {
+                id: step.clone(),
+                ceiling: 2,
+                ..Default::default()
+            }),
+        );
+        s.status = ServiceStatus::Draining;
+        let d = s.primary().unwrap().id.clone();
+        assert!(a.observe_service("c", "web", &s).is_empty());
+        let cmd = launch_command_id(&step, 0, 0);
+        for (i, expect) in [(0, 0), (1, 0), (2, 1)] {
+            let found = a.observe_task(
+                "c",
+                &format!("t{i}"),
+                Some(&cmd),
+                &task(&d, TaskStatus::Pending),
+            );
+            assert_eq!(found.len(), expect, "task {i}");
+        }
     }
 
     #[test]

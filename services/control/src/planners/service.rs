@@ -244,9 +244,15 @@ pub fn plan(snap: &Snapshot) -> Option<Service> {
     }
     if !settled {
         s.retry_launch_at = None;
+        let ceiling = match s.scheduling_strategy {
+            SchedulingStrategy::Replica if s.status == ServiceStatus::Active => s.bounds().ceiling,
+            SchedulingStrategy::Replica => 0,
+            SchedulingStrategy::Daemon => s.desired_count,
+        };
         s.step = Some(ServiceStep {
             id: step_id(&s.service_arn, snap.version),
             started_at: now,
+            ceiling,
             launches: decision.launches,
             stops: decision.stops,
         });
