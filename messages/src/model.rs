@@ -654,6 +654,33 @@ pub enum StopCode {
     TerminationNotice,
 }
 
+impl StopCode {
+    pub const ALL: [StopCode; 6] = [
+        Self::TaskFailedToStart,
+        Self::EssentialContainerExited,
+        Self::UserInitiated,
+        Self::ServiceSchedulerInitiated,
+        Self::SpotInterruption,
+        Self::TerminationNotice,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TaskFailedToStart => "TaskFailedToStart",
+            Self::EssentialContainerExited => "EssentialContainerExited",
+            Self::UserInitiated => "UserInitiated",
+            Self::ServiceSchedulerInitiated => "ServiceSchedulerInitiated",
+            Self::SpotInterruption => "SpotInterruption",
+            Self::TerminationNotice => "TerminationNotice",
+        }
+    }
+
+    /// The stop code an ECS string names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkBinding {

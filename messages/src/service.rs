@@ -134,8 +134,9 @@ pub struct Deployment {
     pub rollout_state: RolloutState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_state_reason: Option<String>,
-    /// Internal: tasks of this deployment that stopped before they ever ran, in a row
-    /// (the restart throttle), and when its next launch may happen.
+    /// Internal: tasks of this deployment that stopped before they ever ran (the restart
+    /// throttle; reset when the deployment completes), and when its next launch may
+    /// happen.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub start_failures: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -19,6 +19,7 @@ mod results;
 mod run;
 mod runtime;
 mod seed;
+mod services;
 mod stats;
 
 use clap::Parser;
@@ -102,6 +103,9 @@ pub struct Args {
     /// Skip the fleet of real shape.
     #[arg(long)]
     pub skip_fleet: bool,
+    /// Skip the ECS services measurements.
+    #[arg(long)]
+    pub skip_services: bool,
     /// Only measure NATS failover on a 3-node cluster with three replicas: kill the node
     /// leading BERTH_STATE this many times (see `failover.rs`).
     #[arg(long)]

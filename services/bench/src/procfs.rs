@@ -81,6 +81,27 @@ pub fn pids_with_argument(argument: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Pids of the processes whose whole command line (arguments joined by spaces) is
+/// `line`.
+pub fn pids_with_command_line(line: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                let args: Vec<&[u8]> = cmdline
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .collect();
+                args.join(&b' ') == line.as_bytes()
+            })
+        })
+        .collect()
+}
+
 /// Total memory of the machine in MiB (`MemTotal` of `/proc/meminfo`).
 pub fn memory_total_mib() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -73,6 +73,8 @@ pub struct Phase {
     pub start: Option<StartRun>,
     /// Hollow hosts of real shape (R1).
     pub fleet: Option<crate::fleet::FleetRun>,
+    /// ECS services (R1).
+    pub services: Option<crate::services::ServicesRun>,
     pub audit: Option<AuditSummary>,
     /// Hollow instances the read cluster's sim runs.
     pub read_instances: usize,

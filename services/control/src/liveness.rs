@@ -146,8 +146,8 @@ fn execute(shared: &Shared, flipping: &Arc<DashSet<InstanceKey>>, action: Livene
 pub const HOST_LOST_REASON: &str = "Host lost: agent disconnected";
 
 /// Marks every task of the host that is not STOPPED yet STOPPED, unless this replica is
-/// already at it. Their allocations are released by reconciliation, as for any STOPPED
-/// task; an agent that comes back sees them STOPPED and stops what it still runs.
+/// already at it (the task actor releases their allocations as for any STOPPED task); an
+/// agent that comes back sees them STOPPED and stops what it still runs.
 fn lose_host(shared: &Shared, busy: &Arc<DashSet<InstanceKey>>, key: InstanceKey) {
     let live: Vec<String> = shared
         .view

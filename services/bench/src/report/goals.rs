@@ -139,6 +139,7 @@ pub(super) fn goals(out: &mut String, results: &Results) {
         ),
     }
     fleet_goals(&mut row, r1);
+    super::services::goals(&mut row, r1);
     let decisions: Vec<(String, Duration)> = results
         .criterion
         .iter()

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 mod goals;
+mod services;
 use goals::goals;
 
 fn percent(value: f64, of: f64) -> String {
@@ -352,6 +353,9 @@ fn phase_rows(t: &mut Table, phase: &Phase) {
             format!("p99 {}", human(serial_p99)),
             times(s.latency.p99, serial_p99),
         );
+    }
+    if let Some(s) = &phase.services {
+        services::rows(t, p, phase, s, serial_p99);
     }
     if let Some(f) = &phase.fleet {
         fleet_rows(t, p, phase, f);

@@ -33,7 +33,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod fleet;
+mod services;
 use fleet::fleet_phase;
+use services::services_phase;
 
 const READS: &str = "reads";
 const PLACE: &str = "place";
@@ -41,7 +43,7 @@ const PLACE_SMALL: &str = "place-small";
 /// Placement with binpack(memory): a RunTask's tasks share instances, so one instance
 /// write carries several placements.
 const PLACE_BINPACK: &str = "place-binpack";
-const PROC: &str = "proc";
+pub(super) const PROC: &str = "proc";
 const PLACE_FAMILY: &str = "bench-place";
 const PROC_FAMILY: &str = "bench-proc";
 const CONTROL_START_TIMEOUT: Duration = Duration::from_secs(600);
@@ -72,6 +74,15 @@ pub struct Sizes {
     /// Hosts of the fleet of real shape, and of the small one it is compared with.
     pub fleet_hosts: usize,
     pub fleet_small_hosts: usize,
+    /// Hollow hosts of the services measurements, and the tasks of the large service.
+    pub service_hosts: usize,
+    pub service_tasks: usize,
+    /// Kills whose replacement is timed (hollow, and on a real agent).
+    pub replacement_kills: usize,
+    /// Services of 10 tasks resting while the control plane's CPU is measured.
+    pub idle_services: usize,
+    /// Of those, services deploying at once under two replicas.
+    pub concurrent_services: usize,
 }
 
 impl Sizes {
@@ -98,6 +109,11 @@ impl Sizes {
                 r3_read_size: 10_000,
                 fleet_hosts: 200,
                 fleet_small_hosts: 20,
+                service_hosts: 50,
+                service_tasks: 500,
+                replacement_kills: 20,
+                idle_services: 50,
+                concurrent_services: 20,
             }
         } else {
             Sizes {
@@ -123,6 +139,11 @@ impl Sizes {
                 r3_read_size: 100_000,
                 fleet_hosts: 10_000,
                 fleet_small_hosts: 100,
+                service_hosts: 1_000,
+                service_tasks: 10_000,
+                replacement_kills: 200,
+                idle_services: 1_000,
+                concurrent_services: 100,
             }
         };
         Sizes {
@@ -709,6 +730,12 @@ async fn measure_single_node(
     // Last: once their hollow hosts stop, the placement clusters' instances are flipped
     // to disconnected in a burst of writes that other measurements must not share.
     placements(env, phase, args, sizes).await?;
+    if !args.skip_services {
+        let mut run = crate::services::ServicesRun::default();
+        let measured = services_phase(env, &mut run, sizes, bins, args.skip_runtime).await;
+        phase.services = Some(run);
+        measured?;
+    }
     if !args.skip_fleet && sizes.fleet_hosts > 0 {
         let mut fleet = crate::fleet::FleetRun::default();
         let measured = fleet_phase(env, nats, &mut fleet, sizes, bins).await;

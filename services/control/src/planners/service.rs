@@ -460,6 +460,21 @@ fn daemon(s: &Service, snap: &Snapshot, failures: &mut Vec<(String, String)>) ->
         .map(|id| id.to_string())
         .collect();
     targets.sort();
+    // maximumPercent holds for daemons too: while tasks that are going (drained
+    // hosts, extra ones, an older deployment's) still run, the new ones wait.
+    let live = snap.tasks.iter().filter(|t| t.is_live()).count();
+    let ceiling = if draining {
+        0
+    } else {
+        Bounds::of(
+            SchedulingStrategy::Daemon,
+            eligible.len() as i64,
+            &s.deployment_configuration,
+        )
+        .ceiling
+    };
+    let room = usize::try_from(ceiling).unwrap_or(0).saturating_sub(live);
+    targets.truncate(room);
     if launch_held(s, snap.now) {
         targets.clear();
     }
@@ -472,7 +487,6 @@ fn daemon(s: &Service, snap: &Snapshot, failures: &mut Vec<(String, String)>) ->
         }],
         _ => Vec::new(),
     };
-    let live = snap.tasks.iter().filter(|t| t.is_live()).count();
     Decision {
         launches,
         stops,
@@ -891,8 +905,6 @@ mod tests {
         snap.eligible = vec!["i1".into(), "i2".into()];
         let next = plan(&snap).unwrap();
         assert_eq!(next.desired_count, 2);
-        let launch = &step(&next).launches[0];
-        assert_eq!(launch.container_instances, vec!["i2".to_string()]);
         let mut stops: Vec<&str> = step(&next)
             .stops
             .iter()
@@ -900,6 +912,18 @@ mod tests {
             .collect();
         stops.sort();
         assert_eq!(stops, vec!["drained", "extra"]);
+        // Three still run against a maximum of two: the new host waits for the stops.
+        assert!(step(&next).launches.is_empty());
+        for t in snap.tasks.iter_mut().filter(|t| t.task_id != "a") {
+            t.last = TaskStatus::Stopped;
+            t.desired = TaskStatus::Stopped;
+            t.stop_code = Some(StopCode::ServiceSchedulerInitiated);
+        }
+        let next = plan(&snap).unwrap();
+        assert_eq!(
+            step(&next).launches[0].container_instances,
+            vec!["i2".to_string()]
+        );
         // In place on both: complete and steady.
         let mut steady = snapshot(s, vec![running("a", &d, "i1"), running("b", &d, "i2")]);
         steady.eligible = vec!["i1".into(), "i2".into()];

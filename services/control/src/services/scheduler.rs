@@ -34,6 +34,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
+/// Least time between two passes over one service while changes keep coming.
+const PASS_SPACING: Duration = Duration::from_millis(20);
 /// Every service is looked at this often even without a change.
 const LEVEL_PASS: Duration = Duration::from_secs(5);
 /// A step older than this whose replica is not this one is carried out here too.
@@ -102,6 +104,9 @@ fn schedule(
                 again.store(false, Ordering::Release);
                 pass(&shared, &mine, &key.0, &key.1).await;
                 if again.load(Ordering::Acquire) {
+                    // Changes keep coming (a step's tasks starting): gather them for a
+                    // moment rather than decode the service's tasks once per batch.
+                    tokio::time::sleep(PASS_SPACING).await;
                     continue;
                 }
                 if workers
@@ -169,22 +174,21 @@ fn snapshot(shared: &Shared, cluster: &str, record: &Versioned<Service>, now: f6
     let mut tasks = Vec::new();
     let mut instances: HashMap<String, InstanceFacts> = HashMap::new();
     for d in record.value.live_deployments() {
-        for entry in shared.view.tasks_started_by(cluster, &d.id) {
-            let t = &entry.task.value;
-            if !instances.contains_key(&entry.instance_id) {
+        for t in shared.view.deployment_tasks(cluster, &d.id) {
+            if !instances.contains_key(&t.instance_id) {
                 let active = shared
                     .view
-                    .instance(cluster, &entry.instance_id)
+                    .instance(cluster, &t.instance_id)
                     .is_some_and(|i| i.value.status == InstanceStatus::Active);
-                instances.insert(entry.instance_id.clone(), InstanceFacts { active });
+                instances.insert(t.instance_id.clone(), InstanceFacts { active });
             }
             tasks.push(TaskFacts {
-                task_id: arn::task_id(&t.task_arn).1.to_string(),
-                instance_id: entry.instance_id.clone(),
+                task_id: t.task_id,
+                instance_id: t.instance_id,
                 deployment_id: d.id.clone(),
-                last: t.last_status,
-                desired: t.desired_status,
-                health: t.health_status.clone(),
+                last: t.last,
+                desired: t.desired,
+                health: t.health.map(|h| h.as_str().to_string()),
                 started_at: t.started_at,
                 stop_code: t.stop_code,
             });
@@ -273,7 +277,19 @@ async fn carry_out(
     step: ServiceStep,
 ) {
     mine.insert(step.id.clone(), ());
+    let began = std::time::Instant::now();
     let result = effects(shared, cluster, service, &step).await;
+    tracing::info!(
+        step = %step.id,
+        launches = step.launches.iter().map(|l| l.count).sum::<i64>(),
+        stops = step.stops.len(),
+        started = result.started.len(),
+        unplaced = result.unplaced.len(),
+        refused = result.errors,
+        unknown = result.unknown,
+        elapsed_ms = began.elapsed().as_millis() as u64,
+        "service step carried out"
+    );
     if result.unknown == 0 {
         settle(shared, cluster, &service.service_name, &step, result).await;
     } else {
@@ -376,6 +392,17 @@ async fn effects(
     let outcomes: Vec<Effect> = futures::stream::iter(calls)
         .map(|(action, id, body)| async move {
             let reply = submit(shared, action, Encoding::MsgPack, &body, Some(&id)).await;
+            let reply = match reply {
+                // A server fault recorded as the command's outcome is final; one without
+                // an outcome (a timeout) may still take effect.
+                Err(e) if e.error_type == ErrorType::ServerException => {
+                    match shared.journal.read_outcome(&id).await {
+                        Ok(Some(_)) => Err(ApiError::client(e.message)),
+                        _ => Err(e),
+                    }
+                }
+                other => other,
+            };
             match (action, reply) {
                 (Action::RunTask, Ok(reply)) => {
                     match codec::decode::<TasksResponse>(Encoding::MsgPack, &reply.body) {

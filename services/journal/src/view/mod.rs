@@ -46,7 +46,8 @@ pub use definitions::FamilyStatusFilter;
 pub use paging::{ExpiredTask, Page, TaskFilter};
 pub use pool::PlacementEntry;
 pub use scope::{ClusterCounts, StaleAllocation};
-pub use services::ServiceChanges;
+pub use services::{DeploymentTask, ServiceChanges};
+pub use task::Health;
 pub use task::TaskEntry;
 
 use crate::compact::Interner;

@@ -5,16 +5,28 @@
 //! Changes are collected as a set and handed over in one batch, so a burst of task
 //! records costs the scheduler one pass per service, not one per record.
 
-use super::task::TaskEntry;
+use super::task::Health;
 use super::{read, write, Inner, View};
 use crate::Versioned;
-use berth_messages::model::ContainerInstance;
+use berth_messages::model::{ContainerInstance, StopCode, TaskStatus};
 use berth_messages::service::Service;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Services by cluster, then by name.
 pub(super) type ServiceMap = BTreeMap<String, BTreeMap<String, Arc<Versioned<Service>>>>;
+
+/// What the service scheduler reads of one task of a deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentTask {
+    pub task_id: String,
+    pub instance_id: String,
+    pub last: TaskStatus,
+    pub desired: TaskStatus,
+    pub health: Option<Health>,
+    pub started_at: Option<f64>,
+    pub stop_code: Option<StopCode>,
+}
 
 /// What changed since the scheduler last looked.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -168,22 +180,58 @@ impl View {
         }
     }
 
-    /// The tasks whose `startedBy` is `started_by` (a deployment's tasks), by task id.
-    pub fn tasks_started_by(&self, cluster: &str, started_by: &str) -> Vec<Arc<TaskEntry>> {
+    /// What the service scheduler needs of the tasks whose `startedBy` is `started_by`
+    /// (a deployment's tasks), by task id, read without decoding the records.
+    pub fn deployment_tasks(&self, cluster: &str, started_by: &str) -> Vec<DeploymentTask> {
         let Some(scope) = self.inner.scope(cluster) else {
             return Vec::new();
         };
-        let raws = {
-            let data = read(&scope.data);
-            let Some(sym) = data.syms.get(started_by) else {
-                return Vec::new();
-            };
-            data.by_started_by
-                .get(&sym)
-                .map(|ids| data.raws(ids))
-                .unwrap_or_default()
+        let data = read(&scope.data);
+        let Some(sym) = data.syms.get(started_by) else {
+            return Vec::new();
         };
-        self.inner.decode_tasks(cluster, raws)
+        let Some(ids) = data.by_started_by.get(&sym) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| {
+                let t = data.tasks.get(id)?;
+                Some(DeploymentTask {
+                    task_id: id.to_string(),
+                    instance_id: data.syms.name(t.instance).to_string(),
+                    last: t.last,
+                    desired: t.desired,
+                    health: t.health,
+                    started_at: (!t.started_at.is_nan()).then_some(t.started_at),
+                    stop_code: t.stop_code,
+                })
+            })
+            .collect()
+    }
+
+    /// (running, pending) tasks of a deployment that are still meant to run, counted
+    /// without decoding them.
+    pub fn deployment_counts(&self, cluster: &str, started_by: &str) -> (i64, i64) {
+        let Some(scope) = self.inner.scope(cluster) else {
+            return (0, 0);
+        };
+        let data = read(&scope.data);
+        let Some(ids) = data
+            .syms
+            .get(started_by)
+            .and_then(|sym| data.by_started_by.get(&sym))
+        else {
+            return (0, 0);
+        };
+        let (mut running, mut pending) = (0, 0);
+        for t in ids.iter().filter_map(|id| data.tasks.get(id)) {
+            if t.last == TaskStatus::Running {
+                running += 1;
+            } else if t.last.is_pending() {
+                pending += 1;
+            }
+        }
+        (running, pending)
     }
 }
 
@@ -222,8 +270,14 @@ mod tests {
         put_task(&mut feed, "c", "t2", &other);
         let changes = feed.view.service_changes().await;
         assert_eq!(changes.services.len(), 1);
-        assert_eq!(feed.view.tasks_started_by("c", "ecs-svc/1").len(), 2);
-        assert!(feed.view.tasks_started_by("c", "ecs-svc/2").is_empty());
+        assert_eq!(feed.view.deployment_tasks("c", "ecs-svc/1").len(), 2);
+        let facts = feed.view.deployment_tasks("c", "ecs-svc/1");
+        assert_eq!(facts.len(), 2);
+        assert_eq!(facts[0].task_id, "t1");
+        assert_eq!(facts[0].instance_id, "i1");
+        assert_eq!(facts[0].last, TaskStatus::Running);
+        assert_eq!(feed.view.deployment_counts("c", "ecs-svc/1"), (2, 0));
+        assert!(feed.view.deployment_tasks("c", "ecs-svc/2").is_empty());
         // An instance's status change marks its cluster.
         feed.put(
             &subjects::instance("c", "i1"),

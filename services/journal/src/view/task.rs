@@ -9,7 +9,7 @@ use crate::keys::{Sym, TaskKey, NO_SYM};
 use crate::Versioned;
 use berth_messages::arn;
 use berth_messages::codec;
-use berth_messages::model::{Task, TaskStatus};
+use berth_messages::model::{StopCode, Task, TaskStatus};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -33,6 +33,43 @@ pub(super) struct StoredTask {
     pub(super) started_by: Sym,
     pub(super) last: TaskStatus,
     pub(super) desired: TaskStatus,
+    /// What the service scheduler reads of every task of a service, kept here so that
+    /// it never decodes them: `startedAt` (NaN when none), the task's health and its stop
+    /// code.
+    pub(super) started_at: f64,
+    pub(super) health: Option<Health>,
+    pub(super) stop_code: Option<StopCode>,
+}
+
+/// A task's aggregated health, as its record states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    Unknown,
+}
+
+impl Health {
+    fn parse(s: &[u8]) -> Option<Health> {
+        match s {
+            b"HEALTHY" => Some(Health::Healthy),
+            b"UNHEALTHY" => Some(Health::Unhealthy),
+            b"UNKNOWN" => Some(Health::Unknown),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => berth_messages::model::health::HEALTHY,
+            Health::Unhealthy => berth_messages::model::health::UNHEALTHY,
+            Health::Unknown => berth_messages::model::health::UNKNOWN,
+        }
+    }
+}
+
+fn parse_stop_code(s: &[u8]) -> Option<StopCode> {
+    StopCode::from_name(std::str::from_utf8(s).ok()?)
 }
 
 /// A task record made compact outside the view's locks, ready to apply; its strings
@@ -69,6 +106,9 @@ struct TaskFields<'a> {
     started_by: Option<&'a [u8]>,
     definition: Option<&'a [u8]>,
     stopped_at: Option<f64>,
+    started_at: Option<f64>,
+    health: Option<Health>,
+    stop_code: Option<StopCode>,
     /// Required ARN fields present as strings.
     arns: u8,
 }
@@ -81,6 +121,9 @@ impl<'a> TaskFields<'a> {
             (b"group", Field::Str(s)) => self.group = Some(s),
             (b"startedBy", Field::Str(s)) => self.started_by = Some(s),
             (b"stoppedAt", Field::Number(n)) => self.stopped_at = Some(n),
+            (b"startedAt", Field::Number(n)) => self.started_at = Some(n),
+            (b"healthStatus", Field::Str(s)) => self.health = Health::parse(s),
+            (b"stopCode", Field::Str(s)) => self.stop_code = parse_stop_code(s),
             (b"taskDefinitionArn", Field::Str(s)) => {
                 self.definition = Some(s);
                 self.arns |= 1;
@@ -159,6 +202,9 @@ pub(super) fn prepare_task<'a>(
             started_by: NO_SYM,
             last,
             desired,
+            started_at: fields.started_at.unwrap_or(f64::NAN),
+            health: fields.health,
+            stop_code: fields.stop_code,
         },
         instance_id,
         group: group.unwrap_or_default(),
