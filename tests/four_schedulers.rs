@@ -41,6 +41,7 @@ async fn four_schedulers_share_one_pool_without_over_commit() {
         exit_code: 0,
         heartbeat_interval: HEARTBEAT,
         data_dir: None,
+        reports_in_flight: berth_sim::engine::REPORTS_IN_FLIGHT,
     })
     .await
     .expect("sim starts");

@@ -689,6 +689,7 @@ pub fn sim_config(
         exit_code: 0,
         heartbeat_interval: HEARTBEAT,
         data_dir: None,
+        reports_in_flight: berth_sim::engine::REPORTS_IN_FLIGHT,
     }
 }
 

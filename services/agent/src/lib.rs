@@ -672,6 +672,7 @@ async fn run_shared_sim(
         exit_code: config.sim_exit_code,
         heartbeat_interval: config.heartbeat_interval(),
         data_dir: Some(config.data_dir.clone()),
+        reports_in_flight: berth_sim::engine::REPORTS_IN_FLIGHT,
     };
     tokio::pin!(shutdown);
     let handle = tokio::select! {

@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// State-change reports in flight at once.
+/// Default reports in flight for a whole sim.
 pub const REPORTS_IN_FLIGHT: usize = 128;
 /// Longest pull request of the task consumer.
 const PULL_EXPIRY: Duration = Duration::from_secs(5);
@@ -125,6 +126,7 @@ pub fn spawn(
     fleet: Arc<Fleet>,
     script: Script,
     follower: Follower,
+    reports_in_flight: usize,
 ) {
     let slot_of: HashMap<String, usize> = fleet
         .slots
@@ -142,7 +144,7 @@ pub fn spawn(
         events_tx.clone(),
     ));
     tasks.spawn(play(fleet, script, events_rx, jobs_tx));
-    tasks.spawn(report(client, jobs_rx, events_tx));
+    tasks.spawn(report(client, jobs_rx, events_tx, reports_in_flight));
 }
 
 /// Routes every task record of our instances to the engine; recreates the consumer after
@@ -344,15 +346,16 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Sends reports, at most [`REPORTS_IN_FLIGHT`] at once, each until acknowledged or
-/// refused; tells the engine which.
+/// Sends reports, at most `in_flight` at once, each until acknowledged or refused; tells
+/// the engine which.
 async fn report(
     client: async_nats::Client,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     events: mpsc::Sender<Event>,
+    in_flight_max: usize,
 ) {
     let caller = api::client(client);
-    let permits = Arc::new(Semaphore::new(REPORTS_IN_FLIGHT));
+    let permits = Arc::new(Semaphore::new(in_flight_max));
     let mut in_flight = JoinSet::new();
     while let Some(job) = jobs.recv().await {
         while in_flight.try_join_next().is_some() {}

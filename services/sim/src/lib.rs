@@ -42,6 +42,10 @@ pub struct SimConfig {
     pub heartbeat_interval: Duration,
     /// Where instance identities are kept across restarts; none: fresh instances each run.
     pub data_dir: Option<PathBuf>,
+    /// State-change reports in flight at once for all the instances together (real
+    /// agents each have their own; the default, [`engine::REPORTS_IN_FLIGHT`], keeps
+    /// the hollow hosts' share of the CPU small).
+    pub reports_in_flight: usize,
 }
 
 impl Default for SimConfig {
@@ -57,6 +61,7 @@ impl Default for SimConfig {
             exit_code: 0,
             heartbeat_interval: Duration::from_secs(5),
             data_dir: None,
+            reports_in_flight: engine::REPORTS_IN_FLIGHT,
         }
     }
 }
@@ -196,7 +201,14 @@ pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         run_time: config.run_time,
         exit_code: config.exit_code,
     };
-    engine::spawn(&mut tasks, client.clone(), fleet, script, follower);
+    engine::spawn(
+        &mut tasks,
+        client.clone(),
+        fleet,
+        script,
+        follower,
+        config.reports_in_flight.max(1),
+    );
     tracing::info!("berth-agent ready sim={}", arns.len());
     Ok(SimHandle {
         arns,

@@ -405,6 +405,25 @@ impl Env {
         start_delay: Duration,
         run_time: Duration,
     ) -> anyhow::Result<(Vec<String>, Duration)> {
+        self.start_sim_reporting(
+            cluster,
+            instances,
+            start_delay,
+            run_time,
+            berth_sim::engine::REPORTS_IN_FLIGHT,
+        )
+        .await
+    }
+
+    /// [`Env::start_sim`] with `reports_in_flight` state-change reports at once.
+    async fn start_sim_reporting(
+        &mut self,
+        cluster: &str,
+        instances: usize,
+        start_delay: Duration,
+        run_time: Duration,
+        reports_in_flight: usize,
+    ) -> anyhow::Result<(Vec<String>, Duration)> {
         let started = Instant::now();
         let sim = berth_sim::start(SimConfig {
             cluster: cluster.into(),
@@ -417,6 +436,7 @@ impl Env {
             exit_code: 0,
             heartbeat_interval: Duration::from_secs(5),
             data_dir: None,
+            reports_in_flight,
         })
         .await
         .with_context(|| format!("starting {instances} hollow instances in {cluster}"))?;

@@ -34,11 +34,16 @@ pub(super) async fn services_phase(
     run.hosts = sizes.service_hosts;
     run.tasks = sizes.service_tasks;
     env.create_cluster(SERVICES).await?;
-    env.start_sim(
+    // One report in flight per host at least, as independent agents would have (the
+    // default pool of a sim is shared by all its hosts).
+    env.start_sim_reporting(
         SERVICES,
         sizes.service_hosts,
         Duration::from_millis(50),
         Duration::from_secs(3600),
+        sizes
+            .service_hosts
+            .max(berth_sim::engine::REPORTS_IN_FLIGHT),
     )
     .await?;
     let td1 = env
