@@ -13,8 +13,9 @@
 //! counts them: the bounds of a deployment hold across replicas.
 //!
 //! Passes are driven by the view's changes (a service record, a task of a service, an
-//! instance whose status changed) and by a level pass over every service every few
-//! seconds, which also resumes steps whose replica died.
+//! instance whose status changed) and by a level pass every few seconds over the services
+//! that wait on time (a step in flight, whose replica may have died; a deployment under
+//! way; a throttle), and every minute over all of them.
 
 use crate::api::submit::submit;
 use crate::planners::service::{plan, InstanceFacts, Snapshot, TaskFacts};
@@ -38,6 +39,9 @@ use tracing::Instrument;
 const PASS_SPACING: Duration = Duration::from_millis(20);
 /// Every service is looked at this often even without a change.
 const LEVEL_PASS: Duration = Duration::from_secs(5);
+/// Every this many level passes, every service is looked at, whatever its state (the
+/// first pass after a start is one).
+const FULL_SWEEP_EVERY: u64 = 12;
 /// A step older than this whose replica is not this one is carried out here too.
 const STEP_TAKEOVER: f64 = 10.0;
 /// After a step some of whose tasks could not be placed, launches wait this long.
@@ -51,11 +55,25 @@ const EVENT_TASKS: usize = 10;
 
 type Key = (String, String);
 
+/// Whether a service may need a pass without any change to signal it: a step in flight
+/// (to take over), a deployment under way, a throttle or a placement retry to wait out,
+/// a service draining. A steady service waits for the signals, and for the full sweep.
+fn awaits_time(s: &Service) -> bool {
+    s.step.is_some()
+        || s.status == ServiceStatus::Draining
+        || s.retry_launch_at.is_some()
+        || s.deployments
+            .iter()
+            .any(|d| d.rollout_state == RolloutState::InProgress || d.throttled_until.is_some())
+        || s.deployments.len() > 1
+}
+
 /// Runs the scheduler until the replica stops.
 pub async fn run(shared: Shared) {
     let workers: Arc<DashMap<Key, Arc<AtomicBool>>> = Arc::new(DashMap::new());
     let mine: Arc<DashMap<String, ()>> = Arc::new(DashMap::new());
     let mut level = tokio::time::interval(LEVEL_PASS);
+    let mut ticks: u64 = 0;
     level.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let keys: Vec<Key> = tokio::select! {
@@ -72,7 +90,22 @@ pub async fn run(shared: Shared) {
                 }
                 keys
             }
-            _ = level.tick() => shared.view.all_services(),
+            _ = level.tick() => {
+                ticks += 1;
+                let sweep = ticks % FULL_SWEEP_EVERY == 1;
+                shared
+                    .view
+                    .all_services()
+                    .into_iter()
+                    .filter(|(cluster, name)| {
+                        sweep
+                            || shared
+                                .view
+                                .service(cluster, name)
+                                .is_some_and(|s| awaits_time(&s.value))
+                    })
+                    .collect()
+            }
         };
         for key in keys {
             schedule(&shared, &workers, &mine, key);
