@@ -4,9 +4,11 @@
 //! field names with the field meant, and the ECS fields Berth ignores with a warning.
 
 use crate::error::CliError;
-use crate::taskdef_file::{closest, friendlier, kind_of, line_of_key, without_position};
+use crate::taskdef_file::{
+    check_fields, friendlier, kind_of, line_of_key, without_position, Fields,
+};
 use berth_messages::service::CreateServiceRequest;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Top-level fields of an ECS CreateService request that Berth reads.
 const SERVICE_FIELDS: &[&str] = &[
@@ -79,25 +81,23 @@ pub fn parse(file: &str, text: &str) -> Result<ParsedService, CliError> {
         )));
     };
     let mut warnings = Vec::new();
-    check_fields(
-        file,
-        text,
-        "",
-        top,
-        SERVICE_FIELDS,
-        SERVICE_FIELDS_IGNORED,
-        &mut warnings,
-    )?;
+    let service_fields = Fields {
+        prefix: "",
+        what: "a CreateService request",
+        known: SERVICE_FIELDS,
+        ignored: SERVICE_FIELDS_IGNORED,
+        silent: &[],
+    };
+    check_fields(file, text, &service_fields, top, &mut warnings)?;
     if let Some(Value::Object(c)) = top.get("deploymentConfiguration") {
-        check_fields(
-            file,
-            text,
-            "deploymentConfiguration.",
-            c,
-            DEPLOYMENT_FIELDS,
-            DEPLOYMENT_FIELDS_IGNORED,
-            &mut warnings,
-        )?;
+        let deployment_fields = Fields {
+            prefix: "deploymentConfiguration.",
+            what: "a deployment configuration",
+            known: DEPLOYMENT_FIELDS,
+            ignored: DEPLOYMENT_FIELDS_IGNORED,
+            silent: &[],
+        };
+        check_fields(file, text, &deployment_fields, c, &mut warnings)?;
     }
     let request: CreateServiceRequest = if top.contains_key("serviceName") {
         let mut de = serde_json::Deserializer::from_str(text);
@@ -135,45 +135,6 @@ pub fn parse(file: &str, text: &str) -> Result<ParsedService, CliError> {
         })?
     };
     Ok(ParsedService { request, warnings })
-}
-
-/// Rejects fields ECS does not have (naming the one probably meant) and notes the ECS
-/// fields Berth ignores.
-fn check_fields(
-    file: &str,
-    text: &str,
-    prefix: &str,
-    object: &Map<String, Value>,
-    known: &[&str],
-    ignored: &[&str],
-    warnings: &mut Vec<String>,
-) -> Result<(), CliError> {
-    for key in object.keys() {
-        if known.contains(&key.as_str()) {
-            continue;
-        }
-        if ignored.contains(&key.as_str()) {
-            warnings.push(format!(
-                "{file}:{}: {prefix}{key} is an ECS field that Berth does not support yet: ignored",
-                line_of_key(text, key)
-            ));
-            continue;
-        }
-        let what = if prefix.is_empty() {
-            "a CreateService request"
-        } else {
-            "a deployment configuration"
-        };
-        let mut message = format!(
-            "{file}:{}: unknown field \"{prefix}{key}\": not a field of {what} in ECS JSON",
-            line_of_key(text, key)
-        );
-        if let Some(meant) = closest(key, known.iter().chain(ignored)) {
-            message.push_str(&format!(" (did you mean \"{meant}\"?)"));
-        }
-        return Err(CliError::input(message));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -126,15 +126,14 @@ pub fn parse(file: &str, text: &str) -> Result<ParsedTaskDefinition, CliError> {
         Some(Value::Object(inner)) if !top.contains_key("family") => (inner, true),
         _ => (top, false),
     };
-    check_fields(
-        file,
-        text,
-        "",
-        definition,
-        TASK_FIELDS,
-        TASK_FIELDS_IGNORED,
-        &mut warnings,
-    )?;
+    let task_fields = Fields {
+        prefix: "",
+        what: "a task definition",
+        known: TASK_FIELDS,
+        ignored: TASK_FIELDS_IGNORED,
+        silent: TASK_FIELDS_READ_ONLY,
+    };
+    check_fields(file, text, &task_fields, definition, &mut warnings)?;
     if let Some(Value::Array(containers)) = definition.get("containerDefinitions") {
         if containers.is_empty() {
             return Err(CliError::input(format!(
@@ -145,15 +144,15 @@ pub fn parse(file: &str, text: &str) -> Result<ParsedTaskDefinition, CliError> {
         }
         for (i, c) in containers.iter().enumerate() {
             if let Value::Object(c) = c {
-                check_fields(
-                    file,
-                    text,
-                    &format!("containerDefinitions[{i}]."),
-                    c,
-                    CONTAINER_FIELDS,
-                    CONTAINER_FIELDS_IGNORED,
-                    &mut warnings,
-                )?;
+                let prefix = format!("containerDefinitions[{i}].");
+                let container_fields = Fields {
+                    prefix: &prefix,
+                    what: "a container definition",
+                    known: CONTAINER_FIELDS,
+                    ignored: CONTAINER_FIELDS_IGNORED,
+                    silent: &[],
+                };
+                check_fields(file, text, &container_fields, c, &mut warnings)?;
             }
         }
     }
@@ -186,19 +185,37 @@ pub fn parse(file: &str, text: &str) -> Result<ParsedTaskDefinition, CliError> {
     Ok(ParsedTaskDefinition { request, warnings })
 }
 
+/// What an object of an ECS JSON file may hold.
+pub(crate) struct Fields<'a> {
+    /// Where the object is (`""` at the top, `containerDefinitions[0].` ...).
+    pub prefix: &'a str,
+    /// What the object is, for messages ("a task definition").
+    pub what: &'a str,
+    pub known: &'a [&'a str],
+    /// ECS fields Berth does not use: a warning each.
+    pub ignored: &'a [&'a str],
+    /// Fields accepted without a word (what a describe prints back).
+    pub silent: &'a [&'a str],
+}
+
 /// Rejects fields ECS does not have (naming the one probably meant) and notes the ECS
 /// fields Berth ignores.
-fn check_fields(
+pub(crate) fn check_fields(
     file: &str,
     text: &str,
-    prefix: &str,
+    fields: &Fields<'_>,
     object: &Map<String, Value>,
-    known: &[&str],
-    ignored: &[&str],
     warnings: &mut Vec<String>,
 ) -> Result<(), CliError> {
+    let Fields {
+        prefix,
+        what,
+        known,
+        ignored,
+        silent,
+    } = fields;
     for key in object.keys() {
-        if known.contains(&key.as_str()) {
+        if known.contains(&key.as_str()) || silent.contains(&key.as_str()) {
             continue;
         }
         if ignored.contains(&key.as_str()) {
@@ -208,19 +225,11 @@ fn check_fields(
             ));
             continue;
         }
-        if prefix.is_empty() && TASK_FIELDS_READ_ONLY.contains(&key.as_str()) {
-            continue;
-        }
-        let what = if prefix.is_empty() {
-            "a task definition"
-        } else {
-            "a container definition"
-        };
         let mut message = format!(
             "{file}:{}: unknown field \"{prefix}{key}\": not a field of {what} in ECS JSON",
             line_of_key(text, key)
         );
-        if let Some(meant) = closest(key, known.iter().chain(ignored)) {
+        if let Some(meant) = closest(key, known.iter().chain(ignored.iter())) {
             message.push_str(&format!(" (did you mean \"{meant}\"?)"));
         }
         return Err(CliError::input(message));

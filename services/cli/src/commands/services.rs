@@ -617,71 +617,35 @@ mod tests {
         // No name, no file.
         let e = clap_error(&["create", "--task-definition", "web", "--desired-count", "1"]);
         assert!(e.contains("NAME"), "{e}");
-        let e = clap_error(&[
+        // A valid create with one bad flag more: (the flag and its value, what the
+        // error names).
+        let base = [
             "create",
             "web",
             "--task-definition",
             "web",
             "--desired-count",
             "1",
-            "--placement-strategy",
-            "binpack:disk",
-        ]);
-        assert!(e.contains("binpack needs a field"), "{e}");
-        let e = clap_error(&[
-            "create",
-            "web",
-            "--task-definition",
-            "web",
-            "--desired-count",
-            "1",
-            "--placement-constraint",
-            "memberOf",
-        ]);
-        assert!(e.contains("memberOf needs an expression"), "{e}");
-        let e = clap_error(&[
-            "create",
-            "web",
-            "--task-definition",
-            "web",
-            "--desired-count",
-            "1",
-            "--rollback",
-        ]);
-        assert!(e.contains("--circuit-breaker"), "{e}");
-        let e = clap_error(&[
-            "create",
-            "web",
-            "--task-definition",
-            "web",
-            "--desired-count",
-            "1",
-            "--min-healthy-percent",
-            "101",
-        ]);
-        assert!(e.contains("--min-healthy-percent"), "{e}");
-        let e = clap_error(&[
-            "create",
-            "web",
-            "--task-definition",
-            "web",
-            "--desired-count",
-            "1",
-            "--wait",
-            "done",
-        ]);
-        assert!(e.contains("stable"), "{e}");
-        let e = clap_error(&[
-            "create",
-            "web",
-            "--task-definition",
-            "web",
-            "--desired-count",
-            "1",
-            "--timeout",
-            "5",
-        ]);
-        assert!(e.contains("--wait"), "{e}");
+        ];
+        let cases: [(&[&str], &str); 6] = [
+            (
+                &["--placement-strategy", "binpack:disk"],
+                "binpack needs a field",
+            ),
+            (
+                &["--placement-constraint", "memberOf"],
+                "memberOf needs an expression",
+            ),
+            (&["--rollback"], "--circuit-breaker"),
+            (&["--min-healthy-percent", "101"], "--min-healthy-percent"),
+            (&["--wait", "done"], "stable"),
+            (&["--timeout", "5"], "--wait"),
+        ];
+        for (extra, names) in cases {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            let e = clap_error(&args);
+            assert!(e.contains(names), "{extra:?}: {e}");
+        }
         // update needs something to change.
         let e = clap_error(&["update", "web"]);
         assert!(e.contains("required"), "{e}");
